@@ -1,0 +1,492 @@
+"""Streaming ASR policy: turns a stream of audio into partials and finals.
+
+Theory of operation
+-------------------
+The policy is a plain object, one per source, fed with float32 mono 16 kHz audio. It imports
+no model, no clock and no threads: the speech model (:class:`Decoder`) and the voice-activity
+detector (:class:`Vad`) are injected, so the same logic runs against a scripted fake in the
+unit tests and against Whisper + Silero in production (``echopanel.asr.whisper``).
+
+* **Rolling buffer.** Audio accumulates in a buffer that starts a little before the current
+  utterance. Every ``decode_interval`` seconds of new audio the whole buffer is re-decoded.
+* **VAD gate.** Every complete VAD frame gets a speech probability as it arrives. While the
+  buffer holds less than ``min_speech`` seconds of speech nothing is decoded and the buffer
+  is trimmed to a short pre-roll: silence and noise never reach the model.
+* **LocalAgreement-2.** The words of a hypothesis after the last committed word are compared
+  with the previous hypothesis; their longest common prefix is *committed*.
+* **Partials.** Everything of the current utterance not yet in a final (committed words plus
+  the unconfirmed tail) is sent as one :class:`~echopanel.ports.AsrPartialUpdate`, which
+  replaces the previous partial of the source. A final clears the partial it covers; when a
+  partial follows a final in the same update list it carries the remainder.
+* **Finals.** A VAD endpoint (``endpoint_silence`` seconds of silence after speech) decodes
+  the buffer once more and turns the whole utterance into an
+  :class:`~echopanel.ports.AsrFinalUpdate`; the buffer is trimmed. When the buffer would
+  exceed ``max_buffer`` seconds, the committed words become a final and the buffer is trimmed
+  to the end of the last committed word, so never more than ``max_buffer`` seconds are
+  re-decoded. ``flush()`` (end of stream) turns everything pending into finals.
+* **Prompt.** The text of recent finals (the committed text from before the buffer) is the
+  decoding prompt; the decoder must not condition on its own previous output otherwise.
+* **Guards.** Segments with a high no-speech probability and a low average log-probability,
+  a very low average log-probability or a high compression ratio are dropped; words that lie
+  where the VAD heard no speech are dropped; repetition loops are cut; a short blocklist of
+  Whisper's classic silence hallucinations ("Thank you.") is applied to whole finals only
+  when the utterance had little speech or a low confidence.
+* **Times.** ``t0``/``t1`` are seconds since the source stream began; finals are monotonic.
+  ``segment_id`` is ``<prefix><index>-<hash of text and times>``: stable for the same audio,
+  unique per stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from typing import Final, Protocol
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from echopanel.ports import AsrFinalUpdate, AsrPartialUpdate, AsrTuning, AsrUpdate
+
+__all__ = [
+    "HALLUCINATION_BLOCKLIST",
+    "SAMPLE_RATE",
+    "DecodedSegment",
+    "Decoder",
+    "PolicyConfig",
+    "StreamingPolicy",
+    "Vad",
+    "Word",
+    "break_repetitions",
+    "normalize_word",
+]
+
+SAMPLE_RATE: Final = 16000
+
+#: Whole-utterance texts Whisper invents on silence or noise (normalized, see normalize_word).
+HALLUCINATION_BLOCKLIST: Final = frozenset(
+    {
+        "thank you",
+        "thank you very much",
+        "thanks for watching",
+        "thank you for watching",
+        "thanks for listening",
+        "please subscribe",
+        "subscribe",
+        "you",
+        "bye",
+        "bye bye",
+        "okay",
+        "so",
+        "uh",
+        "um",
+        "hmm",
+        "music",
+    }
+)
+
+AudioArray = npt.NDArray[np.float32]
+
+
+@attrs.frozen(kw_only=True)
+class Word:
+    """One decoded word; ``start``/``end`` in seconds relative to the decoded audio."""
+
+    text: str
+    start: float
+    end: float
+    probability: float = 1.0
+
+
+@attrs.frozen(kw_only=True)
+class DecodedSegment:
+    """One segment of a hypothesis with the decoder's own quality signals."""
+
+    words: tuple[Word, ...]
+    no_speech_prob: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 1.0
+
+
+class Decoder(Protocol):
+    """A speech model: decodes the whole ``audio`` (float32, 16 kHz) with word timestamps."""
+
+    def decode(
+        self, audio: AudioArray, *, prompt: str, beam_size: int
+    ) -> Sequence[DecodedSegment]: ...
+
+
+class Vad(Protocol):
+    """A voice-activity detector scoring fixed frames of ``frame_samples`` samples.
+
+    ``speech_probs`` receives consecutive audio of a whole number of frames (the next frames
+    of one stream, in order) and returns one speech probability per frame.
+    """
+
+    @property
+    def frame_samples(self) -> int: ...
+
+    def speech_probs(self, audio: AudioArray) -> npt.NDArray[np.float32]: ...
+
+
+@attrs.frozen(kw_only=True)
+class PolicyConfig:
+    """Knobs of the policy; defaults are tuned on ``benchmarks/bench_asr.py``."""
+
+    decode_interval: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    beam_size: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    emit_partials: bool = True
+    max_buffer: float = attrs.field(default=15.0, validator=attrs.validators.gt(1.0))
+    endpoint_silence: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    vad_threshold: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
+    vad_neg_threshold: float = attrs.field(default=0.35, validator=attrs.validators.ge(0))
+    min_speech: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
+    preroll: float = attrs.field(default=0.4, validator=attrs.validators.ge(0))
+    word_vad_pad: float = attrs.field(default=0.4, validator=attrs.validators.ge(0))
+    no_speech_threshold: float = 0.6
+    logprob_threshold: float = -1.0
+    min_avg_logprob: float = -1.5
+    max_compression_ratio: float = 2.4
+    max_repeats: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    blocklist_max_speech: float = 1.0
+    blocklist_min_confidence: float = 0.6
+    prompt_chars: int = attrs.field(default=200, validator=attrs.validators.ge(0))
+    id_prefix: str = ""
+
+    def tuned(self, tuning: AsrTuning) -> PolicyConfig:
+        """This config with the server's tuning applied."""
+        return attrs.evolve(
+            self,
+            decode_interval=tuning.decode_interval,
+            beam_size=tuning.beam_size,
+            emit_partials=tuning.emit_partials,
+        )
+
+
+_PUNCT = re.compile(r"[^\w']+")
+
+
+def normalize_word(text: str) -> str:
+    """Lower-case ``text`` without punctuation, for comparing words and blocklist entries."""
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+
+
+def break_repetitions(words: Sequence[Word], max_repeats: int = 2) -> list[Word]:
+    """Cut repetition loops: an n-gram (n ≤ 8) repeated back to back more than ``max_repeats``
+    times keeps only its first ``max_repeats`` occurrences."""
+    out = list(words)
+    keys = [normalize_word(w.text) for w in out]
+    i = 0
+    while i < len(out):
+        cut = False
+        for n in range(1, 9):
+            gram = keys[i : i + n]
+            if len(gram) < n:
+                break
+            reps = 1
+            while keys[i + reps * n : i + (reps + 1) * n] == gram:
+                reps += 1
+            if reps > max_repeats:
+                del out[i + max_repeats * n : i + reps * n]
+                del keys[i + max_repeats * n : i + reps * n]
+                cut = True
+                break
+        if not cut:
+            i += 1
+    return out
+
+
+def _text(words: Sequence[Word]) -> str:
+    return "".join(w.text for w in words).strip()
+
+
+def _common_prefix(a: Sequence[Word], b: Sequence[Word]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if normalize_word(x.text) != normalize_word(y.text):
+            break
+        n += 1
+    return n
+
+
+class StreamingPolicy:
+    """Per-source streaming state: feed audio, get partials and finals (see module doc)."""
+
+    def __init__(self, decoder: Decoder, vad: Vad, config: PolicyConfig | None = None) -> None:
+        self._decoder = decoder
+        self._vad = vad
+        self.config = config if config is not None else PolicyConfig()
+        self._frame = vad.frame_samples
+        self._buffer: AudioArray = np.zeros(0, dtype=np.float32)
+        self._buffer_start = 0  # absolute sample index of buffer[0]; frame aligned
+        self._probs: list[float] = []  # one per complete frame of the buffer
+        self._vad_pos = 0  # frames of the buffer the endpoint detector has consumed
+        self._since_decode = 0  # samples since the last decode (or VAD gate check)
+        self._in_speech = False
+        self._speech_frames = 0  # speech frames of the current utterance
+        self._silence_run = 0  # frames of silence after speech
+        self._committed: list[Word] = []  # absolute times; committed, not yet final
+        self._tentative: list[Word] = []  # absolute times; last hypothesis after committed
+        self._last_partial = ""
+        self._final_text: list[str] = []  # recent finals, for the prompt
+        self._last_t1 = 0.0
+        self._finals = 0
+        self._ids: set[str] = set()
+        self.decodes = 0
+
+    # ------------------------------------------------------------------ public
+
+    def tune(self, tuning: AsrTuning) -> None:
+        """Apply the server's tuning (decode interval, beam size, partials on/off)."""
+        self.config = self.config.tuned(tuning)
+
+    @property
+    def buffer_seconds(self) -> float:
+        """Seconds of audio currently held (and re-decoded at the next decode)."""
+        return len(self._buffer) / SAMPLE_RATE
+
+    @property
+    def stream_seconds(self) -> float:
+        """Seconds of audio fed so far."""
+        return (self._buffer_start + len(self._buffer)) / SAMPLE_RATE
+
+    def feed(self, audio: AudioArray) -> list[AsrUpdate]:
+        """Take the next audio of the stream; return the updates it produced."""
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if audio.size == 0:
+            return []
+        self._buffer = np.concatenate([self._buffer, audio])
+        self._since_decode += audio.size
+        self._score_frames()
+        updates: list[AsrUpdate] = []
+        while (end := self._advance_vad()) is not None:
+            updates += self._endpoint(end)
+        interval = int(self.config.decode_interval * SAMPLE_RATE)
+        if self._since_decode >= interval:
+            self._since_decode = 0
+            if self._has_speech():
+                updates += self._decode_step()
+            else:
+                self._trim_to_preroll(len(self._buffer))
+        return updates
+
+    def flush(self) -> list[AsrUpdate]:
+        """End of stream: everything pending becomes finals; the policy is reset."""
+        rest = len(self._buffer) - len(self._probs) * self._frame
+        if rest:
+            pad = np.zeros(self._frame - rest, dtype=np.float32)
+            probs = self._vad.speech_probs(np.concatenate([self._buffer[-rest:], pad]))
+            self._probs += [float(p) for p in probs]
+        updates: list[AsrUpdate] = []
+        while (end := self._advance_vad()) is not None:
+            updates += self._endpoint(end)
+        if self._has_speech():
+            hyp = self._hypothesis(len(self._buffer))
+            updates += self._finalize(self._committed + self._merge_tail(hyp))
+        elif self._committed:
+            updates += self._finalize(self._committed)
+        self._reset_utterance()
+        self._buffer_start += len(self._buffer)
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._probs = []
+        self._vad_pos = 0
+        self._since_decode = 0
+        return updates
+
+    # ------------------------------------------------------------------ VAD
+
+    def _score_frames(self) -> None:
+        """Score the new complete frames of the buffer with the VAD."""
+        done = len(self._probs) * self._frame
+        n = (len(self._buffer) - done) // self._frame
+        if n > 0:
+            probs = self._vad.speech_probs(self._buffer[done : done + n * self._frame])
+            self._probs += [float(p) for p in probs]
+
+    def _advance_vad(self) -> int | None:
+        """Run the endpoint detector over scored frames; the end sample of an endpoint."""
+        cfg = self.config
+        need = max(1, int(cfg.endpoint_silence * SAMPLE_RATE / self._frame + 0.5))
+        while self._vad_pos < len(self._probs):
+            p = self._probs[self._vad_pos]
+            self._vad_pos += 1
+            if p >= cfg.vad_threshold:
+                self._in_speech = True
+                self._speech_frames += 1
+                self._silence_run = 0
+            elif self._in_speech and (p < cfg.vad_neg_threshold or self._silence_run):
+                self._silence_run += 1
+                if self._silence_run >= need:
+                    return self._vad_pos * self._frame
+        return None
+
+    def _has_speech(self) -> bool:
+        return self._speech_frames * self._frame >= self.config.min_speech * SAMPLE_RATE
+
+    def _speech_near(self, start: float, end: float) -> bool:
+        """Whether the VAD heard speech within ``word_vad_pad`` of [start, end] (buffer s)."""
+        pad = self.config.word_vad_pad
+        lo = max(0, int((start - pad) * SAMPLE_RATE) // self._frame)
+        hi = int((end + pad) * SAMPLE_RATE) // self._frame + 1
+        if lo >= len(self._probs):
+            # Past the scored frames: only the unscored tail of the buffer may hold speech.
+            return lo * self._frame < len(self._buffer)
+        return any(p >= self.config.vad_threshold for p in self._probs[lo:hi])
+
+    # ------------------------------------------------------------------ decoding
+
+    def _prompt(self) -> str:
+        text = " ".join(self._final_text)
+        return text[-self.config.prompt_chars :].lstrip() if self.config.prompt_chars else ""
+
+    def _hypothesis(self, end: int) -> list[Word]:
+        """Decode ``buffer[:end]``; guarded words with absolute times."""
+        cfg = self.config
+        self.decodes += 1
+        segments = self._decoder.decode(
+            self._buffer[:end], prompt=self._prompt(), beam_size=cfg.beam_size
+        )
+        offset = self._buffer_start / SAMPLE_RATE
+        words: list[Word] = []
+        for seg in segments:
+            if seg.compression_ratio > cfg.max_compression_ratio:
+                continue
+            if seg.avg_logprob < cfg.min_avg_logprob:
+                continue
+            if (
+                seg.no_speech_prob > cfg.no_speech_threshold
+                and seg.avg_logprob < cfg.logprob_threshold
+            ):
+                continue
+            for w in seg.words:
+                if not w.text.strip() or not self._speech_near(w.start, w.end):
+                    continue
+                start = max(offset + w.start, words[-1].end if words else 0.0)
+                words.append(attrs.evolve(w, start=start, end=max(offset + w.end, start)))
+        return break_repetitions(words, cfg.max_repeats)
+
+    def _merge_tail(self, hyp: list[Word]) -> list[Word]:
+        """The part of ``hyp`` after the committed words."""
+        if not self._committed:
+            return hyp
+        last_end = self._committed[-1].end
+        tail = [w for w in hyp if w.start >= last_end - 0.1]
+        # Drop a re-decoded copy of the last committed words at the seam (1-5 grams).
+        # Only words starting before the committed end are candidates: "no, no" is speech.
+        committed = [normalize_word(w.text) for w in self._committed]
+        for n in range(min(5, len(committed), len(tail)), 0, -1):
+            if tail[n - 1].start < last_end + 0.05 and committed[-n:] == [
+                normalize_word(w.text) for w in tail[:n]
+            ]:
+                return tail[n:]
+        return tail
+
+    def _decode_step(self) -> list[AsrUpdate]:
+        hyp = self._hypothesis(len(self._buffer))
+        tail = self._merge_tail(hyp)
+        n = _common_prefix(self._tentative, tail)
+        self._committed += tail[:n]
+        self._tentative = tail[n:]
+        updates: list[AsrUpdate] = []
+        limit = self.config.max_buffer - self.config.decode_interval
+        if self.buffer_seconds >= limit:
+            updates += self._buffer_limit()
+        updates += self._partial()
+        return updates
+
+    def _buffer_limit(self) -> list[AsrUpdate]:
+        """Final of the committed words; trim the buffer to the end of the last one."""
+        words = self._committed or self._tentative
+        if not words:
+            self._trim_to_preroll(len(self._buffer))
+            return []
+        if not self._committed:
+            self._tentative = []
+        self._committed = []
+        updates = self._finalize(words)
+        cut = int(words[-1].end * SAMPLE_RATE) - self._buffer_start
+        self._drop(cut)
+        self._last_partial = ""
+        return updates
+
+    def _endpoint(self, end: int) -> list[AsrUpdate]:
+        """End of an utterance at ``end`` (buffer sample): finalize all of it, trim."""
+        updates: list[AsrUpdate] = []
+        if self._has_speech():
+            hyp = self._hypothesis(end)
+            updates += self._finalize(self._committed + self._merge_tail(hyp))
+        elif self._committed:
+            updates += self._finalize(self._committed)
+        self._reset_utterance()
+        self._since_decode = 0
+        self._trim_to_preroll(end)
+        return updates
+
+    # ------------------------------------------------------------------ emitting
+
+    def _partial(self) -> list[AsrUpdate]:
+        words = self._committed + self._tentative
+        text = _text(words)
+        if not self.config.emit_partials or not text or text == self._last_partial:
+            return []
+        self._last_partial = text
+        t0 = max(words[0].start, self._last_t1)
+        return [AsrPartialUpdate(text=text, t0=t0, t1=max(words[-1].end, t0))]
+
+    def _finalize(self, words: list[Word]) -> list[AsrUpdate]:
+        self._last_partial = ""
+        text = _text(words)
+        if not text:
+            return []
+        cfg = self.config
+        confidence = float(np.mean([w.probability for w in words]))
+        speech = self._speech_frames * self._frame / SAMPLE_RATE
+        if normalize_word(text) in HALLUCINATION_BLOCKLIST and (
+            speech < cfg.blocklist_max_speech or confidence < cfg.blocklist_min_confidence
+        ):
+            return []
+        t0 = max(words[0].start, self._last_t1)
+        t1 = max(words[-1].end, t0)
+        self._last_t1 = t1
+        self._final_text.append(text)
+        if len(self._final_text) > 20:
+            del self._final_text[:-20]
+        digest = hashlib.sha1(f"{text}|{t0:.2f}|{t1:.2f}".encode()).hexdigest()[:10]
+        segment_id = f"{cfg.id_prefix}{self._finals:05d}-{digest}"
+        self._finals += 1
+        self._ids.add(segment_id)
+        return [
+            AsrFinalUpdate(
+                text=text,
+                t0=round(t0, 3),
+                t1=round(t1, 3),
+                confidence=round(confidence, 4),
+                segment_id=segment_id,
+            )
+        ]
+
+    # ------------------------------------------------------------------ buffer
+
+    def _reset_utterance(self) -> None:
+        self._committed = []
+        self._tentative = []
+        self._in_speech = False
+        self._speech_frames = 0
+        self._silence_run = 0
+        self._last_partial = ""
+
+    def _trim_to_preroll(self, end: int) -> None:
+        """Drop the buffer before ``end`` except the last ``preroll`` seconds."""
+        self._drop(end - int(self.config.preroll * SAMPLE_RATE))
+
+    def _drop(self, samples: int) -> None:
+        """Drop ``samples`` (rounded down to whole frames) from the start of the buffer."""
+        frames = min(max(samples, 0) // self._frame, len(self._probs))
+        if frames <= 0:
+            return
+        cut = frames * self._frame
+        self._buffer = self._buffer[cut:].copy()
+        self._buffer_start += cut
+        del self._probs[:frames]
+        self._vad_pos = max(0, self._vad_pos - frames)

@@ -1,0 +1,348 @@
+"""Streaming policy against a scripted decoder and an energy VAD.
+
+Audio here is synthetic: a "word" is a run of constant amplitude ``0.1 + 0.01 * (i + 1)``
+for vocabulary index ``i``; silence is zeros. The fake decoder reads the runs back as words
+with exact timestamps. A word whose run touches the end of the decoded audio is "unstable":
+its text changes with every decode, as Whisper's last word often does, so LocalAgreement must
+never commit it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from echopanel.asr import (
+    SAMPLE_RATE,
+    DecodedSegment,
+    PolicyConfig,
+    StreamingPolicy,
+    Word,
+    break_repetitions,
+    normalize_word,
+)
+from echopanel.ports import AsrFinalUpdate, AsrPartialUpdate, AsrTuning, AsrUpdate
+
+VOCAB = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india"]
+WORD_S = 0.4
+GAP_S = 0.1
+FRAME = 160
+
+
+def word_audio(word: str) -> npt.NDArray[np.float32]:
+    amp = 0.1 + 0.01 * (VOCAB.index(word) + 1)
+    return np.full(int(WORD_S * SAMPLE_RATE), amp, dtype=np.float32)
+
+
+def silence(seconds: float) -> npt.NDArray[np.float32]:
+    return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+
+
+def utterance(words: Sequence[str]) -> npt.NDArray[np.float32]:
+    parts: list[npt.NDArray[np.float32]] = []
+    for w in words:
+        parts += [word_audio(w), silence(GAP_S)]
+    return np.concatenate(parts)
+
+
+class EnergyVad:
+    """Speech when the frame's mean magnitude is above 0.05."""
+
+    frame_samples = FRAME
+
+    def speech_probs(self, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        assert len(audio) % FRAME == 0
+        frames = np.abs(audio.reshape(-1, FRAME)).mean(axis=1)
+        probs: npt.NDArray[np.float32] = (frames > 0.05).astype(np.float32)
+        return probs
+
+
+@attrs.define
+class ScriptedDecoder:
+    """Reads the synthetic words back; scripted failure modes on request."""
+
+    quality: dict[str, float] = attrs.Factory(dict)
+    extra: list[Word] = attrs.Factory(list)  # words appended to every hypothesis
+    replace: str | None = None  # whole hypothesis text, one word over all runs
+    calls: list[tuple[float, str, int]] = attrs.Factory(list)
+
+    def decode(
+        self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int
+    ) -> Sequence[DecodedSegment]:
+        self.calls.append((len(audio) / SAMPLE_RATE, prompt, beam_size))
+        words: list[Word] = []
+        loud = np.abs(audio) > 0.05
+        i = 0
+        while i < len(audio):
+            if not loud[i]:
+                i += 1
+                continue
+            j = i
+            while j < len(audio) and audio[j] == audio[i]:
+                j += 1
+            idx = round((float(audio[i]) - 0.1) / 0.01) - 1
+            text = VOCAB[idx] if 0 <= idx < len(VOCAB) else "noise"
+            if j == len(audio):
+                text = f"{text}{len(self.calls)}"  # unstable: differs every decode
+            words.append(
+                Word(text=f" {text}", start=i / SAMPLE_RATE, end=j / SAMPLE_RATE, probability=0.9)
+            )
+            i = j
+        if self.replace is not None and words:
+            words = [
+                Word(
+                    text=f" {self.replace}",
+                    start=words[0].start,
+                    end=words[-1].end,
+                    probability=0.3,
+                )
+            ]
+        words += self.extra
+        return [DecodedSegment(words=tuple(words), **self.quality)]
+
+
+def run(
+    policy: StreamingPolicy, audio: npt.NDArray[np.float32], chunk: int = 1600
+) -> list[AsrUpdate]:
+    out: list[AsrUpdate] = []
+    for i in range(0, len(audio), chunk):
+        out += policy.feed(audio[i : i + chunk])
+    return out
+
+
+def finals(updates: Sequence[AsrUpdate]) -> list[AsrFinalUpdate]:
+    return [u for u in updates if isinstance(u, AsrFinalUpdate)]
+
+
+def partials(updates: Sequence[AsrUpdate]) -> list[AsrPartialUpdate]:
+    return [u for u in updates if isinstance(u, AsrPartialUpdate)]
+
+
+def make(decoder: ScriptedDecoder | None = None, **config: object) -> StreamingPolicy:
+    return StreamingPolicy(decoder or ScriptedDecoder(), EnergyVad(), PolicyConfig(**config))  # type: ignore[arg-type]
+
+
+def test_silence_never_reaches_the_decoder_and_the_buffer_stays_small() -> None:
+    decoder = ScriptedDecoder()
+    policy = make(decoder)
+    assert run(policy, silence(30)) == []
+    assert policy.flush() == []
+    assert decoder.calls == []
+    assert policy.stream_seconds == pytest.approx(30.0)
+    assert policy.buffer_seconds == 0.0
+
+
+def test_buffer_is_trimmed_during_silence() -> None:
+    policy = make()
+    run(policy, silence(20))
+    assert policy.buffer_seconds <= 1.0
+
+
+def test_one_utterance_gives_partials_then_one_final() -> None:
+    words = ["alpha", "bravo", "charlie", "delta"]
+    updates = run(make(), np.concatenate([silence(1), utterance(words), silence(1.5)]))
+    fin = finals(updates)
+    assert [f.text for f in fin] == ["alpha bravo charlie delta"]
+    first_final = updates.index(fin[0])
+    assert partials(updates[:first_final]), "partials must precede the final"
+    assert not partials(updates[first_final:])
+    assert fin[0].t0 == pytest.approx(1.0)
+    assert fin[0].t1 == pytest.approx(1.0 + 4 * (WORD_S + GAP_S) - GAP_S)
+    assert fin[0].confidence == pytest.approx(0.9)
+
+
+def test_partials_replace_each_other_and_only_grow_by_committed_words() -> None:
+    updates = run(make(), utterance(["alpha", "bravo", "charlie", "delta", "echo"]))
+    texts = [p.text for p in partials(updates)]
+    assert len(texts) == len(set(texts)), "an unchanged partial is not sent again"
+    stable = [t.split()[:-1] for t in texts]  # the last word may be unstable
+    for before, after in itertools.pairwise(stable):
+        assert after[: len(before)] == before
+    assert all(t0 <= t1 for t0, t1 in ((p.t0, p.t1) for p in partials(updates)))
+
+
+def test_local_agreement_commits_only_words_two_hypotheses_agree_on() -> None:
+    # Speech that never pauses: only the buffer limit makes finals, and those hold
+    # committed words only -- never an unstable one (which carries a digit).
+    words = [VOCAB[i % len(VOCAB)] for i in range(50)]  # 25 s of speech
+    policy = make(max_buffer=6.0)
+    updates = run(policy, utterance(words))
+    fin = finals(updates)
+    assert len(fin) >= 3
+    assert not any(ch.isdigit() for f in fin for ch in f.text)
+    updates += policy.flush()
+    spoken = " ".join(f.text for f in finals(updates)).split()
+    assert spoken == words
+
+
+def test_buffer_limit_bounds_the_decoded_audio() -> None:
+    decoder = ScriptedDecoder()
+    policy = make(decoder, max_buffer=5.0)
+    run(policy, utterance([VOCAB[i % 9] for i in range(40)]))
+    assert max(seconds for seconds, _, _ in decoder.calls) <= 5.0 + 0.1
+
+
+def test_endpoints_split_utterances_with_monotonic_times_and_unique_ids() -> None:
+    audio = np.concatenate(
+        [
+            utterance(["alpha", "bravo"]),
+            silence(1),
+            utterance(["charlie"]),
+            silence(1),
+            utterance(["delta", "echo"]),
+            silence(1),
+        ]
+    )
+    policy = make(id_prefix="mic-")
+    fin = finals(run(policy, audio))
+    assert [f.text for f in fin] == ["alpha bravo", "charlie", "delta echo"]
+    assert all(a.t1 <= b.t0 for a, b in itertools.pairwise(fin))
+    assert len({f.segment_id for f in fin}) == 3
+    assert all(f.segment_id.startswith("mic-") for f in fin)
+    assert policy.buffer_seconds < 1.0
+
+
+def test_final_arrives_after_endpoint_silence() -> None:
+    policy = make(endpoint_silence=0.5)
+    run(policy, utterance(["alpha", "bravo"]))
+    assert finals(policy.feed(silence(0.3))) == []
+    assert [f.text for f in finals(policy.feed(silence(0.3)))] == ["alpha bravo"]
+
+
+def test_segment_ids_are_stable_for_the_same_audio() -> None:
+    audio = np.concatenate([utterance(["golf", "hotel"]), silence(1)])
+    a = finals(run(make(), audio))
+    b = finals(run(make(), audio, chunk=320))
+    assert [f.segment_id for f in a] == [f.segment_id for f in b]
+
+
+def test_previous_finals_are_the_prompt() -> None:
+    decoder = ScriptedDecoder()
+    policy = make(decoder)
+    run(policy, np.concatenate([utterance(["alpha", "bravo"]), silence(1)]))
+    assert all(prompt == "" for _, prompt, _ in decoder.calls)
+    decoder.calls.clear()
+    run(policy, utterance(["charlie"]))
+    assert decoder.calls
+    assert all(prompt == "alpha bravo" for _, prompt, _ in decoder.calls)
+
+
+@pytest.mark.parametrize(
+    "quality",
+    [
+        {"compression_ratio": 3.0},
+        {"avg_logprob": -2.0},
+        {"no_speech_prob": 0.9, "avg_logprob": -1.1},
+    ],
+)
+def test_bad_segments_are_dropped(quality: dict[str, float]) -> None:
+    policy = make(ScriptedDecoder(quality=quality))
+    updates = run(policy, np.concatenate([utterance(["alpha", "bravo"]), silence(1)]))
+    assert updates + policy.flush() == []
+
+
+def test_confident_speech_with_some_no_speech_prob_is_kept() -> None:
+    policy = make(ScriptedDecoder(quality={"no_speech_prob": 0.9, "avg_logprob": -0.2}))
+    fin = finals(run(policy, np.concatenate([utterance(["alpha"]), silence(1)])))
+    assert [f.text for f in fin] == ["alpha"]
+
+
+def test_words_where_the_vad_heard_nothing_are_dropped() -> None:
+    ghost = Word(text=" ghost", start=1.15, end=1.3, probability=0.9)
+    policy = make(ScriptedDecoder(extra=[ghost]), word_vad_pad=0.1)
+    audio = np.concatenate([utterance(["alpha", "bravo"]), silence(4)])
+    fin = finals(run(policy, audio))
+    assert [f.text for f in fin] == ["alpha bravo"]
+
+
+def test_blocklisted_hallucination_on_a_blip_is_dropped() -> None:
+    policy = make(ScriptedDecoder(replace="Thank you."))
+    audio = np.concatenate([silence(1), word_audio("alpha"), silence(2)])
+    assert finals(run(policy, audio) + policy.flush()) == []
+
+
+def test_blocklisted_words_are_kept_when_clearly_spoken() -> None:
+    decoder = ScriptedDecoder(replace="Thank you.")
+    policy = make(decoder, blocklist_min_confidence=0.2)
+    audio = np.concatenate([utterance(["alpha", "bravo", "charlie"]), silence(1)])
+    assert [f.text for f in finals(run(policy, audio))] == ["Thank you."]
+
+
+def test_repetition_loops_are_broken() -> None:
+    def ws(text: str) -> list[Word]:
+        return [Word(text=f" {t}", start=i, end=i + 0.5) for i, t in enumerate(text.split())]
+
+    def out(text: str) -> str:
+        return " ".join(w.text.strip() for w in break_repetitions(ws(text), 2))
+
+    assert out("go go go go go") == "go go"
+    assert out("I said I said I said I said stop") == "I said I said stop"
+    assert out("a b c a b c a b c") == "a b c a b c"
+    assert out("one two three") == "one two three"
+
+
+def test_normalize_word() -> None:
+    assert normalize_word(" Thank you.") == "thank you"
+    assert normalize_word("Don't!") == "don't"
+
+
+def test_flush_finalizes_pending_speech_and_the_stream_goes_on() -> None:
+    policy = make(id_prefix="s-")
+    run(policy, utterance(["alpha", "bravo"]))
+    fin = finals(policy.flush())
+    assert [f.text for f in fin] == ["alpha bravo"]
+    assert policy.flush() == []
+    later = finals(run(policy, np.concatenate([utterance(["charlie"]), silence(1)])))
+    assert [f.text for f in later] == ["charlie"]
+    assert later[0].t0 >= fin[0].t1
+    assert later[0].segment_id != fin[0].segment_id
+
+
+def test_tune_changes_interval_beam_and_partials() -> None:
+    decoder = ScriptedDecoder()
+    policy = make(decoder)
+    policy.tune(AsrTuning(decode_interval=1.0, beam_size=3, emit_partials=False))
+    updates = run(policy, np.concatenate([utterance(["alpha", "bravo", "charlie"]), silence(1)]))
+    assert partials(updates) == []
+    assert [f.text for f in finals(updates)] == ["alpha bravo charlie"]
+    assert {beam for _, _, beam in decoder.calls} == {3}
+    assert len(decoder.calls) <= 3  # 1.9 s of speech at 1 s intervals, plus the endpoint
+
+
+phrase = st.lists(st.sampled_from(VOCAB), min_size=1, max_size=6, unique=True)  # no loops
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    phrases=st.lists(phrase, min_size=1, max_size=4),
+    pauses=st.lists(st.floats(0.6, 2.0), min_size=4, max_size=4),
+    chunk=st.integers(80, 4000),
+)
+def test_finals_reproduce_the_words_whatever_the_chunking(
+    phrases: list[list[str]], pauses: list[float], chunk: int
+) -> None:
+    parts = []
+    for words, pause in zip(phrases, pauses, strict=False):
+        parts += [utterance(words), silence(pause)]
+    policy = make()
+    updates = run(policy, np.concatenate(parts), chunk=chunk) + policy.flush()
+    fin = finals(updates)
+    assert [f.text.split() for f in fin] == phrases
+    assert all(f.t0 <= f.t1 for f in fin)
+    assert all(a.t1 <= b.t0 for a, b in itertools.pairwise(fin))
+    assert len({f.segment_id for f in fin}) == len(fin)
+    # Every partial precedes the final that covers it.
+    pending = False
+    for u in updates:
+        if isinstance(u, AsrPartialUpdate):
+            pending = True
+        elif pending:
+            pending = False
+    assert not pending
