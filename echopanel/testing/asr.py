@@ -133,7 +133,9 @@ class FakeAsrStream(AsrStream):
         emitted = False
         if self.tuning.emit_partials and partial != self._last_partial and not final:
             t0 = self._committed * spw
-            updates.append(AsrPartialUpdate(text=partial, t0=t0, t1=max(t0, heard * spw)))
+            updates.append(
+                AsrPartialUpdate(text=partial, t0=round(t0, 3), t1=round(max(t0, heard * spw), 3))
+            )
             emitted = True
         self._last_partial = partial if not final else ""
         if len(self.decode_log) < _MAX_LOG:
@@ -150,7 +152,7 @@ class FakeAsrStream(AsrStream):
     def _final(self, first: int, count: int) -> AsrFinalUpdate:
         spw = self.backend.seconds_per_word
         text = " ".join(self.backend.word(i) for i in range(first, first + count))
-        t0, t1 = first * spw, (first + count) * spw
+        t0, t1 = round(first * spw, 3), round((first + count) * spw, 3)
         digest = hashlib.sha1(f"{t0:.3f}|{t1:.3f}|{text}".encode()).hexdigest()[:16]
         confidence = 0.9 if self.tuning.beam_size > 1 else 0.8
         return AsrFinalUpdate(text=text, t0=t0, t1=t1, confidence=confidence, segment_id=digest)

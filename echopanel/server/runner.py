@@ -1,0 +1,136 @@
+"""Running the backend under uvicorn: for the CLI, and in-process for tests and demos.
+
+* :func:`run_server` — blocking, what ``echopanel serve`` calls (uvicorn handles
+  SIGINT/SIGTERM and shuts down gracefully).
+* :func:`serve_in_background` — ``async with serve_in_background(config) as url:`` runs a
+  real server on a free loopback port in the current event loop; ``url`` is its base URL
+  (``http://127.0.0.1:PORT``; the WebSocket endpoint is ``url + WS_PATH``).
+* :func:`serve_in_thread` — the same from synchronous code: the server gets its own thread
+  and event loop (used by the hypothesis test and the benchmark).
+
+Both helpers wait until ``/health`` says ready (unless ``wait_ready=False``) and stop the
+server on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import anyio
+import anyio.from_thread
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+
+from echopanel.ports import AsrBackend
+from echopanel.server.analysis import Analyzer
+from echopanel.server.app import create_app
+from echopanel.server.config import ServerConfig
+
+__all__ = ["run_server", "serve_in_background", "serve_in_thread", "uvicorn_config"]
+
+_WS_MAX_SIZE = 1024 * 1024  # frames above 64 KiB get frame_too_large; far larger: 1009 by uvicorn
+
+
+def uvicorn_config(
+    app: Starlette, config: ServerConfig, *, log_level: str = "info"
+) -> uvicorn.Config:
+    """The uvicorn settings the backend runs with."""
+    return uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        ws="wsproto",
+        ws_max_size=_WS_MAX_SIZE,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        lifespan="on",
+        log_level=log_level,
+        timeout_graceful_shutdown=int(max(5.0, config.flush_timeout + 2)),
+        access_log=False,
+    )
+
+
+def run_server(
+    config: ServerConfig, *, app: Starlette | None = None, log_level: str = "info"
+) -> None:
+    """Serve until SIGINT/SIGTERM (blocking)."""
+    server = uvicorn.Server(uvicorn_config(app or create_app(config), config, log_level=log_level))
+    server.run()
+
+
+def _loopback_socket(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _wait_ready(url: str, limit: float) -> None:
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        with anyio.fail_after(limit):
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{url}/health")).status_code == 200:
+                        return
+                await anyio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def serve_in_background(
+    config: ServerConfig | None = None,
+    *,
+    asr: AsrBackend | None = None,
+    analyzer: Analyzer | None = None,
+    app: Starlette | None = None,
+    wait_ready: bool = True,
+    ready_timeout: float = 60.0,
+    log_level: str = "warning",
+) -> AsyncIterator[str]:
+    """Run a real uvicorn server on a free loopback port; yields its base URL."""
+    config = config or ServerConfig(asr="fake")
+    app = app or create_app(config, asr=asr, analyzer=analyzer)
+    sock = _loopback_socket("127.0.0.1")
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn_config(app, config, log_level=log_level))
+    server.config.log_config = None
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, [sock])
+            try:
+                with anyio.fail_after(ready_timeout):
+                    while not server.started:
+                        if server.should_exit:
+                            raise RuntimeError("server failed to start")
+                        await anyio.sleep(0.01)
+                if wait_ready:
+                    await _wait_ready(url, ready_timeout)
+                yield url
+            finally:
+                server.should_exit = True
+    finally:
+        sock.close()
+
+
+@contextlib.contextmanager
+def serve_in_thread(
+    config: ServerConfig | None = None,
+    *,
+    asr: AsrBackend | None = None,
+    analyzer: Analyzer | None = None,
+    wait_ready: bool = True,
+    ready_timeout: float = 60.0,
+    log_level: str = "warning",
+) -> Iterator[str]:
+    """Like :func:`serve_in_background`, from sync code: the server runs in its own thread."""
+    with anyio.from_thread.start_blocking_portal() as portal:
+        manager = serve_in_background(
+            config, asr=asr, analyzer=analyzer, wait_ready=wait_ready,
+            ready_timeout=ready_timeout, log_level=log_level,
+        )  # fmt: skip
+        with portal.wrap_async_context_manager(manager) as url:
+            yield url
