@@ -1,0 +1,453 @@
+"""``SessionBundle``: the per-session record on disk (implements the client ``Recorder``).
+
+For every session attempt one folder (or, with ``zip=True``, one ``.zip``) under the
+sessions directory::
+
+    20260125-114313_<session_id>/
+        receipt.json      ids, start/end (wall clock, ISO 8601), duration, sources, counts
+                          (segments, partials, errors, dropped frames, capture overflows),
+                          outcome and the error that ended it, if any
+        events.ndjson     one JSON object per line: every state change, status, error,
+                          metrics sample, analysis update, final and the summary, with
+                          ``t`` (seconds since start) and ``ts`` (Unix time)
+        transcript.json   the finals (from ``final_summary`` when the server sent one)
+        audio/<source>.wav   only with ``keep_audio=True`` (see :meth:`wrap_capture_factory`)
+
+Every file appears complete or not at all: each is written to a temporary name and moved
+into place with ``os.replace``; ``events.ndjson`` grows as ``events.ndjson.part`` (one
+``write`` per line, so a crash leaves whole lines) and is renamed on close; ``receipt.json``
+is written at open (``outcome: "running"``) and replaced at close.
+
+Location: ``root`` if given, else ``$ECHOPANEL_SESSIONS_DIR``, else
+``$XDG_DATA_HOME/echopanel/sessions`` (``~/.local/share/echopanel/sessions``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import re
+import tempfile
+import time
+import wave
+import zipfile
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from echopanel.ports import Capture
+from echopanel.protocol.messages import SAMPLE_RATE, FinalSummary, Source, encode
+
+__all__ = [
+    "BUNDLE_FILES",
+    "SessionBundle",
+    "default_sessions_dir",
+    "event_name",
+    "event_record",
+    "write_atomic",
+]
+
+BUNDLE_FILES = ("receipt.json", "events.ndjson", "transcript.json")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+#: Client event class name → the ``event`` field of its JSON record (DESIGN: CLI ``--json``).
+_EVENT_NAMES: Mapping[str, str] = {
+    "StateChanged": "state",
+    "PartialEvent": "partial",
+    "FinalEvent": "final",
+    "StatusEvent": "status",
+    "MetricsEvent": "metrics",
+    "AnalysisEvent": "analysis",
+    "ErrorEvent": "error",
+    "SummaryEvent": "summary",
+}
+
+
+# --------------------------------------------------------------------------- event → JSON
+
+
+def event_name(event: object) -> str:
+    """``state``, ``partial``, ``final``, ``status``, ``metrics``, ``analysis``, ``error``,
+    ``summary`` (or the snake-cased class name of an event this module does not know)."""
+    cls = type(event).__name__
+    known = _EVENT_NAMES.get(cls)
+    if known is not None:
+        return known
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.removesuffix("Event")).lower()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if attrs.has(type(value)):
+        if isinstance(getattr(value, "type", None), str):  # a wire message
+            body = json.loads(encode(value))
+            body.pop("type", None)
+            return body
+        return {k: _plain(v) for k, v in attrs.asdict(value, recurse=False).items()}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def event_record(event: object) -> dict[str, Any]:
+    """A session event as one flat JSON object with an ``event`` field.
+
+    A wire message inside the event (``message`` / ``summary``) is flattened into the
+    record with its wire field names (``text``, ``t0``, ``code``…), minus ``type``.
+    """
+    record: dict[str, Any] = {"event": event_name(event)}
+    if attrs.has(type(event)):
+        fields: Mapping[str, Any] = attrs.asdict(event, recurse=False)  # type: ignore[arg-type]
+    else:
+        fields = dict(getattr(event, "__dict__", {}))
+    for key, value in fields.items():
+        plain = _plain(value)
+        if isinstance(plain, dict) and attrs.has(type(value)) and hasattr(value, "type"):
+            for inner_key, inner in plain.items():
+                record.setdefault(inner_key, inner)
+        else:
+            record[key] = plain
+    return record
+
+
+# --------------------------------------------------------------------------- files
+
+
+def default_sessions_dir() -> Path:
+    """``$ECHOPANEL_SESSIONS_DIR``, else ``$XDG_DATA_HOME/echopanel/sessions``."""
+    explicit = os.environ.get("ECHOPANEL_SESSIONS_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home).expanduser() / "echopanel" / "sessions"
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=2, sort_keys=False) + "\n"
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="milliseconds")
+
+
+# --------------------------------------------------------------------------- the recorder
+
+
+@attrs.define(eq=False)
+class _Attempt:
+    directory: Path
+    session_id: str
+    attempt_id: str
+    sources: tuple[str, ...]
+    started_at: float
+    started_wall: float
+    events_part: Any = None
+    counts: dict[str, int] = attrs.Factory(
+        lambda: {"segments": 0, "partials": 0, "errors": 0, "events": 0}
+    )
+    dropped: dict[str, int] = attrs.Factory(dict)
+    finals: list[dict[str, Any]] = attrs.Factory(list)
+    states: list[str] = attrs.Factory(list)
+    last_error: dict[str, Any] | None = None
+
+
+class SessionBundle:
+    """Records sessions as bundles on disk; one instance can record many attempts in turn.
+
+    Pass it as ``Session(..., recorder=SessionBundle())``. ``path`` is the last bundle
+    written (a folder, or a ``.zip`` with ``zip=True``); ``paths`` every one.
+    """
+
+    def __init__(
+        self, root: Path | str | None = None, *, zip: bool = False, keep_audio: bool = False
+    ) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_sessions_dir()
+        self.zip = zip
+        self.keep_audio = keep_audio
+        self.paths: list[Path] = []
+        self._current: _Attempt | None = None
+        self._audio: dict[str, wave.Wave_write] = {}
+        self._overflows: dict[str, Callable[[], int]] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"SessionBundle(root={str(self.root)!r}, zip={self.zip}, keep_audio={self.keep_audio})"
+        )
+
+    @property
+    def path(self) -> Path | None:
+        return self.paths[-1] if self.paths else None
+
+    @property
+    def directory(self) -> Path | None:
+        """The folder of the attempt being recorded (None between attempts)."""
+        return self._current.directory if self._current else None
+
+    # ------------------------------------------------------------------ Recorder protocol
+
+    def open(
+        self,
+        *,
+        session_id: str,
+        attempt_id: str,
+        sources: Iterable[str],
+        started_at: float,
+    ) -> None:
+        if self._current is not None:
+            self.close(outcome="abandoned", ended_at=started_at, summary=None)
+        wall = time.time()
+        stamp = datetime.fromtimestamp(wall).strftime("%Y%m%d-%H%M%S")
+        safe = _UNSAFE.sub("_", session_id).strip("._")[:80] or "session"
+        directory = self.root / f"{stamp}_{safe}"
+        suffix = 1
+        while directory.exists() or directory.with_suffix(".zip").exists():
+            suffix += 1
+            directory = self.root / f"{stamp}_{safe}-{suffix}"
+        directory.mkdir(parents=True)
+        attempt = _Attempt(
+            directory=directory,
+            session_id=session_id,
+            attempt_id=attempt_id,
+            sources=tuple(sources),
+            started_at=started_at,
+            started_wall=wall,
+        )
+        attempt.events_part = open(  # noqa: SIM115 - closed in close()
+            directory / "events.ndjson.part", "a", encoding="utf-8", buffering=1
+        )
+        self._current = attempt
+        write_atomic(directory / "receipt.json", _json(self._receipt(attempt, None, None, None)))
+
+    def record(self, event: object, at: float) -> None:
+        attempt = self._current
+        if attempt is None:
+            return
+        record = event_record(event)
+        kind = record["event"]
+        if kind == "partial":
+            attempt.counts["partials"] += 1
+            return  # partials are superseded by finals; only counted
+        if kind == "final":
+            attempt.counts["segments"] += 1
+            attempt.finals.append(
+                {
+                    k: record.get(k)
+                    for k in ("source", "t0", "t1", "text", "confidence", "segment_id")
+                }
+            )
+        elif kind == "error":
+            attempt.counts["errors"] += 1
+            attempt.last_error = {"code": record.get("code"), "message": record.get("message")}
+        elif kind == "metrics":
+            source = str(record.get("source", "system"))
+            dropped = int(record.get("dropped_frames") or 0)
+            attempt.dropped[source] = max(attempt.dropped.get(source, 0), dropped)
+        elif kind == "state":
+            attempt.states.append(str(record.get("state")))
+        attempt.counts["events"] += 1
+        line = {
+            "t": round(at - attempt.started_at, 3),
+            "ts": round(attempt.started_wall + (at - attempt.started_at), 3),
+            **record,
+        }
+        attempt.events_part.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    def close(self, *, outcome: str, ended_at: float, summary: FinalSummary | None) -> None:
+        attempt, self._current = self._current, None
+        if attempt is None:
+            return
+        self._close_audio(attempt)
+        attempt.events_part.close()
+        directory = attempt.directory
+        os.replace(directory / "events.ndjson.part", directory / "events.ndjson")
+        transcript = self._transcript(attempt, summary)
+        write_atomic(directory / "transcript.json", _json(transcript))
+        write_atomic(
+            directory / "receipt.json", _json(self._receipt(attempt, outcome, ended_at, summary))
+        )
+        self.paths.append(self._zip(directory) if self.zip else directory)
+
+    # ------------------------------------------------------------------ contents
+
+    def _receipt(
+        self,
+        attempt: _Attempt,
+        outcome: str | None,
+        ended_at: float | None,
+        summary: FinalSummary | None,
+    ) -> dict[str, Any]:
+        duration = None if ended_at is None else max(0.0, ended_at - attempt.started_at)
+        dropped = dict(attempt.dropped)
+        if summary is not None:
+            for name, stats in summary.sources.items():
+                dropped[name] = max(dropped.get(name, 0), stats.frames_dropped)
+        segments = attempt.counts["segments"]
+        if summary is not None:
+            segments = max(segments, len(summary.transcript))
+        receipt: dict[str, Any] = {
+            "format": "echopanel-session-bundle/1",
+            "session_id": attempt.session_id,
+            "attempt_id": attempt.attempt_id,
+            "connection_id": summary.connection_id if summary is not None else None,
+            "sources": list(attempt.sources),
+            "started_at": _iso(attempt.started_wall),
+            "ended_at": None if duration is None else _iso(attempt.started_wall + duration),
+            "duration_seconds": None if duration is None else round(duration, 3),
+            "outcome": outcome or "running",
+            "error": attempt.last_error,
+            "states": attempt.states,
+            "counts": {
+                "segments": segments,
+                "partials": attempt.counts["partials"],
+                "errors": attempt.counts["errors"],
+                "events": attempt.counts["events"],
+                "dropped_frames": sum(dropped.values()),
+                "capture_overflows": sum(f() for f in self._overflows.values()),
+            },
+            "dropped_frames": dropped,
+            "audio_seconds": (
+                {name: stats.audio_seconds for name, stats in summary.sources.items()}
+                if summary is not None
+                else {}
+            ),
+            "files": [*BUNDLE_FILES, *(f"audio/{s}.wav" for s in self._audio_sources(attempt))],
+        }
+        return receipt
+
+    @staticmethod
+    def _transcript(attempt: _Attempt, summary: FinalSummary | None) -> dict[str, Any]:
+        if summary is not None and summary.transcript:
+            finals = [_plain(entry) for entry in summary.transcript]
+        else:
+            finals = sorted(attempt.finals, key=lambda f: f.get("t0") or 0.0)
+        return {
+            "session_id": attempt.session_id,
+            "attempt_id": attempt.attempt_id,
+            "finals": finals,
+            "text": " ".join(str(f.get("text", "")).strip() for f in finals).strip(),
+            "markdown": summary.markdown if summary is not None else "",
+        }
+
+    def _zip(self, directory: Path) -> Path:
+        target = directory.with_suffix(".zip")
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for file in sorted(directory.rglob("*")):
+                    if file.is_file():
+                        archive.write(file, file.relative_to(directory).as_posix())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        for file in sorted(directory.rglob("*"), reverse=True):
+            file.unlink() if file.is_file() else file.rmdir()
+        directory.rmdir()
+        return target
+
+    # ------------------------------------------------------------------ audio (opt-in)
+
+    def _audio_sources(self, attempt: _Attempt) -> list[str]:
+        audio_dir = attempt.directory / "audio"
+        if not self.keep_audio or not audio_dir.exists():
+            return []
+        return sorted(p.stem for p in audio_dir.glob("*.wav"))
+
+    def _write_audio(self, source: str, pcm: bytes) -> None:
+        attempt = self._current
+        if attempt is None or not self.keep_audio:
+            return
+        writer = self._audio.get(source)
+        if writer is None:
+            audio_dir = attempt.directory / "audio"
+            audio_dir.mkdir(exist_ok=True)
+            writer = wave.open(str(audio_dir / f".{source}.wav.part"), "wb")  # noqa: SIM115
+            writer.setnchannels(1)
+            writer.setsampwidth(2)
+            writer.setframerate(SAMPLE_RATE)
+            self._audio[source] = writer
+        writer.writeframes(pcm)
+
+    def _close_audio(self, attempt: _Attempt) -> None:
+        writers, self._audio = self._audio, {}
+        for source, writer in writers.items():
+            writer.close()
+            audio_dir = attempt.directory / "audio"
+            os.replace(audio_dir / f".{source}.wav.part", audio_dir / f"{source}.wav")
+
+    def wrap_capture_factory(
+        self, factory: Callable[[Source], Capture]
+    ) -> Callable[[Source], Capture]:
+        """Wrap a capture factory so the bundle sees every capture.
+
+        Each capture's overflow count goes into the receipt; with ``keep_audio`` every
+        frame is also written to ``audio/<source>.wav`` (16 kHz mono s16le).
+        """
+
+        def wrapped(source: Source) -> Capture:
+            inner = factory(source)
+            self._overflows[source] = lambda: inner.overflows
+            return _TeeCapture(inner, self)
+
+        return wrapped
+
+
+class _TeeCapture(Capture):
+    """Passes a capture through, handing each frame to the bundle."""
+
+    def __init__(self, inner: Capture, bundle: SessionBundle) -> None:
+        self.inner = inner
+        self.source = inner.source
+        self._bundle = bundle
+
+    def __repr__(self) -> str:
+        return f"_TeeCapture({self.inner!r})"
+
+    @property
+    def overflows(self) -> int:
+        return self.inner.overflows
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        async for frame in self.inner.frames():
+            self._bundle._write_audio(self.source, frame)
+            yield frame
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -1,0 +1,280 @@
+"""SessionBundle: files, contents, atomic writes, zip, opt-in audio, event records."""
+
+from __future__ import annotations
+
+import json
+import wave
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from echopanel.client.bundle import (
+    SessionBundle,
+    default_sessions_dir,
+    event_record,
+    write_atomic,
+)
+from echopanel.errors import ErrorCode
+from echopanel.ports import Capture
+from echopanel.protocol.messages import (
+    AsrFinal,
+    AsrPartial,
+    FinalSummary,
+    MetricsMessage,
+    Source,
+    SourceStats,
+    StatusMessage,
+    TranscriptEntry,
+)
+
+try:  # the real client events, once the shell has landed
+    from echopanel.client.events import (
+        ErrorEvent,
+        FinalEvent,
+        MetricsEvent,
+        PartialEvent,
+        StateChanged,
+        StatusEvent,
+    )
+except ImportError:  # pragma: no cover - stand-ins with the documented shapes
+
+    @attrs.frozen
+    class StateChanged:  # type: ignore[no-redef]
+        state: str
+        previous: str
+
+    @attrs.frozen
+    class PartialEvent:  # type: ignore[no-redef]
+        message: AsrPartial
+
+    @attrs.frozen
+    class FinalEvent:  # type: ignore[no-redef]
+        message: AsrFinal
+
+    @attrs.frozen
+    class StatusEvent:  # type: ignore[no-redef]
+        message: StatusMessage
+
+    @attrs.frozen
+    class MetricsEvent:  # type: ignore[no-redef]
+        message: MetricsMessage
+
+    @attrs.frozen
+    class ErrorEvent:  # type: ignore[no-redef]
+        code: ErrorCode
+        message: str
+
+
+def _state(state: str, previous: str) -> Any:
+    try:
+        from echopanel.session import State  # type: ignore[attr-defined]
+
+        return StateChanged(state=State(state), previous=State(previous))  # type: ignore[call-arg]
+    except (ImportError, TypeError, ValueError):
+        return StateChanged(state, previous)  # type: ignore[call-arg,arg-type]
+
+
+def _final(text: str, t0: float, seg: str) -> AsrFinal:
+    return AsrFinal(source="system", text=text, t0=t0, t1=t0 + 1, confidence=0.9, segment_id=seg)
+
+
+def _summary() -> FinalSummary:
+    return FinalSummary(
+        transcript=(
+            TranscriptEntry(
+                source="system", t0=0.0, t1=1.0, text="ask not", confidence=0.9, segment_id="a"
+            ),
+            TranscriptEntry(
+                source="system",
+                t0=1.0,
+                t1=2.0,
+                text="what your country",
+                confidence=0.8,
+                segment_id="b",
+            ),
+        ),
+        markdown="ask not what your country",
+        sources={"system": SourceStats(audio_seconds=11.0, frames_dropped=3)},
+        counts={"finals": 2},
+        connection_id="c-1",
+    )
+
+
+def _run_session(bundle: SessionBundle, *, summary: FinalSummary | None = None) -> None:
+    bundle.open(session_id="s/1 x", attempt_id="a-1", sources=("system",), started_at=100.0)
+    bundle.record(_state("starting", "idle"), 100.0)
+    bundle.record(StatusEvent(StatusMessage(state="streaming")), 100.2)  # type: ignore[call-arg]
+    bundle.record(_state("listening", "starting"), 100.2)
+    bundle.record(
+        PartialEvent(AsrPartial(source="system", text="ask", t0=0, t1=0.5)),  # type: ignore[call-arg]
+        101.0,
+    )
+    bundle.record(FinalEvent(_final("ask not", 0.0, "a")), 101.5)  # type: ignore[call-arg]
+    bundle.record(
+        MetricsEvent(MetricsMessage(source="system", dropped_frames=2)),  # type: ignore[call-arg]
+        102.0,
+    )
+    bundle.record(ErrorEvent(ErrorCode.ASR_UNAVAILABLE, "model gone"), 103.0)  # type: ignore[call-arg]
+    bundle.close(outcome="done", ended_at=104.5, summary=summary)
+
+
+def test_folder_has_receipt_events_and_transcript(tmp_path: Path) -> None:
+    bundle = SessionBundle(tmp_path)
+    _run_session(bundle, summary=_summary())
+    folder = bundle.path
+    assert folder is not None and folder.is_dir() and folder.parent == tmp_path
+    assert folder.name.endswith("_s_1_x")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "events.ndjson",
+        "receipt.json",
+        "transcript.json",
+    ]
+    receipt = json.loads((folder / "receipt.json").read_text())
+    assert receipt["session_id"] == "s/1 x" and receipt["attempt_id"] == "a-1"
+    assert receipt["connection_id"] == "c-1"
+    assert receipt["sources"] == ["system"]
+    assert receipt["outcome"] == "done"
+    assert receipt["duration_seconds"] == 4.5
+    assert receipt["started_at"] < receipt["ended_at"]
+    assert receipt["counts"]["segments"] == 2
+    assert receipt["counts"]["partials"] == 1
+    assert receipt["counts"]["errors"] == 1
+    assert receipt["counts"]["dropped_frames"] == 3
+    assert receipt["error"] == {"code": "asr_unavailable", "message": "model gone"}
+    assert receipt["states"] == ["starting", "listening"]
+    assert receipt["audio_seconds"] == {"system": 11.0}
+
+    events = [json.loads(line) for line in (folder / "events.ndjson").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["state", "status", "state", "final", "metrics", "error"]
+    assert events[0]["t"] == 0.0 and events[1]["t"] == 0.2
+    assert all(e["ts"] > 1e9 for e in events)
+    assert events[1]["state"] == "streaming"
+    assert events[3]["text"] == "ask not" and events[3]["segment_id"] == "a"
+    assert events[5] == {**events[5], "code": "asr_unavailable", "message": "model gone"}
+
+    transcript = json.loads((folder / "transcript.json").read_text())
+    assert [f["text"] for f in transcript["finals"]] == ["ask not", "what your country"]
+    assert transcript["text"] == "ask not what your country"
+
+
+def test_transcript_falls_back_to_received_finals(tmp_path: Path) -> None:
+    bundle = SessionBundle(tmp_path)
+    _run_session(bundle, summary=None)
+    assert bundle.path is not None
+    transcript = json.loads((bundle.path / "transcript.json").read_text())
+    assert [f["text"] for f in transcript["finals"]] == ["ask not"]
+    receipt = json.loads((bundle.path / "receipt.json").read_text())
+    assert receipt["counts"]["segments"] == 1 and receipt["counts"]["dropped_frames"] == 2
+
+
+def test_receipt_exists_while_running_and_events_only_as_part(tmp_path: Path) -> None:
+    bundle = SessionBundle(tmp_path)
+    bundle.open(session_id="s", attempt_id="a", sources=("mic",), started_at=0.0)
+    bundle.record(_state("starting", "idle"), 0.1)
+    folder = bundle.directory
+    assert folder is not None
+    assert json.loads((folder / "receipt.json").read_text())["outcome"] == "running"
+    assert not (folder / "events.ndjson").exists()
+    assert (folder / "events.ndjson.part").read_text().count("\n") == 1  # whole lines, flushed
+    bundle.close(outcome="error", ended_at=1.0, summary=None)
+    assert not (folder / "events.ndjson.part").exists()
+    assert not list(folder.glob(".*"))  # no temporary files left
+
+
+def test_no_audio_unless_asked_and_audio_when_asked(tmp_path: Path) -> None:
+    class _Frames(Capture):
+        source: Source = "mic"
+
+        async def start(self) -> None: ...
+
+        async def frames(self) -> AsyncIterator[bytes]:
+            for _ in range(3):
+                yield b"\x01\x00" * 640
+
+        async def stop(self) -> None: ...
+
+    async def run(bundle: SessionBundle) -> Path:
+        capture = bundle.wrap_capture_factory(lambda s: _Frames())("mic")
+        bundle.open(session_id="s", attempt_id="a", sources=("mic",), started_at=0.0)
+        await capture.start()
+        frames = [f async for f in capture.frames()]
+        assert len(frames) == 3
+        bundle.close(outcome="done", ended_at=1.0, summary=None)
+        assert bundle.path is not None
+        return bundle.path
+
+    import anyio
+
+    plain = anyio.run(run, SessionBundle(tmp_path / "plain"))
+    assert not (plain / "audio").exists()
+    kept = anyio.run(run, SessionBundle(tmp_path / "kept", keep_audio=True))
+    with wave.open(str(kept / "audio" / "mic.wav")) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getnframes()) == (16000, 1, 1920)
+    receipt = json.loads((kept / "receipt.json").read_text())
+    assert "audio/mic.wav" in receipt["files"]
+
+
+def test_zip_bundle(tmp_path: Path) -> None:
+    bundle = SessionBundle(tmp_path, zip=True)
+    _run_session(bundle, summary=_summary())
+    assert bundle.path is not None and bundle.path.suffix == ".zip"
+    assert [p.name for p in tmp_path.iterdir()] == [bundle.path.name]
+    with zipfile.ZipFile(bundle.path) as archive:
+        assert sorted(archive.namelist()) == ["events.ndjson", "receipt.json", "transcript.json"]
+        assert json.loads(archive.read("receipt.json"))["outcome"] == "done"
+
+
+def test_location_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ECHOPANEL_SESSIONS_DIR", str(tmp_path / "here"))
+    assert default_sessions_dir() == tmp_path / "here"
+    assert SessionBundle().root == tmp_path / "here"
+    monkeypatch.delenv("ECHOPANEL_SESSIONS_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_sessions_dir() == tmp_path / "xdg" / "echopanel" / "sessions"
+
+
+def test_two_attempts_of_one_session_get_two_folders(tmp_path: Path) -> None:
+    bundle = SessionBundle(tmp_path)
+    _run_session(bundle)
+    _run_session(bundle)
+    assert len(bundle.paths) == 2 and bundle.paths[0] != bundle.paths[1]
+
+
+def test_write_atomic_leaves_old_file_on_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "x.json"
+    write_atomic(target, "old")
+
+    def boom(*_: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(OSError):
+        write_atomic(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_event_record_flattens_wire_messages() -> None:
+    record = event_record(
+        PartialEvent(AsrPartial(source="mic", text="hi", t0=0.0, t1=0.4, session_id="s"))  # type: ignore[call-arg]
+    )
+    assert record == {
+        "event": "partial",
+        "source": "mic",
+        "text": "hi",
+        "t0": 0.0,
+        "t1": 0.4,
+        "stable": False,
+        "session_id": "s",
+    }
+    assert event_record(ErrorEvent(ErrorCode.UNAUTHORIZED, "no")) == {  # type: ignore[call-arg]
+        "event": "error",
+        "code": "unauthorized",
+        "message": "no",
+    }
