@@ -1,0 +1,121 @@
+"""The pure client session core: a table-driven state machine fed events, returning effects.
+
+Imports no I/O library (no anyio, httpx, sounddevice, numpy): see ``tests/unit/test_imports.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from echopanel.session.config import (
+    DEFAULT_START_TIMEOUT,
+    DEFAULT_STOP_TIMEOUT,
+    ENDPOINT_PATH,
+    PERMISSION_FOR,
+    MachineConfig,
+    auth_headers,
+    normalize_sources,
+    normalize_url,
+)
+from echopanel.session.effects import (
+    AnnounceState,
+    CancelTimer,
+    CloseTransport,
+    Connect,
+    CreateBundle,
+    Effect,
+    EmitMessage,
+    EndAttempt,
+    EnterListening,
+    RejectStart,
+    ReportError,
+    RequestPermission,
+    SendStart,
+    SendStop,
+    StartCapture,
+    StartTimer,
+    StopCapture,
+)
+from echopanel.session.events import (
+    AbortRequested,
+    CaptureEnded,
+    CaptureFailed,
+    CaptureStarted,
+    Connected,
+    ConnectFailed,
+    Event,
+    MessageReceived,
+    PermissionAnswered,
+    StartRequested,
+    StopRequested,
+    TimerFired,
+    TransportClosed,
+)
+from echopanel.session.machine import (
+    CLIENT_FEATURES,
+    SessionMachine,
+    start_timeout_message,
+    uuid_factory,
+)
+from echopanel.session.table import ACTIVE_STATES, STARTING_STATES, STATES, TRANSITIONS, Row
+
+__all__ = [
+    "ACTIVE_STATES",
+    "CLIENT_FEATURES",
+    "DEFAULT_START_TIMEOUT",
+    "DEFAULT_STOP_TIMEOUT",
+    "ENDPOINT_PATH",
+    "PERMISSION_FOR",
+    "STARTING_STATES",
+    "STATES",
+    "TRANSITIONS",
+    "AbortRequested",
+    "AnnounceState",
+    "CancelTimer",
+    "CaptureEnded",
+    "CaptureFailed",
+    "CaptureStarted",
+    "CloseTransport",
+    "Connect",
+    "ConnectFailed",
+    "Connected",
+    "CreateBundle",
+    "Effect",
+    "EmitMessage",
+    "EndAttempt",
+    "EnterListening",
+    "Event",
+    "MachineConfig",
+    "MessageReceived",
+    "PermissionAnswered",
+    "RejectStart",
+    "ReportError",
+    "RequestPermission",
+    "Row",
+    "SendStart",
+    "SendStop",
+    "SessionMachine",
+    "StartCapture",
+    "StartRequested",
+    "StartTimer",
+    "StopCapture",
+    "StopRequested",
+    "TimerFired",
+    "TransportClosed",
+    "auth_headers",
+    "normalize_sources",
+    "normalize_url",
+    "render_document",
+    "render_mermaid",
+    "start_timeout_message",
+    "uuid_factory",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy so that ``python -m echopanel.session.diagram`` does not import it twice.
+    if name in ("render_document", "render_mermaid"):
+        from echopanel.session import diagram
+
+        return getattr(diagram, name)
+    raise AttributeError(f"module 'echopanel.session' has no attribute {name!r}")

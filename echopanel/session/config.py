@@ -1,0 +1,97 @@
+"""What the machine needs to know about a session: where, which sources, which timeouts.
+
+Also the two pure helpers the shell shares: endpoint URL normalization and auth headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+
+from echopanel.ports import PermissionKind
+from echopanel.protocol.messages import SOURCES, Source
+
+__all__ = [
+    "DEFAULT_START_TIMEOUT",
+    "DEFAULT_STOP_TIMEOUT",
+    "ENDPOINT_PATH",
+    "PERMISSION_FOR",
+    "MachineConfig",
+    "auth_headers",
+    "normalize_sources",
+    "normalize_url",
+]
+
+ENDPOINT_PATH: Final = "/ws/live-listener"
+DEFAULT_START_TIMEOUT: Final = 5.0
+DEFAULT_STOP_TIMEOUT: Final = 10.0
+#: The OS permission each source needs (system audio needs screen recording on macOS).
+PERMISSION_FOR: Final[Mapping[Source, PermissionKind]] = {
+    "system": PermissionKind.SCREEN_RECORDING,
+    "mic": PermissionKind.MICROPHONE,
+}
+_SCHEMES: Final = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
+
+
+def normalize_url(url: str) -> str:
+    """``ws://host:port`` → ``ws://host:port/ws/live-listener``; full URLs are kept.
+
+    ``http``/``https`` become ``ws``/``wss``. Raises ``ValueError`` for anything else.
+    """
+    parts = urlsplit(url.strip())
+    scheme = _SCHEMES.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"not a WebSocket URL: {url!r} (expected ws://host:port)")
+    path = parts.path if parts.path not in ("", "/") else ENDPOINT_PATH
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def normalize_sources(value: Any) -> tuple[Source, ...]:
+    """A non-empty tuple of distinct sources (``microphone`` is accepted for ``mic``)."""
+    if isinstance(value, str):
+        value = (value,)
+    result: list[Source] = []
+    for item in value:
+        name = "mic" if item == "microphone" else item
+        if name not in SOURCES:
+            raise ValueError(f"unknown source {item!r}: expected 'system' or 'mic'")
+        if name in result:
+            raise ValueError(f"source {name!r} given twice")
+        result.append(name)
+    if not result:
+        raise ValueError("at least one source is needed")
+    return tuple(result)
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    """Both auth headers the backend accepts, or none when there is no token."""
+    if not token:
+        return {}
+    return {"Authorization": f"Bearer {token}", "x-echopanel-token": token}
+
+
+@attrs.frozen(kw_only=True)
+class MachineConfig:
+    """Inputs of :class:`~echopanel.session.SessionMachine` (the shell builds it)."""
+
+    url: str = attrs.field(converter=normalize_url)
+    sources: tuple[Source, ...] = attrs.field(converter=normalize_sources)
+    token: str | None = attrs.field(default=None, repr=lambda t: "None" if t is None else "***")
+    start_timeout: float = attrs.field(
+        default=DEFAULT_START_TIMEOUT, validator=attrs.validators.gt(0)
+    )
+    stop_timeout: float = attrs.field(
+        default=DEFAULT_STOP_TIMEOUT, validator=attrs.validators.gt(0)
+    )
+    stop_on_capture_end: bool = True
+
+    @property
+    def permissions(self) -> tuple[PermissionKind, ...]:
+        """The permissions needed, in the order they are asked (screen, then microphone)."""
+        needed = {PERMISSION_FOR[s] for s in self.sources}
+        return tuple(
+            k for k in (PermissionKind.SCREEN_RECORDING, PermissionKind.MICROPHONE) if k in needed
+        )

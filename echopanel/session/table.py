@@ -1,0 +1,159 @@
+"""The session state graph as data: states, steps and transitions.
+
+This table is the single source of truth: :class:`~echopanel.session.SessionMachine` feeds
+it to ``transitions.Machine`` and :mod:`echopanel.session.diagram` renders it as Mermaid.
+
+States are flat names; the four steps of ``starting`` are named ``starting_<step>``
+(permissions → capture → connecting → awaiting_ack). A row's ``dest`` of ``None`` is an
+*internal* transition (stays in the state, runs ``after``). ``conditions`` / ``unless``
+and ``after`` name methods of the machine's private model. A (state, trigger) pair with no
+row is *ignored* by the machine: late or stale facts are expected in an async world.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import attrs
+
+__all__ = [
+    "ACTIVE_STATES",
+    "STARTING_STATES",
+    "STATES",
+    "TRANSITIONS",
+    "TRIGGERS",
+    "Row",
+    "phase_of",
+    "step_of",
+]
+
+IDLE: Final = "idle"
+PERMISSIONS: Final = "starting_permissions"
+CAPTURE: Final = "starting_capture"
+CONNECTING: Final = "starting_connecting"
+AWAITING_ACK: Final = "starting_awaiting_ack"
+LISTENING: Final = "listening"
+FINALIZING: Final = "finalizing"
+ERROR: Final = "error"
+
+STARTING_STATES: Final[tuple[str, ...]] = (PERMISSIONS, CAPTURE, CONNECTING, AWAITING_ACK)
+STATES: Final[tuple[str, ...]] = (IDLE, *STARTING_STATES, LISTENING, FINALIZING, ERROR)
+#: States in which something may be running (captures, transport, timers).
+ACTIVE_STATES: Final[tuple[str, ...]] = (*STARTING_STATES, LISTENING, FINALIZING)
+_CONNECTED: Final[tuple[str, ...]] = (CONNECTING, AWAITING_ACK, LISTENING)
+
+
+def phase_of(state: str) -> str:
+    """The top-level state: ``starting_capture`` → ``starting``."""
+    return "starting" if state.startswith("starting_") else state
+
+
+def step_of(state: str) -> str | None:
+    """The step within ``starting`` (``permissions`` …), else ``None``."""
+    return state.removeprefix("starting_") if state.startswith("starting_") else None
+
+
+@attrs.frozen(kw_only=True)
+class Row:
+    """One transition: on ``trigger`` from any of ``source`` to ``dest`` (None: internal)."""
+
+    trigger: str
+    source: tuple[str, ...]
+    dest: str | None
+    conditions: tuple[str, ...] = ()
+    unless: tuple[str, ...] = ()
+    after: str | None = None
+
+    def as_config(self) -> dict[str, Any]:
+        """The row in the dict form ``transitions.Machine`` takes."""
+        config: dict[str, Any] = {
+            "trigger": self.trigger,
+            "source": list(self.source),
+            "dest": self.dest,
+            "conditions": list(self.conditions),
+            "unless": list(self.unless),
+        }
+        if self.after is not None:
+            config["after"] = self.after
+        return config
+
+
+def _row(
+    trigger: str,
+    source: str | tuple[str, ...],
+    dest: str | None,
+    *,
+    after: str | None = None,
+    conditions: tuple[str, ...] = (),
+    unless: tuple[str, ...] = (),
+) -> Row:
+    sources = (source,) if isinstance(source, str) else source
+    return Row(
+        trigger=trigger,
+        source=sources,
+        dest=dest,
+        conditions=conditions,
+        unless=unless,
+        after=after,
+    )
+
+
+TRANSITIONS: Final[tuple[Row, ...]] = (
+    # --- start: a new attempt from idle (new session) or error (retry, same session)
+    _row("start", (IDLE, ERROR), PERMISSIONS, after="begin_attempt"),
+    _row("start", ACTIVE_STATES, None, after="reject_start"),
+    # --- permissions, one kind at a time, only those the sources need
+    _row(
+        "permission_granted",
+        PERMISSIONS,
+        None,
+        unless=("all_permissions_granted",),
+        after="request_next_permission",
+    ),
+    _row(
+        "permission_granted",
+        PERMISSIONS,
+        CAPTURE,
+        conditions=("all_permissions_granted",),
+        after="start_next_capture",
+    ),
+    _row("permission_denied", PERMISSIONS, ERROR, after="fail"),
+    # --- captures, one source at a time
+    _row(
+        "capture_started",
+        CAPTURE,
+        None,
+        unless=("all_captures_started",),
+        after="start_next_capture",
+    ),
+    _row(
+        "capture_started",
+        CAPTURE,
+        CONNECTING,
+        conditions=("all_captures_started",),
+        after="connect",
+    ),
+    _row("capture_failed", (CAPTURE, CONNECTING, AWAITING_ACK, LISTENING), ERROR, after="fail"),
+    _row("capture_ended", (CAPTURE, CONNECTING, AWAITING_ACK, LISTENING), None),
+    # --- connection and start handshake
+    _row("connected", CONNECTING, AWAITING_ACK, after="send_start"),
+    _row("connect_failed", CONNECTING, ERROR, after="fail"),
+    _row("server_connected", _CONNECTED, None),
+    _row("ack", AWAITING_ACK, LISTENING, after="enter_listening"),
+    _row("message", (AWAITING_ACK, LISTENING, FINALIZING), None, after="emit_message"),
+    # --- failures reported by the backend or the connection
+    _row("server_error", (*_CONNECTED, FINALIZING), ERROR, after="fail"),
+    _row("transport_closed", _CONNECTED, ERROR, after="fail"),
+    _row("timeout", STARTING_STATES, ERROR, after="fail"),
+    # --- stopping
+    _row("auto_stop", LISTENING, FINALIZING, conditions=("should_auto_stop",), after="begin_stop"),
+    _row("stop", LISTENING, FINALIZING, after="begin_stop"),
+    _row("stop", STARTING_STATES, IDLE, after="cancel"),
+    _row("abort", ACTIVE_STATES, IDLE, after="cancel"),
+    _row("summary", FINALIZING, IDLE, after="complete"),
+    _row("transport_closed", FINALIZING, IDLE, after="complete"),
+    _row("timeout", FINALIZING, IDLE, after="complete"),
+)
+
+#: Every trigger the table knows, in first-use order.
+TRIGGERS: Final[tuple[str, ...]] = tuple(dict.fromkeys(row.trigger for row in TRANSITIONS))
