@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import anyio
 
 from echopanel.capture import devices
 from echopanel.ports import PermissionAnswer, PermissionGate, PermissionKind
+from echopanel.protocol.messages import Source
 
 __all__ = [
     "DevicePermissionGate",
@@ -47,20 +48,21 @@ class DevicePermissionGate(PermissionGate):
     ``screen_recording`` stands for system audio: a loopback device must exist (a
     PulseAudio monitor source on Linux, BlackHole or similar on macOS, a WASAPI loopback
     on Windows). ``microphone`` needs an input device that is not a loopback.
-    ``device`` is the user's explicit choice, which then must exist.
+    ``devices`` holds the user's explicit choice per source (``system`` / ``mic``), which
+    then must exist.
     """
 
-    def __init__(self, *, device: str | int | None = None) -> None:
-        self.device = device
+    def __init__(self, *, devices: Mapping[Source, str | int] | None = None) -> None:
+        self.devices = dict(devices or {})
 
     async def request(self, kind: PermissionKind) -> PermissionAnswer:
         return await anyio.to_thread.run_sync(self.check, kind)
 
     def check(self, kind: PermissionKind) -> PermissionAnswer:
         """The synchronous check (PortAudio and ``pactl`` queries)."""
-        source = "system" if kind is PermissionKind.SCREEN_RECORDING else "mic"
+        source: Source = "system" if kind is PermissionKind.SCREEN_RECORDING else "mic"
         try:
-            choice = devices.choose_device(source, self.device)
+            choice = devices.choose_device(source, self.devices.get(source))
         except LookupError as exc:
             return PermissionAnswer(granted=False, detail=str(exc.args[0] if exc.args else exc))
         except OSError as exc:
@@ -164,8 +166,13 @@ class MacPermissionGate(PermissionGate):  # pragma: no cover - runs on macOS onl
         )
 
 
-def default_permission_gate(*, device: str | int | None = None) -> PermissionGate:
-    """The gate for this OS: the real macOS checks when available, else the device check."""
+def default_permission_gate(
+    *, devices: Mapping[Source, str | int] | None = None
+) -> PermissionGate:
+    """The gate for this OS: the real macOS checks when available, else the device check.
+
+    ``devices``: the user's device choice per source, checked by the device gate.
+    """
     if sys.platform == "darwin" and macos_frameworks_available():  # pragma: no cover
         return MacPermissionGate()
-    return DevicePermissionGate(device=device)
+    return DevicePermissionGate(devices=devices)
