@@ -15,6 +15,7 @@ server on exit.
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 
@@ -56,9 +57,24 @@ def uvicorn_config(
 def run_server(
     config: ServerConfig, *, app: Starlette | None = None, log_level: str = "info"
 ) -> None:
-    """Serve until SIGINT/SIGTERM (blocking)."""
+    """Serve until SIGINT/SIGTERM (blocking); returns normally after a graceful shutdown.
+
+    uvicorn re-raises the signal it caught once it has shut down; the handlers installed
+    here absorb that, so the process exits with status 0 instead of dying of the signal.
+    """
     server = uvicorn.Server(uvicorn_config(app or create_app(config), config, log_level=log_level))
-    server.run()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, _absorb)
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _absorb(signum: int, frame: object) -> None:
+    """Signal handler restored by uvicorn after shutdown: the stop already happened."""
 
 
 def _loopback_socket(host: str) -> socket.socket:
