@@ -183,6 +183,9 @@ class _Attempt:
 class SessionBundle:
     """Records sessions as bundles on disk; one instance can record many attempts in turn.
 
+    Implements :class:`echopanel.client.recorder.Recorder`; it never raises into the
+    session for an event it does not know (unknown events are recorded by class name).
+
     Pass it as ``Session(..., recorder=SessionBundle())``. ``path`` is the last bundle
     written (a folder, or a ``.zip`` with ``zip=True``); ``paths`` every one.
     """
@@ -224,7 +227,9 @@ class SessionBundle:
     ) -> None:
         if self._current is not None:
             self.close(outcome="abandoned", ended_at=started_at, summary=None)
-        wall = time.time()
+        # the session passes wall-clock seconds; anything else (a monotonic clock) is
+        # mapped onto "now" so that receipts always carry real dates
+        wall = started_at if started_at > 1e9 else time.time()
         stamp = datetime.fromtimestamp(wall).strftime("%Y%m%d-%H%M%S")
         safe = _UNSAFE.sub("_", session_id).strip("._")[:80] or "session"
         directory = self.root / f"{stamp}_{safe}"

@@ -6,10 +6,18 @@ import io
 import json
 from typing import Any
 
-import attrs
 from rich.console import Console
 
 from echopanel.cli.render import JsonPrinter, LiveView, format_summary
+from echopanel.client.events import (
+    ErrorEvent,
+    FinalEvent,
+    MetricsEvent,
+    PartialEvent,
+    StateChanged,
+    StatusEvent,
+    SummaryEvent,
+)
 from echopanel.errors import ErrorCode
 from echopanel.protocol.messages import (
     AsrFinal,
@@ -20,66 +28,19 @@ from echopanel.protocol.messages import (
     StatusMessage,
 )
 
-try:
-    from echopanel.client.events import (
-        ErrorEvent,
-        FinalEvent,
-        MetricsEvent,
-        PartialEvent,
-        StateChanged,
-        StatusEvent,
-        SummaryEvent,
-    )
-except ImportError:  # pragma: no cover - stand-ins with the documented shapes
 
-    @attrs.frozen
-    class StateChanged:  # type: ignore[no-redef]
-        state: str
-        previous: str
-
-    @attrs.frozen
-    class PartialEvent:  # type: ignore[no-redef]
-        message: AsrPartial
-
-    @attrs.frozen
-    class FinalEvent:  # type: ignore[no-redef]
-        message: AsrFinal
-
-    @attrs.frozen
-    class StatusEvent:  # type: ignore[no-redef]
-        message: StatusMessage
-
-    @attrs.frozen
-    class MetricsEvent:  # type: ignore[no-redef]
-        message: MetricsMessage
-
-    @attrs.frozen
-    class ErrorEvent:  # type: ignore[no-redef]
-        code: ErrorCode
-        message: str
-
-    @attrs.frozen
-    class SummaryEvent:  # type: ignore[no-redef]
-        summary: FinalSummary
-
-
-def _state(state: str, previous: str) -> Any:
-    try:
-        from echopanel.session import State  # type: ignore[attr-defined]
-
-        return StateChanged(state=State(state), previous=State(previous))  # type: ignore[call-arg]
-    except (ImportError, TypeError, ValueError):
-        return StateChanged(state, previous)  # type: ignore[call-arg,arg-type]
+def _state(state: str, previous: str) -> StateChanged:
+    return StateChanged(state=state, previous=previous)
 
 
 def _events() -> list[Any]:
     return [
         _state("starting", "idle"),
-        StatusEvent(StatusMessage(state="streaming")),  # type: ignore[call-arg]
+        StatusEvent(message=StatusMessage(state="streaming")),
         _state("listening", "starting"),
-        PartialEvent(AsrPartial(source="system", text="ask not", t0=0.0, t1=0.5)),  # type: ignore[call-arg]
-        FinalEvent(  # type: ignore[call-arg]
-            AsrFinal(
+        PartialEvent(message=AsrPartial(source="system", text="ask not", t0=0.0, t1=0.5)),
+        FinalEvent(
+            message=AsrFinal(
                 source="system",
                 text="ask not what",
                 t0=1.0,
@@ -88,8 +49,8 @@ def _events() -> list[Any]:
                 segment_id="a",
             )
         ),
-        MetricsEvent(  # type: ignore[call-arg]
-            MetricsMessage(
+        MetricsEvent(
+            message=MetricsMessage(
                 source="system",
                 backlog_seconds=0.4,
                 degrade_level=1,
@@ -97,9 +58,11 @@ def _events() -> list[Any]:
                 dropped_frames=5,
             )
         ),
-        ErrorEvent(ErrorCode.SERVER_AT_CAPACITY, "Server at capacity"),  # type: ignore[call-arg]
-        SummaryEvent(  # type: ignore[call-arg]
-            FinalSummary(sources={"system": SourceStats(audio_seconds=11.0, frames_dropped=5)})
+        ErrorEvent(code=ErrorCode.SERVER_AT_CAPACITY, message="Server at capacity"),
+        SummaryEvent(
+            summary=FinalSummary(
+                sources={"system": SourceStats(audio_seconds=11.0, frames_dropped=5)}
+            )
         ),
     ]
 

@@ -7,9 +7,7 @@ import wave
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import attrs
 import pytest
 
 from echopanel.client.bundle import (
@@ -17,6 +15,14 @@ from echopanel.client.bundle import (
     default_sessions_dir,
     event_record,
     write_atomic,
+)
+from echopanel.client.events import (
+    ErrorEvent,
+    FinalEvent,
+    MetricsEvent,
+    PartialEvent,
+    StateChanged,
+    StatusEvent,
 )
 from echopanel.errors import ErrorCode
 from echopanel.ports import Capture
@@ -31,51 +37,9 @@ from echopanel.protocol.messages import (
     TranscriptEntry,
 )
 
-try:  # the real client events, once the shell has landed
-    from echopanel.client.events import (
-        ErrorEvent,
-        FinalEvent,
-        MetricsEvent,
-        PartialEvent,
-        StateChanged,
-        StatusEvent,
-    )
-except ImportError:  # pragma: no cover - stand-ins with the documented shapes
 
-    @attrs.frozen
-    class StateChanged:  # type: ignore[no-redef]
-        state: str
-        previous: str
-
-    @attrs.frozen
-    class PartialEvent:  # type: ignore[no-redef]
-        message: AsrPartial
-
-    @attrs.frozen
-    class FinalEvent:  # type: ignore[no-redef]
-        message: AsrFinal
-
-    @attrs.frozen
-    class StatusEvent:  # type: ignore[no-redef]
-        message: StatusMessage
-
-    @attrs.frozen
-    class MetricsEvent:  # type: ignore[no-redef]
-        message: MetricsMessage
-
-    @attrs.frozen
-    class ErrorEvent:  # type: ignore[no-redef]
-        code: ErrorCode
-        message: str
-
-
-def _state(state: str, previous: str) -> Any:
-    try:
-        from echopanel.session import State  # type: ignore[attr-defined]
-
-        return StateChanged(state=State(state), previous=State(previous))  # type: ignore[call-arg]
-    except (ImportError, TypeError, ValueError):
-        return StateChanged(state, previous)  # type: ignore[call-arg,arg-type]
+def _state(state: str, previous: str) -> StateChanged:
+    return StateChanged(state=state, previous=previous)
 
 
 def _final(text: str, t0: float, seg: str) -> AsrFinal:
@@ -107,18 +71,18 @@ def _summary() -> FinalSummary:
 def _run_session(bundle: SessionBundle, *, summary: FinalSummary | None = None) -> None:
     bundle.open(session_id="s/1 x", attempt_id="a-1", sources=("system",), started_at=100.0)
     bundle.record(_state("starting", "idle"), 100.0)
-    bundle.record(StatusEvent(StatusMessage(state="streaming")), 100.2)  # type: ignore[call-arg]
+    bundle.record(StatusEvent(message=StatusMessage(state="streaming")), 100.2)
     bundle.record(_state("listening", "starting"), 100.2)
     bundle.record(
-        PartialEvent(AsrPartial(source="system", text="ask", t0=0, t1=0.5)),  # type: ignore[call-arg]
+        PartialEvent(message=AsrPartial(source="system", text="ask", t0=0, t1=0.5)),
         101.0,
     )
-    bundle.record(FinalEvent(_final("ask not", 0.0, "a")), 101.5)  # type: ignore[call-arg]
+    bundle.record(FinalEvent(message=_final("ask not", 0.0, "a")), 101.5)
     bundle.record(
-        MetricsEvent(MetricsMessage(source="system", dropped_frames=2)),  # type: ignore[call-arg]
+        MetricsEvent(message=MetricsMessage(source="system", dropped_frames=2)),
         102.0,
     )
-    bundle.record(ErrorEvent(ErrorCode.ASR_UNAVAILABLE, "model gone"), 103.0)  # type: ignore[call-arg]
+    bundle.record(ErrorEvent(code=ErrorCode.ASR_UNAVAILABLE, message="model gone"), 103.0)
     bundle.close(outcome="done", ended_at=104.5, summary=summary)
 
 
@@ -262,7 +226,7 @@ def test_write_atomic_leaves_old_file_on_failure(
 
 def test_event_record_flattens_wire_messages() -> None:
     record = event_record(
-        PartialEvent(AsrPartial(source="mic", text="hi", t0=0.0, t1=0.4, session_id="s"))  # type: ignore[call-arg]
+        PartialEvent(message=AsrPartial(source="mic", text="hi", t0=0.0, t1=0.4, session_id="s"))
     )
     assert record == {
         "event": "partial",
@@ -273,7 +237,7 @@ def test_event_record_flattens_wire_messages() -> None:
         "stable": False,
         "session_id": "s",
     }
-    assert event_record(ErrorEvent(ErrorCode.UNAUTHORIZED, "no")) == {  # type: ignore[call-arg]
+    assert event_record(ErrorEvent(code=ErrorCode.UNAUTHORIZED, message="no")) == {
         "event": "error",
         "code": "unauthorized",
         "message": "no",
