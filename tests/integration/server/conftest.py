@@ -49,27 +49,27 @@ class Client:
         for _ in range(count):
             await self.t.send_bytes(encode_audio_frame(source, pcm))  # type: ignore[arg-type]
 
-    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        with anyio.fail_after(timeout):
+    async def recv(self, limit: float = 5.0) -> dict[str, Any]:
+        with anyio.fail_after(limit):
             raw = await self.t.receive()
         msg: dict[str, Any] = json.loads(raw)
         self.received.append(msg)
         return msg
 
-    async def expect(self, kind: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+    async def expect(self, kind: str, limit: float = 5.0, **fields: Any) -> dict[str, Any]:
         """Skip messages until one of ``kind`` (matching ``fields``) arrives."""
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(limit):
             while True:
-                msg = await self.recv(timeout)
+                msg = await self.recv(limit)
                 if msg["type"] == kind and all(msg.get(k) == v for k, v in fields.items()):
                     return msg
 
-    async def expect_close(self, timeout: float = 5.0) -> TransportError:
+    async def expect_close(self, limit: float = 5.0) -> TransportError:
         """Read until the server closes; returns the TransportError raised."""
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(limit):
             while True:
                 try:
-                    await self.recv(timeout)
+                    await self.recv(limit)
                 except TransportError as exc:
                     return exc
 
@@ -114,10 +114,10 @@ async def metric(url: str, name: str, token: str | None = None) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
-async def wait_idle(url: str, token: str | None = None, timeout: float = 5.0) -> None:
+async def wait_idle(url: str, token: str | None = None, limit: float = 5.0) -> None:
     """Wait until the server has no active session (active_sessions == 0)."""
-    with anyio.fail_after(timeout):
-        while await metric(url, "echopanel_active_sessions", token) != 0:
+    with anyio.fail_after(limit):
+        while await metric(url, "echopanel_active_sessions", token) != 0:  # noqa: ASYNC110
             await anyio.sleep(0.02)
 
 

@@ -25,7 +25,7 @@ async def test_overload_raises_level_visible_in_status_metrics_and_prometheus(co
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(pace)
-            status = await client.expect("status", state="overloaded", timeout=10)
+            status = await client.expect("status", state="overloaded", limit=10)
             assert status["degrade_level"] >= 1 and "degrade level" in status["message"]
             assert await h.metric(url, "echopanel_degrade_level") >= 1
             assert await h.metric(url, "echopanel_asr_realtime_factor") > 0.8
@@ -35,10 +35,10 @@ async def test_overload_raises_level_visible_in_status_metrics_and_prometheus(co
             assert stream.tuning.decode_interval == degrade.slow_interval
 
             asr.inference_ratio = 0.0  # load passes: the ladder steps back to 0
-            recovered = await client.expect("status", state="warning", degrade_level=0, timeout=15)
+            recovered = await client.expect("status", state="warning", degrade_level=0, limit=15)
             assert "normal" in recovered["message"]
             assert stream.tuning.decode_interval == degrade.base_interval
             tg.cancel_scope.cancel()
         await client.send({"type": "stop", "session_id": "s1"})
-        await client.expect("final_summary", timeout=10)
+        await client.expect("final_summary", limit=10)
         await h.wait_idle(url)

@@ -70,7 +70,7 @@ async def test_good_token_either_header(connect, headers, h):
 
 
 async def test_health_needs_no_token_and_hides_it_metrics_needs_it(h):
-    async with serve_in_background(h.fast_config(token="s3cret"), asr=FakeAsrBackend()) as url:
+    async with serve_in_background(h.fast_config(token="s3cret"), asr=FakeAsrBackend()) as url:  # noqa: SIM117
         async with httpx.AsyncClient() as http:
             health = await http.get(f"{url}/health")
             assert health.status_code == 200 and "s3cret" not in health.text
@@ -172,7 +172,7 @@ async def test_capacity_waits_for_slot_then_1013_then_recovers(connect, h):
 
 async def test_health_503_while_loading_and_when_load_failed(connect, h):
     slow = FakeAsrBackend(load_delay=0.6)
-    async with serve_in_background(h.fast_config(), asr=slow, wait_ready=False) as url:
+    async with serve_in_background(h.fast_config(), asr=slow, wait_ready=False) as url:  # noqa: SIM117
         async with httpx.AsyncClient() as http:
             loading = await http.get(f"{url}/health")
             assert loading.status_code == 503 and loading.json()["status"] == "loading"
@@ -184,7 +184,7 @@ async def test_health_503_while_loading_and_when_load_failed(connect, h):
     async with serve_in_background(h.fast_config(), asr=broken, wait_ready=False) as url:
         async with httpx.AsyncClient() as http:
             with anyio.fail_after(3):
-                while (body := (await http.get(f"{url}/health")).json())["status"] == "loading":
+                while (body := (await http.get(f"{url}/health")).json())["status"] == "loading":  # noqa: ASYNC110
                     await anyio.sleep(0.02)
             assert body["status"] == "unavailable" and "/nope" in body["error"]
         client = await connect(url)

@@ -54,7 +54,14 @@ async def _play(url: str, moves: list[str]) -> None:
         for move in moves:
             if move == "start":
                 await transport.send_text(
-                    json.dumps({"type": "start", "session_id": "r", "attempt_id": "1", "sources": ["system"]})
+                    json.dumps(
+                        {
+                            "type": "start",
+                            "session_id": "r",
+                            "attempt_id": "1",
+                            "sources": ["system"],
+                        }
+                    )
                 )
             elif move == "bad_start":
                 await transport.send_text('{"type":"start","session_id":"","attempt_id":"1"}')

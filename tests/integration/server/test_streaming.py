@@ -30,7 +30,7 @@ async def test_full_session_transcript_summary_and_close_1000(server, connect, h
     await client.audio(0.1, "mic", count=20)
     await client.expect("metrics")
     await client.send({"type": "stop", "session_id": "s1"})
-    summary = await client.expect("final_summary", timeout=10)
+    summary = await client.expect("final_summary", limit=10)
     closed = await client.expect_close()
     assert closed.close_code == 1000
     for msg in client.received:
@@ -227,7 +227,7 @@ async def test_backpressure_drops_oldest_counts_and_reports(connect, h):
         dropped = await h.metric(url, 'echopanel_frames_dropped_total{source="system"}')
         assert dropped > 0
         await client.send({"type": "stop", "session_id": "s1"})
-        summary = await client.expect("final_summary", timeout=10)
+        summary = await client.expect("final_summary", limit=10)
         assert summary["sources"]["system"]["frames_dropped"] > 0
         assert summary["counts"]["frames_dropped"] > 0
 
@@ -247,7 +247,7 @@ async def test_in_memory_asgi_complement(h):
     from echopanel.server import create_app
 
     app = create_app(h.fast_config(), asr=FakeAsrBackend())
-    async with app.router.lifespan_context(app):
+    async with app.router.lifespan_context(app):  # noqa: SIM117
         async with httpx.AsyncClient(transport=ASGIWebSocketTransport(app)) as http:
             transport = WebSocketTransport(client=http, ping_interval=None)
             await transport.connect("http://test/ws/live-listener", {})

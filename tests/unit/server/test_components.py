@@ -100,7 +100,9 @@ async def test_slots_cancelled_waiter_takes_nothing():
 
 
 def _entry(text: str, t0: float = 0.0) -> TranscriptEntry:
-    return TranscriptEntry(source="mic", t0=t0, t1=t0 + 1, text=text, confidence=1.0, segment_id=text)
+    return TranscriptEntry(
+        source="mic", t0=t0, t1=t0 + 1, text=text, confidence=1.0, segment_id=text
+    )
 
 
 async def test_keyword_analyzer():
@@ -126,7 +128,12 @@ def test_markdown_and_token_check():
 def test_config_env_and_loopback():
     env = {"ECHOPANEL_PORT": "9000", "ECHOPANEL_TOKEN": "zq9secret", "ECHOPANEL_ASR": "fake"}
     config = ServerConfig.from_env(env, port=9100, max_sessions=None)
-    assert (config.port, config.token, config.asr, config.max_sessions) == (9100, "zq9secret", "fake", 8)
+    assert (config.port, config.token, config.asr, config.max_sessions) == (
+        9100,
+        "zq9secret",
+        "fake",
+        8,
+    )
     assert "zq9secret" not in repr(config)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.com")
