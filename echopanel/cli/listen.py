@@ -267,7 +267,8 @@ async def run_session(
 
 
 async def _stop_quietly(session: Any) -> None:
-    with contextlib.suppress(EchoPanelError):
+    # RuntimeError: SessionStateError, the session already closed on its own
+    with contextlib.suppress(EchoPanelError, RuntimeError):
         await session.stop()
 
 
