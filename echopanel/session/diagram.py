@@ -36,8 +36,9 @@ def _label(row: Row) -> str:
     parts += [f"[!{u}]" for u in row.unless]
     if row.dest is None:
         parts.append("(internal)")
-    if row.after:
-        parts.append(f"/ {row.after}")
+    actions = [a for a in (row.before, row.after) if a]
+    if actions:
+        parts.append("/ " + ", ".join(actions))
     return " ".join(parts)
 
 

@@ -214,7 +214,6 @@ class _Attempt:
             )
         )
         self._arm("start", self.config.start_timeout, now)
-        self.request_next_permission(ed)
 
     def reject_start(self, ed: EventData) -> None:
         phase = phase_of(self.state)
@@ -458,6 +457,9 @@ def _message_trigger(message: Any) -> str:
             return "ack"
         return "message"
     if isinstance(message, ErrorMessage):
+        # the server closes after every fatal error; invalid_message alone is a dropped message
+        if message.code is ErrorCode.INVALID_MESSAGE:
+            return "server_warning"
         return "server_error"
     if isinstance(message, FinalSummary):
         return "summary"

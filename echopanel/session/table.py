@@ -5,9 +5,10 @@ it to ``transitions.Machine`` and :mod:`echopanel.session.diagram` renders it as
 
 States are flat names; the four steps of ``starting`` are named ``starting_<step>``
 (permissions → capture → connecting → awaiting_ack). A row's ``dest`` of ``None`` is an
-*internal* transition (stays in the state, runs ``after``). ``conditions`` / ``unless``
-and ``after`` name methods of the machine's private model. A (state, trigger) pair with no
-row is *ignored* by the machine: late or stale facts are expected in an async world.
+*internal* transition (stays in the state, runs ``after``). ``conditions``, ``unless``,
+``before`` (runs before the state changes) and ``after`` name methods of the machine's
+private model. A (state, trigger) pair with no row is *ignored* by the machine: late or
+stale facts are expected in an async world.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Row:
     dest: str | None
     conditions: tuple[str, ...] = ()
     unless: tuple[str, ...] = ()
+    before: str | None = None
     after: str | None = None
 
     def as_config(self) -> dict[str, Any]:
@@ -73,6 +75,8 @@ class Row:
             "conditions": list(self.conditions),
             "unless": list(self.unless),
         }
+        if self.before is not None:
+            config["before"] = self.before
         if self.after is not None:
             config["after"] = self.after
         return config
@@ -83,6 +87,7 @@ def _row(
     source: str | tuple[str, ...],
     dest: str | None,
     *,
+    before: str | None = None,
     after: str | None = None,
     conditions: tuple[str, ...] = (),
     unless: tuple[str, ...] = (),
@@ -94,13 +99,16 @@ def _row(
         dest=dest,
         conditions=conditions,
         unless=unless,
+        before=before,
         after=after,
     )
 
 
 TRANSITIONS: Final[tuple[Row, ...]] = (
     # --- start: a new attempt from idle (new session) or error (retry, same session)
-    _row("start", (IDLE, ERROR), PERMISSIONS, after="begin_attempt"),
+    _row(
+        "start", (IDLE, ERROR), PERMISSIONS, before="begin_attempt", after="request_next_permission"
+    ),
     _row("start", ACTIVE_STATES, None, after="reject_start"),
     # --- permissions, one kind at a time, only those the sources need
     _row(
@@ -141,7 +149,9 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
     _row("server_connected", _CONNECTED, None),
     _row("ack", AWAITING_ACK, LISTENING, after="enter_listening"),
     _row("message", (AWAITING_ACK, LISTENING, FINALIZING), None, after="emit_message"),
-    # --- failures reported by the backend or the connection
+    # --- failures reported by the backend or the connection (``invalid_message`` without a
+    # close only means the server dropped one message: the session goes on)
+    _row("server_warning", (AWAITING_ACK, LISTENING, FINALIZING), None, after="emit_message"),
     _row("server_error", (*_CONNECTED, FINALIZING), ERROR, after="fail"),
     _row("transport_closed", _CONNECTED, ERROR, after="fail"),
     _row("timeout", STARTING_STATES, ERROR, after="fail"),

@@ -129,7 +129,7 @@ def test_every_state_and_event(drive, node, index, late):
 
 def test_table_callbacks_exist():
     for row in TRANSITIONS:
-        for name in (*row.conditions, *row.unless, *([row.after] if row.after else [])):
+        for name in (*row.conditions, *row.unless, *(a for a in (row.before, row.after) if a)):
             assert callable(getattr(_Attempt, name, None)), f"{row.trigger}: {name} missing"
         for state in row.source + ((row.dest,) if row.dest else ()):
             assert state in STATES

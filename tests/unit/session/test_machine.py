@@ -54,11 +54,11 @@ def test_happy_path_effects_in_order(drive):
     d = drive(("system", "mic"), token="s3cret")
     out = d.feed(StartRequested())
     assert out == [
-        AnnounceState(state="starting", previous="idle", step="permissions"),
         CreateBundle(
             session_id="id-1", attempt_id="id-2", sources=("system", "mic"), started_at=0.0
         ),
         StartTimer(name="start", deadline=5.0),
+        AnnounceState(state="starting", previous="idle", step="permissions"),
         RequestPermission(kind=SCREEN),
     ]
     assert d.m.deadline == 5.0
@@ -184,7 +184,7 @@ def test_connection_failure_closes_and_stops(drive):
     ]
 
 
-@pytest.mark.parametrize("code", list(ErrorCode))
+@pytest.mark.parametrize("code", [c for c in ErrorCode if c is not ErrorCode.INVALID_MESSAGE])
 def test_backend_error_any_code(drive, code):
     d = drive()
     _to_connecting(d)
@@ -442,3 +442,15 @@ def test_config_validation():
         MachineConfig(url="ws://h", sources=("mic",), start_timeout=0)
     assert MachineConfig(url="ws://h", sources=("microphone",)).sources == ("mic",)
     assert "s3cret" not in repr(MachineConfig(url="ws://h", sources=("mic",), token="s3cret"))
+
+
+def test_invalid_message_error_is_only_a_warning(drive):
+    d = drive()
+    d.to_listening()
+    warning = ErrorMessage(code=ErrorCode.INVALID_MESSAGE, message="odd PCM")
+    assert d.server(warning) == [EmitMessage(message=warning)]
+    assert d.m.state == "listening"
+    out = d.feed(
+        TransportClosed(attempt_id=d.attempt, close_code=1007, code=ErrorCode.INVALID_MESSAGE)
+    )
+    assert ReportError(code=ErrorCode.INVALID_MESSAGE, message="Invalid message") in out

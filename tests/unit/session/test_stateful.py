@@ -74,6 +74,7 @@ def expected_code(event: Event) -> ErrorCode:
         case ConnectFailed():
             return ErrorCode.CONNECTION_FAILED
         case MessageReceived(message=ErrorMessage(code=code)):
+            assert code is not ErrorCode.INVALID_MESSAGE, "invalid_message alone is not fatal"
             return code
         case TransportClosed(code=code):
             return code or ErrorCode.CONNECTION_FAILED

@@ -1,0 +1,27 @@
+"""The ``Recorder`` protocol: where a session writes its observability record (the bundle)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from echopanel.client.events import SessionEvent
+from echopanel.protocol.messages import FinalSummary
+
+__all__ = ["Recorder"]
+
+
+class Recorder(Protocol):
+    """Receives one attempt at a time: ``open`` → ``record``* → ``close``.
+
+    ``started_at`` / ``at`` / ``ended_at`` are wall-clock seconds (``time.time()``);
+    ``outcome`` is ``completed``, ``cancelled`` or ``error:<code>``. Must not raise; the
+    session logs and ignores recorder errors.
+    """
+
+    def open(
+        self, *, session_id: str, attempt_id: str, sources: tuple[str, ...], started_at: float
+    ) -> None: ...
+
+    def record(self, event: SessionEvent, at: float) -> None: ...
+
+    def close(self, *, outcome: str, ended_at: float, summary: FinalSummary | None) -> None: ...

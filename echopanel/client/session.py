@@ -1,0 +1,673 @@
+"""``Session``: the anyio shell that runs the pure SessionMachine with real time and ports.
+
+One session owns one task group (``async with Session(...)``). Every machine step happens
+under one lock (``_dispatch``): commands (start/stop) are dispatched by the caller's task,
+facts by the tasks that observe them — the driver task feeds timer expiries and the events
+posted (never blocking) by the operation tasks: a permission request, a capture (start, then
+pump its frames), a connection (connect, then receive). Effects run in order, inline;
+teardown effects cancel and await the matching task, so when an attempt ends nothing of it
+is left running. Leaving the ``async with`` (also on cancellation) aborts whatever is
+active in a shielded scope.
+
+Audio captured before the backend's ``streaming`` acknowledgment is buffered (bounded by the
+start timeout's worth of audio; the oldest frames are dropped and counted beyond that) and
+sent right after it, in order. Frames above 64 KiB are split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from echopanel.client.config import SessionConfig
+from echopanel.client.events import (
+    ErrorEvent,
+    SessionEvent,
+    StateChanged,
+    SummaryEvent,
+    event_for_message,
+)
+from echopanel.client.recorder import Recorder
+from echopanel.errors import EchoPanelError, ErrorCode, ProtocolError, SessionError, TransportError
+from echopanel.ports import Capture, PermissionGate, PermissionKind, Transport
+from echopanel.protocol.frames import HEADER_BYTES, MAX_FRAME_BYTES, encode_audio_frame
+from echopanel.protocol.messages import FinalSummary, Source, decode_server, encode
+from echopanel.session import (
+    AbortRequested,
+    AnnounceState,
+    CaptureEnded,
+    CaptureFailed,
+    CaptureStarted,
+    CloseTransport,
+    Connect,
+    Connected,
+    ConnectFailed,
+    CreateBundle,
+    Effect,
+    EmitMessage,
+    EndAttempt,
+    EnterListening,
+    Event,
+    MessageReceived,
+    PermissionAnswered,
+    RejectStart,
+    ReportError,
+    RequestPermission,
+    SendStart,
+    SendStop,
+    SessionMachine,
+    StartCapture,
+    StartRequested,
+    StopCapture,
+    StopRequested,
+    TimerFired,
+    TransportClosed,
+)
+
+__all__ = ["Session", "SessionStateError"]
+
+logger = logging.getLogger("echopanel.session")
+
+_CLEANUP_TIMEOUT = 2.0
+_MAX_PCM = MAX_FRAME_BYTES - HEADER_BYTES  # 65532, even
+_BYTES_PER_SECOND = 32_000
+_MIN_BUFFER = 4 * MAX_FRAME_BYTES
+
+
+class SessionStateError(RuntimeError):
+    """Local misuse: the call is not allowed in the session's current state."""
+
+    def __init__(self, state: str, what: str) -> None:
+        super().__init__(f"cannot {what} in state {state!r}")
+        self.state = state
+        self.what = what
+
+
+@attrs.define(eq=False)
+class _Task:
+    """A task of the session's group that can be cancelled and awaited."""
+
+    name: str
+    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+
+    async def cancel_and_wait(self) -> None:
+        self.scope.cancel()
+        with anyio.move_on_after(_CLEANUP_TIMEOUT):
+            await self.done.wait()
+
+
+@attrs.define(eq=False)
+class _Attempt:
+    """Live resources of one attempt (the machine holds the facts)."""
+
+    attempt_id: str
+    captures: dict[Source, Capture] = attrs.field(factory=dict)
+    capture_tasks: dict[Source, _Task] = attrs.field(factory=dict)
+    transport: Transport | None = None
+    transport_task: _Task | None = None
+    others: list[_Task] = attrs.field(factory=list)
+    streaming: bool = False
+    buffer: deque[tuple[Source, bytes]] = attrs.field(factory=deque)
+    buffered_bytes: int = 0
+    carry: dict[Source, bytes] = attrs.field(factory=dict)
+    settled: anyio.Event = attrs.field(factory=anyio.Event)  # listening or ended
+    ended: anyio.Event = attrs.field(factory=anyio.Event)
+    error: SessionError | None = None
+    outcome: str | None = None
+
+
+class Session:
+    """One live transcription session (see the module docstring).
+
+    Use as ``async with Session(config) as s: await s.start(); ...; await s.stop()``.
+    Factories default to the real adapters (imported only then): a
+    ``WebSocketTransport``, ``echopanel.capture.default_capture_factory`` and
+    ``echopanel.capture.default_permission_gate()``.
+    """
+
+    def __init__(
+        self,
+        config: SessionConfig,
+        *,
+        transport_factory: Callable[[], Transport] | None = None,
+        capture_factory: Callable[[Source], Capture] | None = None,
+        permission_gate: PermissionGate | None = None,
+        recorder: Recorder | None = None,
+        on_event: Callable[[SessionEvent], None] | None = None,
+        id_factory: Callable[[], str] | None = None,
+    ) -> None:
+        self.config = config
+        self._machine = SessionMachine(config.machine_config(), id_factory=id_factory)
+        self._transport_factory = transport_factory
+        self._capture_factory = capture_factory
+        self._gate = permission_gate
+        self._owns_gate = permission_gate is None
+        self._recorder = recorder
+        self._on_event = on_event
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._lock: anyio.Lock | None = None
+        self._audio_lock: anyio.Lock | None = None
+        self._send: MemoryObjectSendStream[Event | None] | None = None
+        self._receive: MemoryObjectReceiveStream[Event | None] | None = None
+        self._attempt: _Attempt | None = None
+        self._history: list[SessionEvent] = []
+        self._history_changed: anyio.Event | None = None
+        self._finished = False
+        self._closed = False
+        #: Frames dropped from the pre-acknowledgment buffer because it was full.
+        self.dropped_frames = 0
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def state(self) -> str:
+        """``idle``, ``starting``, ``listening``, ``finalizing`` or ``error``."""
+        return self._machine.state
+
+    @property
+    def step(self) -> str | None:
+        return self._machine.step
+
+    @property
+    def session_id(self) -> str | None:
+        return self._machine.session_id
+
+    @property
+    def attempt_id(self) -> str | None:
+        return self._machine.attempt_id
+
+    @property
+    def connection_id(self) -> str | None:
+        return self._machine.connection_id
+
+    @property
+    def summary(self) -> FinalSummary | None:
+        return self._machine.summary
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def __aenter__(self) -> Self:
+        if self._tg is not None or self._closed:
+            raise RuntimeError("a Session can be entered only once")
+        self._lock = anyio.Lock()
+        self._audio_lock = anyio.Lock()
+        self._send, self._receive = anyio.create_memory_object_stream[Event | None](math.inf)
+        self._history_changed = anyio.Event()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        tg.start_soon(self._drive)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        tg = self._tg
+        assert tg is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._dispatch(AbortRequested())
+                await self._cancel_leftovers()
+                if self._owns_gate and self._gate is not None:
+                    with anyio.move_on_after(_CLEANUP_TIMEOUT):
+                        await self._gate.aclose()
+        finally:
+            self._closed = True
+            self._finish_history()
+            tg.cancel_scope.cancel()
+            suppressed = await tg.__aexit__(exc_type, exc, tb)
+            assert self._send is not None and self._receive is not None
+            self._send.close()
+            self._receive.close()
+        return suppressed
+
+    def _require_open(self, what: str) -> None:
+        if self._tg is None or self._closed:
+            raise SessionStateError(self.state, f"{what} outside `async with Session(...)`")
+
+    # ------------------------------------------------------------------ public API
+
+    async def start(self) -> None:
+        """Start an attempt; return once listening.
+
+        Raises :class:`~echopanel.errors.SessionError` (code, message) when the attempt
+        fails, after everything it started was torn down; :class:`SessionStateError` when a
+        session is already active (nothing new is started). If :meth:`stop` is called while
+        starting, the attempt is cancelled cleanly and ``start`` returns with state ``idle``.
+        """
+        self._require_open("start")
+        self._finished = False
+        effects = await self._dispatch(StartRequested())
+        rejected = next((e for e in effects if isinstance(e, RejectStart)), None)
+        if rejected is not None:
+            raise SessionStateError(rejected.state, "start: a session is already active")
+        attempt = self._attempt
+        assert attempt is not None
+        try:
+            await attempt.settled.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._dispatch(AbortRequested())
+            raise
+        if attempt.error is not None:
+            raise attempt.error
+
+    async def stop(self) -> FinalSummary | None:
+        """Stop gracefully: ``stop`` message, bounded wait for the final summary, ``idle``.
+
+        Returns the summary (``None`` if the backend sent none in time). Raises
+        ``SessionError`` if the session failed while stopping. Harmless when not active.
+        """
+        self._require_open("stop")
+        attempt = self._attempt
+        if attempt is None or attempt.ended.is_set():
+            return self.summary
+        await self._dispatch(StopRequested())
+        await attempt.ended.wait()
+        if attempt.error is not None:
+            raise attempt.error
+        return self.summary
+
+    async def wait_closed(self) -> None:
+        """Return once the current attempt ended (stopped, auto-stopped at capture end, or
+        failed). Raises ``SessionError`` if it ended in error."""
+        attempt = self._attempt
+        if attempt is None:
+            return
+        await attempt.ended.wait()
+        if attempt.error is not None:
+            raise attempt.error
+
+    async def events(self) -> AsyncIterator[SessionEvent]:
+        """Every event of this session from its beginning; ends when the attempt is over."""
+        index = 0
+        while True:
+            while index < len(self._history):
+                yield self._history[index]
+                index += 1
+            if self._finished or self._history_changed is None:
+                return
+            await self._history_changed.wait()
+
+    # ------------------------------------------------------------------ the driver
+
+    def _post(self, event: Event | None) -> None:
+        if self._send is not None:
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._send.send_nowait(event)
+
+    async def _drive(self) -> None:
+        """Feed posted facts and timer expiries to the machine, one at a time."""
+        assert self._receive is not None
+        while True:
+            deadline = self._machine.deadline
+            item: Event | None = None
+            timed_out = True
+            with anyio.move_on_after(
+                math.inf if deadline is None else deadline - anyio.current_time()
+            ):
+                item = await self._receive.receive()
+                timed_out = False
+            if timed_out:
+                await self._dispatch(TimerFired())
+            elif item is not None:
+                await self._dispatch(item)
+
+    async def _dispatch(self, event: Event) -> list[Effect]:
+        assert self._lock is not None
+        async with self._lock:
+            effects = self._machine.handle(event, anyio.current_time())
+            if not effects:
+                logger.debug("ignored %s in %s", type(event).__name__, self._machine.node)
+            for effect in effects:
+                await self._run(effect)
+        self._post(None)  # the deadline may have moved: wake the driver
+        return effects
+
+    # ------------------------------------------------------------------ effects
+
+    async def _run(self, effect: Effect) -> None:
+        attempt = self._attempt
+        match effect:
+            case AnnounceState(state=state, previous=previous, step=step):
+                self._emit(StateChanged(state=state, previous=previous, step=step))
+            case CreateBundle():
+                self._begin_attempt(effect)
+            case RequestPermission(kind=kind):
+                assert attempt is not None
+                attempt.others.append(self._spawn(f"permission {kind}", self._ask, attempt, kind))
+            case StartCapture(source=source):
+                assert attempt is not None
+                attempt.capture_tasks[source] = self._spawn(
+                    f"capture {source}", self._capture, attempt, source
+                )
+            case StopCapture(source=source):
+                assert attempt is not None
+                await self._stop_capture(attempt, source)
+            case Connect(url=url, headers=headers):
+                assert attempt is not None
+                self._log(logging.INFO, "WebSocket connecting", url=url)
+                attempt.transport_task = self._spawn(
+                    "transport", self._connect, attempt, url, dict(headers)
+                )
+            case SendStart(message=message) | SendStop(message=message):
+                assert attempt is not None
+                if isinstance(effect, SendStop):
+                    self._log(logging.INFO, "Session stopping")
+                await self._send_text(attempt, encode(message))
+            case EnterListening():
+                assert attempt is not None
+                await self._flush_audio(attempt)
+                self._log(logging.INFO, "Session started")
+                attempt.settled.set()
+            case EmitMessage(message=message):
+                event = event_for_message(message)
+                if event is not None:
+                    self._emit(event)
+            case CloseTransport(code=code):
+                assert attempt is not None
+                await self._close_transport(attempt, code)
+            case ReportError(code=code, message=message):
+                assert attempt is not None
+                attempt.error = SessionError(code, message)
+                self._log(logging.ERROR, "Session failed", code=code.value, reason=message)
+                self._emit(ErrorEvent(code=code, message=message))
+            case EndAttempt(outcome=outcome, summary=summary):
+                assert attempt is not None
+                await self._end_attempt(attempt, outcome, summary)
+            case _:
+                pass  # StartTimer / CancelTimer / RejectStart: the machine's deadline is the timer
+
+    def _begin_attempt(self, effect: CreateBundle) -> None:
+        self._attempt = _Attempt(attempt_id=effect.attempt_id)
+        self._log(logging.INFO, "Session starting", sources=list(effect.sources))
+        if self._recorder is not None:
+            try:
+                self._recorder.open(
+                    session_id=effect.session_id,
+                    attempt_id=effect.attempt_id,
+                    sources=effect.sources,
+                    started_at=time.time(),
+                )
+            except Exception:
+                logger.exception("recorder.open failed")
+
+    async def _end_attempt(
+        self, attempt: _Attempt, outcome: str, summary: FinalSummary | None
+    ) -> None:
+        await self._cancel_tasks(attempt)
+        if summary is not None:
+            self._emit(SummaryEvent(summary=summary))
+        attempt.outcome = outcome
+        self._log(logging.INFO, "Session ended", outcome=outcome)
+        if self._recorder is not None:
+            try:
+                self._recorder.close(outcome=outcome, ended_at=time.time(), summary=summary)
+            except Exception:
+                logger.exception("recorder.close failed")
+        attempt.settled.set()
+        attempt.ended.set()
+        self._finish_history()
+
+    async def _cancel_tasks(self, attempt: _Attempt) -> None:
+        with anyio.CancelScope(shield=True):
+            tasks = [*attempt.others, *attempt.capture_tasks.values()]
+            if attempt.transport_task is not None:
+                tasks.append(attempt.transport_task)
+            for task in tasks:
+                await task.cancel_and_wait()
+
+    async def _cancel_leftovers(self) -> None:
+        if self._attempt is not None:
+            await self._cancel_tasks(self._attempt)
+
+    # ------------------------------------------------------------------ events out
+
+    def _emit(self, event: SessionEvent) -> None:
+        self._history.append(event)
+        if self._history_changed is not None:
+            self._history_changed.set()
+            self._history_changed = anyio.Event()
+        if self._recorder is not None:
+            try:
+                self._recorder.record(event, time.time())
+            except Exception:
+                logger.exception("recorder.record failed")
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                logger.exception("on_event callback failed for %r", event)
+
+    def _finish_history(self) -> None:
+        self._finished = True
+        if self._history_changed is not None:
+            self._history_changed.set()
+            self._history_changed = anyio.Event()
+
+    def _log(self, level: int, message: str, **extra: Any) -> None:
+        ids = {
+            "session_id": self.session_id,
+            "attempt_id": self.attempt_id,
+            "connection_id": self.connection_id,
+        }
+        logger.log(level, message, extra={**ids, **extra})
+
+    # ------------------------------------------------------------------ operation tasks
+
+    def _spawn(self, name: str, func: Callable[..., Awaitable[None]], *args: Any) -> _Task:
+        task = _Task(name=name)
+        assert self._tg is not None
+
+        async def runner() -> None:
+            try:
+                with task.scope:
+                    await func(*args)
+            finally:
+                task.done.set()
+
+        self._tg.start_soon(runner, name=f"echopanel {name}")
+        return task
+
+    async def _ask(self, attempt: _Attempt, kind: PermissionKind) -> None:
+        gate = self._gate
+        if gate is None:
+            from echopanel.capture import default_permission_gate
+
+            gate = self._gate = default_permission_gate()
+        try:
+            answer = await gate.request(kind)
+            granted, detail = answer.granted, answer.detail
+        except EchoPanelError as exc:
+            granted, detail = False, exc.message
+        self._post(
+            PermissionAnswered(
+                attempt_id=attempt.attempt_id, kind=kind, granted=granted, detail=detail
+            )
+        )
+
+    async def _capture(self, attempt: _Attempt, source: Source) -> None:
+        """Start the capture, then pump its frames until it ends."""
+        aid = attempt.attempt_id
+        try:
+            factory = self._capture_factory
+            if factory is None:
+                from echopanel.capture import default_capture_factory
+
+                factory = default_capture_factory
+            capture = factory(source)
+            attempt.captures[source] = capture
+            await capture.start()
+        except EchoPanelError as exc:
+            self._post(CaptureFailed(attempt_id=aid, source=source, message=exc.message))
+            return
+        except Exception as exc:  # an adapter that broke its contract
+            self._post(CaptureFailed(attempt_id=aid, source=source, message=repr(exc)))
+            return
+        self._post(CaptureStarted(attempt_id=aid, source=source))
+        try:
+            async for pcm in capture.frames():
+                await self._on_frame(attempt, source, pcm)
+        except EchoPanelError as exc:
+            self._post(CaptureFailed(attempt_id=aid, source=source, message=exc.message))
+            return
+        self._post(CaptureEnded(attempt_id=aid, source=source))
+
+    async def _stop_capture(self, attempt: _Attempt, source: Source) -> None:
+        with anyio.CancelScope(shield=True):
+            capture = attempt.captures.get(source)
+            task = attempt.capture_tasks.get(source)
+            if capture is None and task is not None:  # still inside the factory/start
+                await task.cancel_and_wait()
+                capture = attempt.captures.get(source)
+            if capture is not None:
+                with anyio.move_on_after(_CLEANUP_TIMEOUT):
+                    try:
+                        await capture.aclose()
+                    except Exception:
+                        logger.exception("stopping the %s capture failed", source)
+            if task is not None:
+                # the pump ends once frames() does; bounded, then cancelled
+                with anyio.move_on_after(_CLEANUP_TIMEOUT):
+                    await task.done.wait()
+                await task.cancel_and_wait()
+
+    async def _connect(self, attempt: _Attempt, url: str, headers: dict[str, str]) -> None:
+        """Open the transport, then receive until it closes."""
+        aid = attempt.attempt_id
+        try:
+            factory = self._transport_factory
+            if factory is None:
+                from echopanel.client.transport import WebSocketTransport
+
+                transport: Transport = WebSocketTransport(connect_timeout=self.config.start_timeout)
+            else:
+                transport = factory()
+            attempt.transport = transport
+            await transport.connect(url, headers)
+        except EchoPanelError as exc:
+            self._post(ConnectFailed(attempt_id=aid, message=exc.message))
+            return
+        except Exception as exc:
+            self._post(ConnectFailed(attempt_id=aid, message=repr(exc)))
+            return
+        self._post(Connected(attempt_id=aid))
+        while True:
+            try:
+                data = await transport.receive()
+            except TransportError as exc:
+                self._post(_closed_event(aid, exc))
+                return
+            if isinstance(data, bytes):
+                continue
+            try:
+                message = decode_server(data)
+            except ProtocolError as exc:
+                self._log(logging.WARNING, "Undecodable server message dropped", reason=exc.message)
+                continue
+            self._post(MessageReceived(attempt_id=aid, message=message))
+
+    async def _send_text(self, attempt: _Attempt, text: str) -> None:
+        transport = attempt.transport
+        if transport is None:
+            return
+        try:
+            await transport.send_text(text)
+        except TransportError as exc:
+            self._post(_closed_event(attempt.attempt_id, exc))
+
+    async def _close_transport(self, attempt: _Attempt, code: int) -> None:
+        with anyio.CancelScope(shield=True):
+            if attempt.transport_task is not None:
+                await attempt.transport_task.cancel_and_wait()
+            attempt.streaming = False
+            if attempt.transport is not None:
+                with anyio.move_on_after(_CLEANUP_TIMEOUT):
+                    try:
+                        await attempt.transport.aclose(code)
+                    except Exception:
+                        logger.exception("closing the transport failed")
+
+    # ------------------------------------------------------------------ audio
+
+    async def _on_frame(self, attempt: _Attempt, source: Source, pcm: bytes) -> None:
+        carry = attempt.carry.pop(source, b"")
+        if carry:
+            pcm = carry + pcm
+        if len(pcm) % 2:
+            attempt.carry[source] = pcm[-1:]
+            pcm = pcm[:-1]
+        if not pcm:
+            return
+        assert self._audio_lock is not None
+        async with self._audio_lock:
+            if attempt.streaming:
+                await self._send_audio(attempt, source, pcm)
+            else:
+                self._buffer(attempt, source, pcm)
+
+    def _buffer(self, attempt: _Attempt, source: Source, pcm: bytes) -> None:
+        limit = max(
+            int(self.config.start_timeout * _BYTES_PER_SECOND) * len(self.config.sources),
+            _MIN_BUFFER,
+        )
+        attempt.buffer.append((source, pcm))
+        attempt.buffered_bytes += len(pcm)
+        while attempt.buffered_bytes > limit and len(attempt.buffer) > 1:
+            _, dropped = attempt.buffer.popleft()
+            attempt.buffered_bytes -= len(dropped)
+            self.dropped_frames += 1
+            if self.dropped_frames == 1:
+                self._log(logging.WARNING, "Pre-start audio buffer full: dropping oldest frames")
+
+    async def _flush_audio(self, attempt: _Attempt) -> None:
+        assert self._audio_lock is not None
+        async with self._audio_lock:
+            while attempt.buffer:
+                source, pcm = attempt.buffer.popleft()
+                attempt.buffered_bytes -= len(pcm)
+                if not await self._send_audio(attempt, source, pcm):
+                    attempt.buffer.clear()
+                    attempt.buffered_bytes = 0
+                    return
+            attempt.streaming = True
+
+    async def _send_audio(self, attempt: _Attempt, source: Source, pcm: bytes) -> bool:
+        transport = attempt.transport
+        if transport is None:
+            return False
+        try:
+            for offset in range(0, len(pcm), _MAX_PCM):
+                await transport.send_bytes(
+                    encode_audio_frame(source, pcm[offset : offset + _MAX_PCM])
+                )
+        except TransportError as exc:
+            attempt.streaming = False
+            self._post(_closed_event(attempt.attempt_id, exc))
+            return False
+        return True
+
+
+def _closed_event(attempt_id: str, exc: TransportError) -> TransportClosed:
+    code = exc.code if exc.code is not ErrorCode.CONNECTION_FAILED else None
+    return TransportClosed(
+        attempt_id=attempt_id,
+        close_code=exc.close_code,
+        code=code,
+        message="" if exc.message == "connection closed" else exc.message,
+    )
