@@ -341,7 +341,10 @@ def _float(obj: Mapping[str, Any], key: str, *, default: float | None = None) ->
     value = obj.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _invalid(f"field {key!r} must be a number")
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # a JSON integer too large for a float
+        raise _invalid(f"field {key!r} is out of range") from None
     if not math.isfinite(result):
         raise _invalid(f"field {key!r} must be finite")
     return result
