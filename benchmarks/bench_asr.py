@@ -1,0 +1,320 @@
+"""Benchmark of the streaming Whisper backend (issue 4).
+
+Streams audio through ``WhisperBackend`` in 100 ms chunks at real-time pace (wall clock:
+each chunk is fed when its audio would have been captured) and reports, per input:
+
+* WER of the streamed finals and of the same model transcribing the whole file offline
+  (faster-whisper defaults: beam 5, no VAD) against the reference text;
+* speech onset -> first partial (or final) and end of utterance -> final, in wall seconds
+  (utterances from Silero VAD on the whole file, >= 0.5 s silence between them);
+* real-time factor (model time / audio time), RSS and latency per block of audio (flatness);
+* with ``--concurrency``, how many real-time sources one machine sustains (lag < 1 s).
+
+Usage (from the repo root)::
+
+    python benchmarks/bench_asr.py --jfk ../shared/data/jfk.flac --long-minutes 10 \\
+        --concurrency 1,2,3,4 --concurrency-seconds 60
+
+The long-form speech is generated with espeak-ng (seeded sentences, 0.6-1.2 s pauses).
+``--pace fast`` feeds without sleeping (latencies then mean compute latency only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import jiwer
+import numpy as np
+import soundfile as sf
+import soxr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from echopanel.asr.whisper import WhisperBackend
+from echopanel.ports import AsrFinalUpdate, AsrPartialUpdate
+
+__all__ = ["main"]
+
+SR = 16000
+CHUNK = 1600  # 100 ms
+
+_NORM = jiwer.Compose(
+    [
+        jiwer.ToLowerCase(),
+        jiwer.RemovePunctuation(),  # type: ignore[no-untyped-call]
+        jiwer.RemoveMultipleSpaces(),
+        jiwer.Strip(),
+        jiwer.ReduceToListOfListOfWords(),
+    ]
+)
+JFK_TEXT = (
+    "And so my fellow Americans ask not what your country can do for you "
+    "ask what you can do for your country"
+)
+
+_SUBJECTS = [
+    "the team",
+    "our manager",
+    "the new client",
+    "my colleague",
+    "the design group",
+    "the support desk",
+    "the sales lead",
+    "everyone on the call",
+    "the engineers",
+]
+_VERBS = [
+    "reviewed",
+    "discussed",
+    "approved",
+    "rejected",
+    "postponed",
+    "summarized",
+    "questioned",
+    "finished",
+    "started",
+    "planned",
+]
+_OBJECTS = [
+    "the budget for next quarter",
+    "the release schedule",
+    "the customer feedback",
+    "the hiring plan",
+    "the marketing campaign",
+    "the security audit",
+    "the office move",
+    "the product roadmap",
+    "the weekly report",
+    "the travel policy",
+]
+_TAILS = [
+    "before lunch",
+    "after a long debate",
+    "without any changes",
+    "on Tuesday morning",
+    "with a few open questions",
+    "in the shared document",
+    "at the end of the meeting",
+    "during the video call",
+]
+
+
+def wer(ref: str, hyp: str) -> float:
+    return float(jiwer.wer(ref, hyp, reference_transform=_NORM, hypothesis_transform=_NORM))
+
+
+def load(path: Path) -> np.ndarray:
+    audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    if sr != SR:
+        audio = soxr.resample(audio, sr, SR)
+    return np.asarray(audio, dtype=np.float32)
+
+
+def make_long_form(minutes: float, workdir: Path, seed: int = 4) -> tuple[np.ndarray, str]:
+    """espeak-ng speech of seeded sentences with pauses, ``minutes`` long; and its text."""
+    rng = random.Random(seed)
+    parts: list[np.ndarray] = []
+    texts: list[str] = []
+    total = 0
+    while total < minutes * 60 * SR:
+        sentence = (
+            f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} "
+            f"{rng.choice(_TAILS)}."
+        )
+        wav = workdir / "s.wav"
+        subprocess.run(
+            [
+                "espeak-ng",
+                "-v",
+                "en-us",
+                "-s",
+                str(rng.choice([140, 155, 170])),
+                "-w",
+                str(wav),
+                sentence,
+            ],
+            check=True,
+        )
+        parts += [load(wav), np.zeros(int(rng.uniform(0.6, 1.2) * SR), dtype=np.float32)]
+        texts.append(sentence)
+        total += len(parts[-2]) + len(parts[-1])
+    return np.concatenate(parts), " ".join(texts)
+
+
+def utterances(audio: np.ndarray) -> list[tuple[float, float]]:
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    spans = get_speech_timestamps(audio, VadOptions(min_silence_duration_ms=500, speech_pad_ms=0))
+    return [(s["start"] / SR, s["end"] / SR) for s in spans]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(values, q))
+
+
+async def stream_one(
+    backend: WhisperBackend, audio: np.ndarray, source: Any, pace: str, log: list[Any]
+) -> dict[str, Any]:
+    """Stream ``audio``; log (wall offset, update) and per-chunk lag."""
+    s = backend.open_stream(source)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    start = time.perf_counter()
+    lags: list[float] = []
+    rss: list[tuple[float, float]] = []
+    for i in range(0, len(pcm), CHUNK * 2):
+        audio_t = (i // 2 + CHUNK) / SR  # audio time when this chunk is complete
+        if pace == "realtime":
+            delay = start + audio_t - time.perf_counter()
+            if delay > 0:
+                await anyio.sleep(delay)
+        updates = await s.feed(pcm[i : i + CHUNK * 2])
+        now = time.perf_counter() - start
+        if pace == "fast":
+            now = audio_t + (s.inference_seconds - sum(lags))  # simulated clock
+        lags.append(max(0.0, now - audio_t) if pace == "realtime" else 0.0)
+        log += [(now, u) for u in updates]
+        if i % (SR * 2 * 30) == 0:
+            rss.append((audio_t, rss_mb()))
+    updates = await s.flush()
+    log += [(time.perf_counter() - start, u) for u in updates]
+    return {"stream": s, "lags": lags, "rss": rss}
+
+
+def latencies(
+    log: list[Any], spans: list[tuple[float, float]], offset: float = 0.0
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(utterance time, onset->first partial) and (utterance time, end->final) pairs."""
+    onset: list[tuple[float, float]] = []
+    ending: list[tuple[float, float]] = []
+    for t0, t1 in spans:
+        first = next((w for w, u in log if u.t1 > t0 + 0.05 and w >= t0), None)
+        if first is not None:
+            onset.append((t0, first - t0))
+        fin = next(
+            (
+                w
+                for w, u in log
+                if isinstance(u, AsrFinalUpdate) and u.t1 >= t1 - 0.6 and u.t0 < t1 and w >= t1
+            ),
+            None,
+        )
+        if fin is not None:
+            ending.append((t1, fin - t1))
+    return onset, ending
+
+
+async def bench_file(
+    backend: WhisperBackend, name: str, audio: np.ndarray, ref: str, pace: str
+) -> dict[str, Any]:
+    audio = np.concatenate([audio, np.zeros(SR, dtype=np.float32)])
+    log: list[Any] = []
+    res = await stream_one(backend, audio, "system", pace, log)
+    s = res["stream"]
+    streamed = " ".join(u.text for _, u in log if isinstance(u, AsrFinalUpdate))
+    model = backend._shared.model  # type: ignore[union-attr]
+    model.encode_frames = None
+    segs, _ = model.transcribe(audio, language="en")
+    offline = " ".join(seg.text.strip() for seg in segs)
+    spans = utterances(audio)
+    onset, ending = latencies(log, spans)
+    blocks: dict[int, list[float]] = {}
+    for t, v in ending:
+        blocks.setdefault(int(t // 120), []).append(v)
+    out = {
+        "name": name,
+        "audio_s": round(s.audio_seconds, 1),
+        "utterances": len(spans),
+        "wer_streamed": round(wer(ref, streamed), 4),
+        "wer_offline": round(wer(ref, offline), 4),
+        "onset_to_partial_p50": round(pct([v for _, v in onset], 50), 3),
+        "onset_to_partial_p90": round(pct([v for _, v in onset], 90), 3),
+        "end_to_final_p50": round(pct([v for _, v in ending], 50), 3),
+        "end_to_final_p90": round(pct([v for _, v in ending], 90), 3),
+        "rtf": round(s.inference_seconds / s.audio_seconds, 3),
+        "max_lag_s": round(max(res["lags"]), 3),
+        "decodes": s.policy.decodes,
+        "partials": sum(isinstance(u, AsrPartialUpdate) for _, u in log),
+        "finals": sum(isinstance(u, AsrFinalUpdate) for _, u in log),
+        "rss_mb_by_30s": [round(v) for _, v in res["rss"]],
+        "end_to_final_p50_per_2min": [
+            round(statistics.median(v), 3) for _, v in sorted(blocks.items())
+        ],
+    }
+    return out
+
+
+async def bench_concurrency(
+    backend: WhisperBackend, audio: np.ndarray, n: int, seconds: float
+) -> dict[str, Any]:
+    clip = audio[: int(seconds * SR)]
+    logs: list[list[Any]] = [[] for _ in range(n)]
+    results: list[dict[str, Any]] = [{} for _ in range(n)]
+
+    async def one(i: int) -> None:
+        shifted = np.roll(clip, int(i * 3.3 * SR))  # different speech on each source
+        results[i] = await stream_one(backend, shifted, "mic", "realtime", logs[i])
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(one, i)
+    ending: list[float] = []
+    for i in range(n):
+        spans = utterances(np.roll(clip, int(i * 3.3 * SR)))
+        ending += [v for _, v in latencies(logs[i], spans)[1]]
+    max_lag = max(max(r["lags"]) for r in results)
+    return {
+        "sources": n,
+        "max_lag_s": round(max_lag, 2),
+        "end_to_final_p50": round(pct(ending, 50), 3),
+        "end_to_final_p90": round(pct(ending, 90), 3),
+        "sustained": max_lag < 1.0,
+    }
+
+
+async def run(args: argparse.Namespace) -> None:
+    backend = WhisperBackend(cpu_threads=args.threads)
+    t = time.perf_counter()
+    await backend.load()
+    print(f"# load+warm-up {time.perf_counter() - t:.2f} s; {dict(backend.describe())}")
+    print(f"# machine: {os.cpu_count()} CPUs; pace={args.pace}")
+    print(await bench_file(backend, "jfk", load(Path(args.jfk)), JFK_TEXT, args.pace))
+    with tempfile.TemporaryDirectory() as tmp:
+        long_audio, long_text = make_long_form(args.long_minutes, Path(tmp))
+    if args.long_minutes > 0:
+        print(await bench_file(backend, "long-form", long_audio, long_text, args.pace))
+    for n in [int(x) for x in args.concurrency.split(",") if x]:
+        print(await bench_concurrency(backend, long_audio, n, args.concurrency_seconds))
+    await backend.aclose()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--jfk", default="../shared/data/jfk.flac")
+    p.add_argument("--long-minutes", type=float, default=10.0)
+    p.add_argument("--concurrency", default="1,2,3,4")
+    p.add_argument("--concurrency-seconds", type=float, default=60.0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--pace", choices=["realtime", "fast"], default="realtime")
+    anyio.run(run, p.parse_args())
+
+
+if __name__ == "__main__":
+    main()
