@@ -38,9 +38,12 @@ def error_code_for(source: Source) -> ErrorCode:
 
 
 def capture_error(source: Source, reason: str) -> CaptureError:
-    """A :class:`CaptureError` for ``source`` whose message carries the underlying reason."""
-    what = "Microphone capture failed" if source == "mic" else "System audio capture failed"
-    return CaptureError(error_code_for(source), f"{what}: {reason}")
+    """A :class:`CaptureError` for ``source`` whose message is the underlying reason.
+
+    The message is the detail only ("No input device matching 'USB'"): the code says what
+    failed, and the session composes the line people see ("Microphone capture failed: …").
+    """
+    return CaptureError(error_code_for(source), reason)
 
 
 def frame_bytes(frame_ms: int) -> int:

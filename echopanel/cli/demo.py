@@ -23,6 +23,7 @@ from echopanel.cli.listen import (
     EXIT_USAGE,
     SessionRun,
     add_session_arguments,
+    configure_logging,
     make_bundle,
     run_session,
 )
@@ -71,6 +72,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    configure_logging(args.verbose)
     path = (args.file or sample_path()).expanduser()
     speed = 3.0 if args.fast else args.speed
     if not speed > 0:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -39,6 +40,7 @@ __all__ = [
     "SourceSpec",
     "add_parser",
     "add_session_arguments",
+    "configure_logging",
     "make_bundle",
     "parse_devices",
     "parse_source",
@@ -153,6 +155,9 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
         "--keep-audio", action="store_true", help="also keep the audio in the bundle"
     )
     parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log what the session does to stderr"
+    )
+    parser.add_argument(
         "--start-timeout",
         type=float,
         default=5.0,
@@ -173,6 +178,20 @@ class SessionRun:
     summary: dict[str, Any] | None = None
     finals: list[dict[str, Any]] = attrs.Factory(list)
     bundle_path: Path | None = None
+
+
+def configure_logging(verbose: bool) -> None:
+    """Library logs go to stderr with ``--verbose``; otherwise nowhere (the command prints
+    the one line that matters)."""
+    logger = logging.getLogger("echopanel")
+    if verbose:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger.setLevel(logging.INFO)
+    else:
+        handler = logging.NullHandler()
+        logger.propagate = False
+    logger.addHandler(handler)
 
 
 def make_bundle(args: argparse.Namespace) -> Any:
@@ -241,14 +260,14 @@ async def run_session(
     with view:
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_signals, tg.cancel_scope)
-            try:
-                async with session:
+            async with session:
+                try:
                     await session.start()
                     await session.wait_closed()
-            except SessionError as exc:
-                outcome.error = (exc.code, exc.message)
-            except EchoPanelError as exc:  # an adapter error the shell did not wrap
-                outcome.error = (exc.code, exc.message)
+                except SessionError as exc:
+                    outcome.error = (exc.code, exc.message)
+                except EchoPanelError as exc:  # an adapter error the shell did not wrap
+                    outcome.error = (exc.code, exc.message)
             tg.cancel_scope.cancel()
 
     if bundle is not None:
@@ -259,7 +278,7 @@ async def run_session(
         print_error_line(f"{message} [{code.value}]")
     elif outcome.interrupted:
         outcome.exit_code = EXIT_INTERRUPTED
-    if not json_mode:
+    if not json_mode and (outcome.summary is not None or outcome.error is None):
         view.console.print(format_summary(outcome.summary))
     if outcome.bundle_path is not None:
         print(f"session bundle: {outcome.bundle_path}", file=sys.stderr)
@@ -273,6 +292,7 @@ async def _stop_quietly(session: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    configure_logging(args.verbose)
     spec: SourceSpec = args.source
     try:
         devices = parse_devices(args.device, spec.sources)

@@ -147,9 +147,10 @@ class LiveView:
             self.rtf = float(record.get("realtime_factor", 0.0))
             self.dropped[str(record.get("source"))] = int(record.get("dropped_frames", 0))
         elif kind == "error":
-            line = f"{record.get('message') or record.get('code')} ({record.get('code')})"
-            self.errors.append(line)
-            self.console.print(Text(f"error: {line}", style="bold red"))
+            # shown in the status line; the command prints the one error line at the end
+            self.errors.append(
+                f"{record.get('message') or record.get('code')} ({record.get('code')})"
+            )
         elif kind == "summary":
             self.summary = record
         self._refresh()
@@ -200,6 +201,8 @@ class LiveView:
             line.append(f"  dropped {dropped}", style="yellow")
         if self.status and self.status not in ("streaming", "connected"):
             line.append(f"  [{self.status}]", style="dim")
+        if self.errors:
+            line.append(f"  {self.errors[-1]}", style="red")
         return line
 
     def _render(self) -> RenderableType:

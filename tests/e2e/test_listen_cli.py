@@ -32,7 +32,7 @@ def test_file_source_json_ends_at_eof_with_summary(whisper_server: str, tmp_path
     assert "Traceback" not in done.stderr
     events = _events(done.stdout)
     kinds = [e["event"] for e in events]
-    assert {"state", "status", "final", "summary"} <= set(kinds)
+    assert {"state", "final", "metrics", "summary"} <= set(kinds)
     assert kinds[-1] in ("summary", "state")
     states = [e["state"] for e in events if e["event"] == "state"]
     assert states[:2] == ["starting", "listening"] or "listening" in states

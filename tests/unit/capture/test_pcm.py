@@ -57,5 +57,5 @@ def test_frame_ms_outside_20_100_is_refused(ms: int) -> None:
 def test_capture_error_codes_carry_reason() -> None:
     err = capture_error("mic", "device busy")
     assert err.code is ErrorCode.MICROPHONE_CAPTURE_FAILED
-    assert err.message == "Microphone capture failed: device busy"
+    assert err.message == "device busy"
     assert capture_error("system", "x").code is ErrorCode.SYSTEM_CAPTURE_FAILED
