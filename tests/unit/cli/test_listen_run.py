@@ -1,0 +1,137 @@
+"""``echopanel listen`` run in-process against a real server (fake ASR): exit codes and output."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from echopanel.cli.main import main
+from echopanel.server import ServerConfig, serve_in_thread
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with serve_in_thread(ServerConfig(asr="fake", token="secret")) as url:
+        yield url.replace("http://", "ws://")
+
+
+@pytest.fixture
+def speech(tmp_path: Path) -> Path:
+    rate = 44100
+    t = np.arange(int(rate * 2.0)) / rate
+    path = tmp_path / "speech.wav"
+    soundfile.write(str(path), np.stack([np.sin(2 * np.pi * 300 * t)] * 2, axis=1) * 0.3, rate)
+    return path
+
+
+def _lines(out: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_file_source_json_exit_0(
+    server: str, speech: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["listen", "--url", server, "--token", "secret", "--source", f"file:{speech}", "--json",
+         "--fast", "--bundle-dir", str(tmp_path / "b")]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    events = _lines(captured.out)
+    kinds = {e["event"] for e in events}
+    assert {"state", "final", "summary"} <= kinds
+    assert kinds <= {
+        "state",
+        "partial",
+        "final",
+        "status",
+        "metrics",
+        "analysis",
+        "error",
+        "summary",
+    }
+    assert events[0] == {**events[0], "event": "state", "state": "starting"}
+    assert "session bundle:" in captured.err
+    (bundle,) = (tmp_path / "b").iterdir()
+    assert json.loads((bundle / "receipt.json").read_text())["outcome"] == "completed"
+
+
+def test_live_view_prints_finals_and_summary(
+    server: str, speech: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["listen", "--url", f"{server}/ws/live-listener", "--token", "secret",
+         "--source", f"file:{speech}", "--fast", "--no-bundle"]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "system" in captured.out and "summary" in captured.out
+
+
+def test_wrong_token_exit_3_one_line(
+    server: str, speech: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["listen", "--url", server, "--token", "wrong", "--source", f"file:{speech}", "--json",
+         "--no-bundle"]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 3
+    assert captured.err.count("echopanel: error:") == 1 and "[unauthorized]" in captured.err
+    assert "Traceback" not in captured.err
+    errors = [e for e in _lines(captured.out) if e["event"] == "error"]
+    assert errors[-1]["code"] == "unauthorized"
+
+
+def test_missing_file_exit_4(
+    server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["listen", "--url", server, "--token", "secret", "--source", f"file:{tmp_path}/no.wav",
+         "--no-bundle"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 4
+    assert err.strip().endswith("[system_capture_failed]") and "no.wav" in err
+
+
+def test_unknown_microphone_exit_4(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        ["listen", "--url", server, "--token", "secret", "--source", "mic",
+         "--device", "no such microphone 123", "--no-bundle"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 4, err
+    assert "microphone" in err.lower() and "Traceback" not in err
+
+
+def test_ctrl_c_stops_gracefully_prints_summary_exit_130(
+    server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rate = 16000
+    long = tmp_path / "long.wav"
+    soundfile.write(str(long), np.sin(np.arange(rate * 30) / rate * 2 * np.pi * 200) * 0.3, rate)
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        code = main(
+            ["listen", "--url", server, "--token", "secret", "--source", f"file:{long}",
+             "--json", "--no-bundle"]
+        )  # fmt: skip
+    finally:
+        timer.cancel()
+    captured = capsys.readouterr()
+    assert code == 130, captured.err
+    events = _lines(captured.out)
+    assert any(e["event"] == "summary" for e in events)
+    states = [e["state"] for e in events if e["event"] == "state"]
+    assert "finalizing" in states and states[-1] == "idle"
+    assert "Traceback" not in captured.err
