@@ -351,9 +351,15 @@ class LiveConnection:
         if self.recorder is not None:
             self.recorder.write(source, pcm)
         self.server.metrics.audio_seconds.labels(source=source).inc(len(pcm) / 32000)
-        dropped = pipeline.put(pcm)
-        if dropped:
-            self.server.metrics.frames_dropped.labels(source=source).inc(dropped)
+        if pipeline.put(pcm):
+            self._report_drops(pipeline)
+
+    def _report_drops(self, pipeline: SourcePipeline) -> None:
+        """Add the frames dropped since the last report to the Prometheus counter."""
+        new = pipeline.queue.dropped_frames - pipeline.reported_drops
+        if new > 0:
+            pipeline.reported_drops += new
+            self.server.metrics.frames_dropped.labels(source=pipeline.source).inc(new)
 
     # ================================================================== ASR output
 
@@ -414,6 +420,7 @@ class LiveConnection:
 
     async def _send_metrics(self, pipeline: SourcePipeline) -> None:
         queue = pipeline.queue
+        self._report_drops(pipeline)
         now = anyio.current_time()
         if pipeline.backpressure_pending and (
             now - pipeline.last_backpressure >= self.config.backpressure_interval

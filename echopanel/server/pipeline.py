@@ -111,7 +111,10 @@ class SourcePipeline:
         self.ladder.level = level
         self.plan = plan_for(level, self.config.degrade, self.config.ingest_budget)
         self.stream.tune(self.plan.tuning)
-        self.queue.budget = self.plan.ingest_budget
+        dropped = self.queue.dropped_frames
+        self.queue.budget = self.plan.ingest_budget  # level 3 sheds the oldest audio now
+        if self.queue.dropped_frames > dropped:
+            self.backpressure_pending = True
         self.rtf.reset()
         log.info(
             "Degrade level %d on %s: %s", level, self.source, self.plan.description,

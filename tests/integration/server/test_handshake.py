@@ -203,3 +203,22 @@ async def test_connect_to_nothing_is_connection_failed(h):
         await transport.connect("ws://127.0.0.1:9", {})
     assert info.value.code is ErrorCode.CONNECTION_FAILED
     await transport.aclose()
+
+
+async def test_transport_keepalive_pings_are_answered_while_waiting(h):
+    from echopanel.client.transport import WebSocketTransport
+
+    async with serve_in_background(h.fast_config(start_timeout=0.8), asr=FakeAsrBackend()) as url:
+        transport = WebSocketTransport(ping_interval=0.1, ping_timeout=0.5)
+        await transport.connect(url, {})
+        client = h.Client(url, transport)
+        await client.recv()
+        began = anyio.current_time()
+        error = await client.recv()  # ~8 pings went out and came back meanwhile
+        assert error["code"] == "start_timeout" and anyio.current_time() - began > 0.5
+        closed = await client.expect_close()
+        assert closed.code is ErrorCode.START_TIMEOUT and closed.close_code == 1008
+        await transport.aclose()
+        await transport.aclose()  # idempotent
+        with pytest.raises(TransportError):
+            await transport.send_text("late")
