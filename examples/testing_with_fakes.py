@@ -15,6 +15,7 @@ Run the tests with pytest::
 from __future__ import annotations
 
 import anyio
+import pytest
 
 from echopanel.client import (
     ErrorEvent,
@@ -94,6 +95,12 @@ def _server_says(*texts: str) -> FakeTransportFactory:
 # --------------------------------------------------------------------------- the tests
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """The session shell runs on asyncio (``anyio_mode = "auto"`` runs the async tests)."""
+    return "asyncio"
+
+
 async def test_finals_become_caption_lines_and_only_the_last_ones_are_kept() -> None:
     box = CaptionBox(keep=2)
     transports = _server_says("first line", "second line", "third line")
@@ -152,7 +159,5 @@ async def test_a_server_at_capacity_shows_the_banner() -> None:
 
 if __name__ == "__main__":
     import sys
-
-    import pytest
 
     sys.exit(pytest.main([__file__, "-q", "-p", "anyio"]))
