@@ -166,9 +166,7 @@ class MacPermissionGate(PermissionGate):  # pragma: no cover - runs on macOS onl
         )
 
 
-def default_permission_gate(
-    *, devices: Mapping[Source, str | int] | None = None
-) -> PermissionGate:
+def default_permission_gate(*, devices: Mapping[Source, str | int] | None = None) -> PermissionGate:
     """The gate for this OS: the real macOS checks when available, else the device check.
 
     ``devices``: the user's device choice per source, checked by the device gate.
