@@ -182,16 +182,16 @@ class SessionRun:
 
 def configure_logging(verbose: bool) -> None:
     """Library logs go to stderr with ``--verbose``; otherwise nowhere (the command prints
-    the one line that matters)."""
+    the one line that matters). A ``NullHandler`` keeps Python's last-resort handler from
+    printing warnings; propagation to the root logger is left alone."""
     logger = logging.getLogger("echopanel")
     if verbose:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         logger.setLevel(logging.INFO)
-    else:
-        handler = logging.NullHandler()
-        logger.propagate = False
-    logger.addHandler(handler)
+        logger.addHandler(handler)
+    elif not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
 
 
 def make_bundle(args: argparse.Namespace) -> Any:
