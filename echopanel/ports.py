@@ -128,13 +128,16 @@ class Transport(_AsyncResource):
     """One WebSocket-like connection to the backend (one per session attempt).
 
     Contract:
+    * ``connect``, ``receive`` and ``aclose`` are called from one task (the connection's
+      owner task); ``send_text`` / ``send_bytes`` may be called from any task.
     * ``connect(url, headers)`` raises :class:`~echopanel.errors.TransportError`
       (``connection_failed``) when the connection cannot be made.
     * ``receive()`` returns the next text (``str``) or binary (``bytes``) message; when the
       connection is closed it raises ``TransportError`` with ``close_code`` set (and, when
       the close code maps to one, the protocol error code).
     * ``send_text`` / ``send_bytes`` raise ``TransportError`` once closed.
-    * ``aclose(code)`` closes politely; idempotent.
+    * ``aclose(code)`` closes politely; idempotent; also releases a transport whose
+      ``connect`` failed or was never called.
     """
 
     @abc.abstractmethod

@@ -4,10 +4,11 @@ One session owns one task group (``async with Session(...)``). Every machine ste
 under one lock (``_dispatch``): commands (start/stop) are dispatched by the caller's task,
 facts by the tasks that observe them — the driver task feeds timer expiries and the events
 posted (never blocking) by the operation tasks: a permission request, a capture (start, then
-pump its frames), a connection (connect, then receive). Effects run in order, inline;
-teardown effects cancel and await the matching task, so when an attempt ends nothing of it
-is left running. Leaving the ``async with`` (also on cancellation) aborts whatever is
-active in a shielded scope.
+pump its frames), a connection (connect, then receive, and finally close: the transport is
+closed by the task that connected it, as the ``Transport`` port requires). Effects run in
+order, inline; teardown effects cancel and await the matching task, so when an attempt ends
+nothing of it is left running. Leaving the ``async with`` (also on cancellation) aborts
+whatever is active in a shielded scope.
 
 Audio captured before the backend's ``streaming`` acknowledgment is buffered (bounded by the
 start timeout's worth of audio; the oldest frames are dropped and counted beyond that) and
@@ -117,6 +118,7 @@ class _Attempt:
     capture_tasks: dict[Source, _Task] = attrs.field(factory=dict)
     transport: Transport | None = None
     transport_task: _Task | None = None
+    close_code: int | None = None  # what the transport task closes with (CloseTransport)
     others: list[_Task] = attrs.field(factory=list)
     streaming: bool = False
     buffer: deque[tuple[Source, bytes]] = attrs.field(factory=deque)
@@ -548,7 +550,28 @@ class Session:
                 await task.cancel_and_wait()
 
     async def _connect(self, attempt: _Attempt, url: str, headers: dict[str, str]) -> None:
-        """Open the transport, then receive until it closes."""
+        """Open the transport, receive until it closes, then wait to be cancelled; on the
+        way out (cancelled by ``_close_transport`` or the attempt's end) close it, here."""
+        # Entered before connect: any scope the transport keeps on this task is inside it,
+        # so shielding it below protects the close without nesting a new scope over them.
+        with anyio.CancelScope() as owner:
+            try:
+                await self._connect_and_receive(attempt, url, headers)
+                await anyio.sleep_forever()  # the close waits for CloseTransport's code
+            finally:
+                owner.shield = True
+                owner.deadline = anyio.current_time() + _CLEANUP_TIMEOUT
+                transport = attempt.transport
+                if transport is not None:
+                    code = attempt.close_code
+                    try:
+                        await (transport.aclose() if code is None else transport.aclose(code))
+                    except Exception:
+                        logger.exception("closing the transport failed")
+
+    async def _connect_and_receive(
+        self, attempt: _Attempt, url: str, headers: dict[str, str]
+    ) -> None:
         aid = attempt.attempt_id
         try:
             factory = self._transport_factory
@@ -592,16 +615,12 @@ class Session:
             self._post(_closed_event(attempt.attempt_id, exc))
 
     async def _close_transport(self, attempt: _Attempt, code: int) -> None:
+        """Record the close code; the transport task closes the transport as it ends."""
+        attempt.close_code = code
         with anyio.CancelScope(shield=True):
             if attempt.transport_task is not None:
                 await attempt.transport_task.cancel_and_wait()
             attempt.streaming = False
-            if attempt.transport is not None:
-                with anyio.move_on_after(_CLEANUP_TIMEOUT):
-                    try:
-                        await attempt.transport.aclose(code)
-                    except Exception:
-                        logger.exception("closing the transport failed")
 
     # ------------------------------------------------------------------ audio
 

@@ -1,42 +1,51 @@
-"""``WebSocketTransport``: the real :class:`~echopanel.ports.Transport`, on httpx + wsproto.
+"""``WebSocketTransport``: the real :class:`~echopanel.ports.Transport`, on httpx + httpx-ws.
 
-The HTTP upgrade goes through an ``httpx.AsyncClient`` (so an
-``httpx_ws.transport.ASGIWebSocketTransport`` can be plugged in for in-memory tests), and the
-WebSocket framing through ``wsproto`` — the same pieces ``httpx-ws`` is made of. Unlike
-``httpx_ws.aconnect_ws`` it holds no background task and no cancel scope between calls, so
-``connect``, ``receive``, ``send_*`` and ``aclose`` may be called from different tasks of the
-session shell (``receive`` from one task at a time).
+``httpx_ws.aconnect_ws`` does the upgrade (through an ``httpx.AsyncClient``, so an
+``httpx_ws.transport.ASGIWebSocketTransport`` can be plugged in for in-memory tests), the
+framing and the keep-alive pings. Its session is an async context manager holding a task
+group (a background reader and a pinger); a cancel scope must be left by the task that
+entered it, in last-in-first-out order. So the context is held by a small *connection host
+task* of the transport's own (started outside the caller's cancel scopes and joined by
+:meth:`~WebSocketTransport.aclose`): the caller's task never carries a scope of the
+transport, and connections can be opened and closed in any order. The host reads the
+session's messages into an inbox; ``receive()`` takes them from there.
 
-Keep-alive: while a ``receive()`` is waiting, a ping is sent every ``ping_interval`` seconds
-of silence; no pong within ``ping_timeout`` closes the connection with ``connection_failed``.
+Port contract (``echopanel.ports.Transport``): ``connect``, ``receive`` and ``aclose`` are
+called from the connection's owner task; ``send_text`` / ``send_bytes`` from any task.
+
+Keep-alive: every ``ping_interval`` seconds a ping is sent; no pong within
+``ping_timeout`` drops the connection, and ``receive()`` raises ``connection_failed``
+("keep-alive ping timed out"). Pings need a real network stream: httpx-ws disables them on
+the in-memory ASGI transport (``ping_interval=None`` disables them everywhere).
 
 Errors: every third-party exception is translated into
 :class:`~echopanel.errors.TransportError`. When the server closes, ``receive()`` raises a
 ``TransportError`` whose ``close_code`` is the WebSocket close code and whose ``code`` is the
 error code of the server's last ``error`` message, or else the code mapped from the close
 code (``CLOSE_CODES``); a normal close (1000/1001) carries ``connection_failed`` with
-"connection closed" — callers check ``close_code``.
+"connection closed" — callers check ``close_code``. A connection that drops without a close
+frame reports close code 1006.
 """
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
 import functools
+import importlib
 import json
-import math
-import secrets
 import ssl
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any, Final
 
 import anyio
 import httpx
-import wsproto
+import httpx_ws
+import sniffio
 import wsproto.events as wse
+from httpx_ws.transport import ASGIWebSocketAsyncNetworkStream
 from wsproto.connection import ConnectionState
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.utilities import LocalProtocolError
 
 from echopanel.errors import CLOSE_CODES, ErrorCode, TransportError
 from echopanel.ports import Transport
@@ -49,14 +58,18 @@ __all__ = [
 ]
 
 ENDPOINT_PATH: Final = "/ws/live-listener"
-_READ_BYTES: Final = 65_536
+_READ_BYTES: Final = 65_536  # httpx-ws's read chunk ("max_message_size_bytes")
+_INBOX_LIMIT: Final = 1024  # messages read ahead of receive() before the reader waits
 _NORMAL_CLOSES: Final = frozenset({1000, 1001})
+_KEEPALIVE_REASON: Final = "Keepalive ping timeout"  # what httpx-ws closes with
 
 # 1008 is shared by unauthorized and start_timeout: the server's error message decides;
 # without one, a policy close is reported as unauthorized.
 _CLOSE_TO_CODE: Final[dict[int, ErrorCode]] = {
     close: code for code, close in CLOSE_CODES.items() if code is not ErrorCode.START_TIMEOUT
 }
+
+_detached: set[Any] = set()  # strong references to running asyncio host tasks
 
 
 @functools.cache
@@ -100,14 +113,59 @@ def _server_error(text: str) -> tuple[ErrorCode, str] | None:
     return None
 
 
+def _leaf(exc: BaseException) -> BaseException:
+    """The first non-cancellation exception inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        inner = [e for e in exc.exceptions if not isinstance(e, anyio.get_cancelled_exc_class())]
+        exc = (inner or list(exc.exceptions))[0]
+    return exc
+
+
+def _spawn_detached(coro: Coroutine[Any, Any, None], name: str) -> None:
+    """Run ``coro`` in a new task that belongs to no caller's task group or cancel scope.
+
+    ``coro`` must handle every exception itself (the host task does).
+    """
+    library = sniffio.current_async_library()
+    if library == "asyncio":
+        import asyncio
+
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        _detached.add(task)
+        task.add_done_callback(_detached.discard)
+    elif library == "trio":
+        lowlevel: Any = importlib.import_module("trio.lowlevel")
+
+        async def run() -> None:
+            await coro
+
+        lowlevel.spawn_system_task(run, name=name)
+    else:  # pragma: no cover
+        coro.close()
+        raise RuntimeError(f"unsupported async library {library!r}")
+
+
+class _Session(httpx_ws.AsyncWebSocketSession):
+    """httpx-ws's session, remembering the first close *we* made (code, reason): a
+    ``WebSocketNetworkError`` after httpx-ws closed with "Keepalive ping timeout" is a
+    keep-alive failure rather than a dropped stream."""
+
+    local_close: tuple[int, str] | None = None
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        if self.local_close is None:
+            self.local_close = (code, reason or "")
+        await super().close(code, reason)
+
+
 class WebSocketTransport(Transport):
-    """One WebSocket connection to the live-listener endpoint.
+    """One WebSocket connection to the live-listener endpoint (see the module docstring).
 
     ``headers`` given to :meth:`connect` are sent on the upgrade request (the caller puts
     ``Authorization: Bearer …`` / ``x-echopanel-token`` there). ``client`` lets tests pass an
     ``httpx.AsyncClient`` (e.g. with ``httpx_ws.transport.ASGIWebSocketTransport``); it is
-    then not closed by :meth:`aclose`. Pings need a real network stream: pass
-    ``ping_interval=None`` for in-memory ASGI tests.
+    then not closed by :meth:`aclose`. ``max_message_bytes`` bounds one server message
+    (checked once httpx-ws assembled it; a larger one closes the connection with 1009).
     """
 
     def __init__(
@@ -127,26 +185,30 @@ class WebSocketTransport(Transport):
         self.max_message_bytes = max_message_bytes
         self._client = client
         self._owns_client = client is None
-        self._response: httpx.Response | None = None
-        self._stream: Any = None
-        self._ws = wsproto.connection.Connection(wsproto.ConnectionType.CLIENT)
-        self._write_lock = anyio.Lock()
-        self._pending: collections.deque[str | bytes] = collections.deque()
-        self._partial: list[str | bytes] = []
-        self._partial_size = 0
+        self._ws: _Session | None = None
+        self._inbox: collections.deque[str | bytes] = collections.deque()
+        self._wakeup: anyio.Event | None = None  # receive() waits on it
+        self._space: anyio.Event | None = None  # the host's reader waits on it (inbox full)
+        self._ready: anyio.Event | None = None  # connected, or the attempt is over
+        self._done: anyio.Event | None = None  # the host task has finished
+        self._host_scope: anyio.CancelScope | None = None  # made in connect (needs a loop)
+        self._reader_scope: anyio.CancelScope | None = None
+        self._connect_error: TransportError | None = None
+        self._failure: tuple[str, int | None] | None = None  # a local failure: message, close
         self._last_error: tuple[ErrorCode, str] | None = None
         self._close_code: int | None = None
         self._close_reason = ""
-        self._closed = False
-        self._last_traffic = 0.0
-        self._ping_sent_at: float | None = None
+        self._close_request: tuple[int, str] | None = None
+        self._started = False  # connect() was called
+        self._closed = False  # aclose() was called
+        self._eof = False  # the host task has finished: nothing more will arrive
 
     # ----------------------------------------------------------------- properties
 
     @property
     def connected(self) -> bool:
         """True between a successful :meth:`connect` and the close."""
-        return self._stream is not None and not self._closed
+        return self._ws is not None and not self._closed and not self._eof
 
     @property
     def close_code(self) -> int | None:
@@ -158,178 +220,232 @@ class WebSocketTransport(Transport):
         """Code and message of the last server ``error`` message seen, if any."""
         return self._last_error
 
+    @property
+    def _stream(self) -> Any:
+        """The underlying network stream (tests close it to simulate a dropped connection)."""
+        return self._ws.stream if self._ws is not None else None
+
     # ----------------------------------------------------------------- connect
 
     async def connect(self, url: str, headers: Mapping[str, str]) -> None:
-        if self._stream is not None or self._closed:
+        if self._started or self._closed:
             raise TransportError(ErrorCode.CONNECTION_FAILED, "transport already used")
+        self._started = True
         try:
             target = endpoint_url(url)
         except (ValueError, httpx.InvalidURL) as exc:
             raise TransportError(ErrorCode.CONNECTION_FAILED, f"bad URL {url!r}: {exc}") from None
-        request_headers = {
-            **dict(headers),
-            "connection": "upgrade",
-            "upgrade": "websocket",
-            "sec-websocket-key": base64.b64encode(secrets.token_bytes(16)).decode("ascii"),
-            "sec-websocket-version": "13",
-        }
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.connect_timeout, verify=_ssl_context())
+        ready = self._ready = anyio.Event()
+        self._done = anyio.Event()
+        self._host_scope = anyio.CancelScope()
+        self._reader_scope = anyio.CancelScope()
+        _spawn_detached(self._host(target, dict(headers)), name=f"echopanel ws {target}")
         try:
             with anyio.fail_after(self.connect_timeout):
-                request = self._client.build_request("GET", target, headers=request_headers)
-                response = await self._client.send(request, stream=True)
+                await ready.wait()
         except TimeoutError:
-            await self._teardown()
+            await self._stop_host()
             raise TransportError(
                 ErrorCode.CONNECTION_FAILED,
                 f"could not connect to {target} within {self.connect_timeout:g} s",
             ) from None
-        except Exception as exc:  # httpx, OSError, ASGI app errors: all mean "no connection"
-            await self._teardown()
-            raise TransportError(
-                ErrorCode.CONNECTION_FAILED, f"could not connect to {target}: {exc!r}"
-            ) from None
-        self._response = response
-        if response.status_code != 101 or "network_stream" not in response.extensions:
-            status = response.status_code
-            await self._teardown()
+        except BaseException:  # cancelled: leave nothing connecting behind
+            await self._stop_host()
+            raise
+        if self._ws is None:
+            await self._wait_host(self.close_timeout)
+            raise self._connect_error or TransportError(
+                ErrorCode.CONNECTION_FAILED, f"could not connect to {target}"
+            )
+
+    def _connect_failed(self, target: str, exc: BaseException) -> TransportError:
+        if isinstance(exc, httpx_ws.WebSocketUpgradeError):
+            status = exc.response.status_code
             code = ErrorCode.UNAUTHORIZED if status in (401, 403) else ErrorCode.CONNECTION_FAILED
-            raise TransportError(code, f"WebSocket upgrade refused: HTTP {status} from {target}")
-        self._stream = response.extensions["network_stream"]
-        self._last_traffic = anyio.current_time()
+            return TransportError(code, f"WebSocket upgrade refused: HTTP {status} from {target}")
+        if isinstance(exc, httpx_ws.WebSocketDisconnect):  # an ASGI app closed before accepting
+            return TransportError(
+                error_code_for_close(exc.code),
+                f"WebSocket upgrade refused: closed {exc.code} by {target}",
+                close_code=exc.code,
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return TransportError(
+                ErrorCode.CONNECTION_FAILED,
+                f"could not connect to {target} within {self.connect_timeout:g} s",
+            )
+        if isinstance(exc, httpx.TransportError) and str(exc):
+            return TransportError(
+                ErrorCode.CONNECTION_FAILED, f"could not connect to {target}: {exc}"
+            )
+        # OSError, ASGI app errors, a 101 without a network stream: all mean "no connection"
+        return TransportError(
+            ErrorCode.CONNECTION_FAILED, f"could not connect to {target}: {exc!r}"
+        )
+
+    # ----------------------------------------------------------------- the host task
+
+    async def _host(self, target: str, headers: dict[str, str]) -> None:
+        """Hold the httpx-ws session: connect, read into the inbox, close; never raises."""
+        assert self._ready is not None and self._done is not None
+        assert self._host_scope is not None and self._reader_scope is not None
+        try:
+            with self._host_scope:
+                try:
+                    async with httpx_ws.aconnect_ws(
+                        target,
+                        self._client,
+                        max_message_size_bytes=_READ_BYTES,
+                        keepalive_ping_interval_seconds=self.ping_interval,
+                        keepalive_ping_timeout_seconds=self.ping_timeout,
+                        session_class=_Session,
+                        headers=headers,
+                    ) as ws:
+                        self._ws = ws
+                        self._ready.set()
+                        if self._close_request is None:
+                            with self._reader_scope:
+                                await self._read(ws)
+                        with anyio.move_on_after(self.close_timeout):
+                            await self._close_ws(ws)
+                except Exception as exc:
+                    if self._ws is None:
+                        self._connect_error = self._connect_failed(target, _leaf(exc))
+                    else:
+                        self._lost(f"connection lost: {_leaf(exc)!r}")
+        except BaseException:  # a cancelled host; nothing may escape a detached task
+            pass
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.close_timeout):
+                if self._owns_client and self._client is not None:
+                    with contextlib.suppress(Exception):
+                        await self._client.aclose()
+            self._eof = True
+            self._wake()
+            self._ready.set()
+            self._done.set()
+
+    async def _read(self, ws: _Session) -> None:
+        """Move the session's messages into the inbox until the connection ends."""
+        while True:
+            try:
+                event = await ws.receive()
+            except httpx_ws.WebSocketDisconnect as exc:
+                self._close_code = exc.code
+                self._close_reason = exc.reason
+                return
+            except httpx_ws.WebSocketNetworkError:
+                if ws.local_close is not None and ws.local_close[1] == _KEEPALIVE_REASON:
+                    self._failure = ("keep-alive ping timed out", 1006)
+                self._lost()
+                return
+            if not isinstance(event, wse.Message):
+                continue
+            data: str | bytes = event.data
+            if len(data) > self.max_message_bytes:
+                self._failure = ("message from server too large", 1009)
+                self._close_code = 1009
+                self._close_request = (1009, "message too big")
+                return
+            if isinstance(data, str):
+                error = _server_error(data)
+                if error is not None:
+                    self._last_error = error
+            self._inbox.append(data)
+            self._wake()
+            while len(self._inbox) >= _INBOX_LIMIT:
+                space = self._space = anyio.Event()
+                await space.wait()
+
+    async def _close_ws(self, ws: _Session) -> None:
+        """Our close frame and the peer's answer, or the answer to the peer's close frame."""
+        state = ws.connection.state
+        try:
+            if state is ConnectionState.OPEN:
+                code, reason = self._close_request or (1000, "")
+                await ws.send(wse.CloseConnection(code=code, reason=reason))
+                if isinstance(ws.stream, ASGIWebSocketAsyncNetworkStream):
+                    return  # the in-memory ASGI side never answers a client's close
+                while True:  # until the server answers; messages meanwhile stay readable
+                    event = await ws.receive()
+                    if isinstance(event, wse.Message):
+                        self._inbox.append(event.data)
+                        self._wake()
+            elif state is ConnectionState.REMOTE_CLOSING:
+                await ws.close(self._close_code or 1000, self._close_reason)
+        except Exception:  # WebSocketDisconnect (the answer), or the peer is gone already
+            return
+
+    def _lost(self, detail: str = "") -> None:
+        if self._close_code is None:
+            self._close_code = 1006
+        if detail and self._failure is None:
+            self._failure = (detail, 1006)
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def _wait_host(self, limit: float) -> None:
+        if self._done is None:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(limit):
+            await self._done.wait()
+
+    async def _stop_host(self) -> None:
+        if self._host_scope is not None:
+            self._host_scope.cancel()
+        await self._wait_host(self.close_timeout)
 
     # ----------------------------------------------------------------- send
 
     async def send_text(self, text: str) -> None:
-        await self._send_event(wse.TextMessage(data=text))
+        await self._send(text)
 
     async def send_bytes(self, data: bytes) -> None:
-        await self._send_event(wse.BytesMessage(data=data))
+        await self._send(data)
 
-    async def _send_event(self, event: wse.Event) -> None:
-        if self._stream is None or self._closed:
+    async def _send(self, data: str | bytes) -> None:
+        ws = self._ws
+        if ws is None or self._closed or self._eof:
             raise self._closed_error()
         try:
-            await self._write(self._ws.send(event))
-        except LocalProtocolError:
+            if isinstance(data, str):
+                await ws.send_text(data)
+            else:
+                await ws.send_bytes(data)
+        except LocalProtocolError:  # the connection is closing
             raise self._closed_error() from None
-        except TransportError:
-            raise
+        except httpx_ws.WebSocketNetworkError:
+            raise TransportError(
+                ErrorCode.CONNECTION_FAILED, "send failed: connection lost", close_code=1006
+            ) from None
         except Exception as exc:
-            await self._teardown()
-            raise TransportError(ErrorCode.CONNECTION_FAILED, f"send failed: {exc!r}") from None
-
-    async def _write(self, data: bytes) -> None:
-        async with self._write_lock:
-            await self._stream.write(data)
+            raise TransportError(
+                ErrorCode.CONNECTION_FAILED, f"send failed: {exc!r}", close_code=1006
+            ) from None
 
     # ----------------------------------------------------------------- receive
 
     async def receive(self) -> str | bytes:
         while True:
-            if self._pending:
-                return self._pending.popleft()
-            if self._stream is None or self._closed:
+            if self._inbox:
+                message = self._inbox.popleft()
+                if self._space is not None:
+                    self._space.set()
+                return message
+            if self._ws is None or self._closed or self._eof:
                 raise self._closed_error()
-            data = await self._read_with_keepalive()
-            try:
-                self._ws.receive_data(data if data else None)
-            except RemoteProtocolError as exc:
-                await self._teardown(close_code=1002)
-                raise TransportError(
-                    ErrorCode.CONNECTION_FAILED, f"WebSocket protocol error: {exc}"
-                ) from None
-            if not data and self._close_code is None:
-                self._close_code = 1006
-            await self._handle_events()
-            if not data and not self._closed:
-                await self._teardown()
-
-    async def _read_with_keepalive(self) -> bytes:
-        while True:
-            wait = math.inf
-            now = anyio.current_time()
-            if self.ping_interval is not None:
-                if self._ping_sent_at is not None:
-                    wait = self._ping_sent_at + self.ping_timeout - now
-                    if wait <= 0:
-                        await self._teardown(close_code=1011, reason="keep-alive ping timeout")
-                        raise TransportError(
-                            ErrorCode.CONNECTION_FAILED, "keep-alive ping timed out"
-                        )
-                else:
-                    wait = self._last_traffic + self.ping_interval - now
-                    if wait <= 0:
-                        await self._ping()
-                        continue
-            try:
-                with anyio.move_on_after(wait):
-                    data: bytes = await self._stream.read(_READ_BYTES)
-                    self._last_traffic = anyio.current_time()
-                    return data
-            except Exception as exc:
-                if self._closed:
-                    raise self._closed_error() from None
-                await self._teardown()
-                self._close_code = self._close_code or 1006
-                raise TransportError(
-                    ErrorCode.CONNECTION_FAILED, f"connection lost: {exc!r}", close_code=1006
-                ) from None
-
-    async def _ping(self) -> None:
-        self._ping_sent_at = anyio.current_time()
-        try:
-            await self._write(self._ws.send(wse.Ping(payload=secrets.token_bytes(4))))
-        except Exception:
-            await self._teardown()
-            raise TransportError(ErrorCode.CONNECTION_FAILED, "connection lost") from None
-
-    async def _handle_events(self) -> None:
-        for event in self._ws.events():
-            if isinstance(event, wse.Message):
-                self._collect(event)
-            elif isinstance(event, wse.Ping):
-                await self._reply(event.response())
-            elif isinstance(event, wse.Pong):
-                self._ping_sent_at = None
-            elif isinstance(event, wse.CloseConnection):
-                self._close_code = event.code
-                self._close_reason = event.reason or ""
-                if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                    await self._reply(event.response())
-                await self._teardown()
-
-    def _collect(self, event: wse.Message[Any]) -> None:
-        self._partial.append(event.data)
-        self._partial_size += len(event.data)
-        if self._partial_size > self.max_message_bytes:
-            self._partial.clear()
-            self._partial_size = 0
-            raise TransportError(ErrorCode.CONNECTION_FAILED, "message from server too large")
-        if not event.message_finished:
-            return
-        message: str | bytes
-        if isinstance(event, wse.TextMessage):
-            message = "".join(str(p) for p in self._partial)
-            error = _server_error(message)
-            if error is not None:
-                self._last_error = error
-        else:
-            message = b"".join(p for p in self._partial if isinstance(p, bytes))
-        self._partial.clear()
-        self._partial_size = 0
-        self._pending.append(message)
-
-    async def _reply(self, event: wse.Event) -> None:
-        try:
-            await self._write(self._ws.send(event))
-        except Exception:
-            return
+            wakeup = self._wakeup = anyio.Event()
+            await wakeup.wait()
 
     def _closed_error(self) -> TransportError:
         close = self._close_code
+        if self._failure is not None:
+            message, failure_close = self._failure
+            return TransportError(ErrorCode.CONNECTION_FAILED, message, close_code=failure_close)
         if self._last_error is not None and close not in _NORMAL_CLOSES:
             code, message = self._last_error
             return TransportError(code, message or None, close_code=close)
@@ -349,43 +465,20 @@ class WebSocketTransport(Transport):
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         if self._closed:
             return
-        await self._teardown(close_code=code, reason=reason, polite=True)
-
-    async def _teardown(
-        self, *, close_code: int | None = None, reason: str = "", polite: bool = False
-    ) -> None:
-        """Send our close frame if still open, then release the stream and client."""
-        if self._closed:
-            return
         self._closed = True
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self.close_timeout):
-            if self._stream is not None and self._ws.state is ConnectionState.OPEN:
-                if close_code is not None and self._close_code is None:
-                    self._close_code = close_code
-                try:
-                    data = self._ws.send(
-                        wse.CloseConnection(code=close_code or 1000, reason=reason)
-                    )
-                    await self._write(data)
-                    if polite:
-                        await self._await_close_reply()
-                except Exception:  # the peer may be gone already
-                    pass
-            for closer in (self._stream, self._response):
-                if closer is not None:
-                    with contextlib.suppress(Exception):
-                        await closer.aclose()
-            if self._owns_client and self._client is not None:
-                with contextlib.suppress(Exception):
-                    await self._client.aclose()
-
-    async def _await_close_reply(self) -> None:
-        """Briefly read until the server answers our close (bounded by close_timeout)."""
-        while self._ws.state is not ConnectionState.CLOSED:
-            data = await self._stream.read(_READ_BYTES)
-            self._ws.receive_data(data if data else None)
-            for event in self._ws.events():
-                if isinstance(event, wse.Message):
-                    self._collect(event)
-            if not data:
-                return
+        if self._done is None:  # never connected
+            return
+        ws = self._ws
+        if (
+            ws is not None
+            and self._close_code is None
+            and ws.connection.state is ConnectionState.OPEN
+        ):
+            self._close_code = code
+        if self._close_request is None:
+            self._close_request = (code, reason)
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+        await self._wait_host(self.close_timeout + 0.5)
+        if not self._done.is_set():
+            await self._stop_host()
