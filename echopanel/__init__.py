@@ -20,13 +20,13 @@ from echopanel.errors import (
     SessionError,
     TransportError,
 )
+from echopanel.session.config import SessionConfig
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "Session": "echopanel.client",
-    "SessionConfig": "echopanel.client",
-    "WebSocketTransport": "echopanel.client",
+        "WebSocketTransport": "echopanel.client",
 }
 
 __all__ = [

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from echopanel.client.config import SessionConfig
 from echopanel.client.events import (
     AnalysisEvent,
     ErrorEvent,
@@ -23,6 +22,7 @@ from echopanel.client.events import (
 )
 from echopanel.client.recorder import Recorder
 from echopanel.client.session import Session, SessionStateError
+from echopanel.session.config import SessionConfig
 
 __all__ = [
     "AnalysisEvent",

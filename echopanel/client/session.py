@@ -31,7 +31,6 @@ import anyio.abc
 import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from echopanel.client.config import SessionConfig
 from echopanel.client.events import (
     ErrorEvent,
     SessionEvent,
@@ -75,6 +74,7 @@ from echopanel.session import (
     TimerFired,
     TransportClosed,
 )
+from echopanel.session.config import SessionConfig
 
 __all__ = ["Session", "SessionStateError"]
 
@@ -151,7 +151,7 @@ class Session:
         id_factory: Callable[[], str] | None = None,
     ) -> None:
         self.config = config
-        self._machine = SessionMachine(config.machine_config(), id_factory=id_factory)
+        self._machine = SessionMachine(config, id_factory=id_factory)
         self._transport_factory = transport_factory
         self._capture_factory = capture_factory
         self._gate = permission_gate

@@ -19,7 +19,7 @@ __all__ = [
     "DEFAULT_STOP_TIMEOUT",
     "ENDPOINT_PATH",
     "PERMISSION_FOR",
-    "MachineConfig",
+    "SessionConfig",
     "auth_headers",
     "normalize_sources",
     "normalize_url",
@@ -74,8 +74,15 @@ def auth_headers(token: str | None) -> dict[str, str]:
 
 
 @attrs.frozen(kw_only=True)
-class MachineConfig:
-    """Inputs of :class:`~echopanel.session.SessionMachine` (the shell builds it)."""
+class SessionConfig:
+    """A session's settings: the pure machine's inputs, and what the client shell runs.
+
+    ``url`` is ``ws://host:port`` or the full endpoint URL (normalized to
+    ``…/ws/live-listener`` when it has no path). ``sources``: ``("system",)``, ``("mic",)``
+    or both. ``token`` is sent as ``Authorization: Bearer`` and ``x-echopanel-token``.
+    ``start_timeout`` bounds the whole start; ``stop_timeout`` the wait for the final
+    summary. ``stop_on_capture_end``: stop gracefully once every capture's stream ends.
+    """
 
     url: str = attrs.field(converter=normalize_url)
     sources: tuple[Source, ...] = attrs.field(converter=normalize_sources)

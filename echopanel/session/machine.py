@@ -39,7 +39,7 @@ from echopanel.protocol.messages import (
     StatusMessage,
     StopMessage,
 )
-from echopanel.session.config import MachineConfig, auth_headers
+from echopanel.session.config import SessionConfig, auth_headers
 from echopanel.session.effects import (
     AnnounceState,
     CancelTimer,
@@ -128,7 +128,7 @@ class _Attempt:
 
     state: str
 
-    def __init__(self, config: MachineConfig, id_factory: Callable[[], str]) -> None:
+    def __init__(self, config: SessionConfig, id_factory: Callable[[], str]) -> None:
         self.config = config
         self.id_factory = id_factory
         self.effects: list[Effect] = []
@@ -333,7 +333,7 @@ class SessionMachine:
     """
 
     def __init__(
-        self, config: MachineConfig, *, id_factory: Callable[[], str] | None = None
+        self, config: SessionConfig, *, id_factory: Callable[[], str] | None = None
     ) -> None:
         self.config = config
         self._model = _Attempt(config, id_factory or uuid_factory)

@@ -45,8 +45,8 @@ def test_pure_core_imports_nothing_heavy(modules):
 def test_machine_runs_without_heavy_imports():
     code = (
         "import json, sys\n"
-        "from echopanel.session import MachineConfig, SessionMachine, StartRequested\n"
-        "m = SessionMachine(MachineConfig(url='ws://h:1', sources=('mic',)))\n"
+        "from echopanel.session import SessionConfig, SessionMachine, StartRequested\n"
+        "m = SessionMachine(SessionConfig(url='ws://h:1', sources=('mic',)))\n"
         "m.handle(StartRequested(), 0.0)\n"
         f"print(json.dumps(sorted(m for m in {list(HEAVY)!r} if m in sys.modules)))\n"
     )

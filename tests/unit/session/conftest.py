@@ -10,9 +10,9 @@ from echopanel.session import (
     Connected,
     Effect,
     Event,
-    MachineConfig,
     MessageReceived,
     PermissionAnswered,
+    SessionConfig,
     SessionMachine,
     StartRequested,
 )
@@ -22,7 +22,7 @@ from echopanel.testing.ids import counter_ids
 def make_machine(
     sources: tuple[Source, ...] = ("system",), *, token: str | None = None, **kwargs: object
 ) -> SessionMachine:
-    config = MachineConfig(url="ws://127.0.0.1:8765", sources=sources, token=token, **kwargs)
+    config = SessionConfig(url="ws://127.0.0.1:8765", sources=sources, token=token, **kwargs)
     return SessionMachine(config, id_factory=counter_ids())
 
 

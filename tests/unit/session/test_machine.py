@@ -28,7 +28,6 @@ from echopanel.session import (
     EmitMessage,
     EndAttempt,
     EnterListening,
-    MachineConfig,
     MessageReceived,
     PermissionAnswered,
     RejectStart,
@@ -36,6 +35,7 @@ from echopanel.session import (
     RequestPermission,
     SendStart,
     SendStop,
+    SessionConfig,
     StartCapture,
     StartRequested,
     StartTimer,
@@ -433,15 +433,15 @@ def test_url_normalization():
 
 def test_config_validation():
     with pytest.raises(ValueError):
-        MachineConfig(url="ws://h", sources=())
+        SessionConfig(url="ws://h", sources=())
     with pytest.raises(ValueError):
-        MachineConfig(url="ws://h", sources=("system", "system"))
+        SessionConfig(url="ws://h", sources=("system", "system"))
     with pytest.raises(ValueError):
-        MachineConfig(url="ws://h", sources=("speaker",))
+        SessionConfig(url="ws://h", sources=("speaker",))
     with pytest.raises(ValueError):
-        MachineConfig(url="ws://h", sources=("mic",), start_timeout=0)
-    assert MachineConfig(url="ws://h", sources=("microphone",)).sources == ("mic",)
-    assert "s3cret" not in repr(MachineConfig(url="ws://h", sources=("mic",), token="s3cret"))
+        SessionConfig(url="ws://h", sources=("mic",), start_timeout=0)
+    assert SessionConfig(url="ws://h", sources=("microphone",)).sources == ("mic",)
+    assert "s3cret" not in repr(SessionConfig(url="ws://h", sources=("mic",), token="s3cret"))
 
 
 def test_invalid_message_error_is_only_a_warning(drive):

@@ -33,12 +33,12 @@ from echopanel.session import (
     ConnectFailed,
     EndAttempt,
     Event,
-    MachineConfig,
     MessageReceived,
     PermissionAnswered,
     RejectStart,
     ReportError,
     RequestPermission,
+    SessionConfig,
     SessionMachine,
     StartCapture,
     StartRequested,
@@ -97,7 +97,7 @@ class SessionMachineTest(RuleBasedStateMachine):
     @precondition(lambda self: self.machine is None)
     @rule(sources=SOURCE_SETS, token=st.none() | st.just("tok"), auto=st.booleans())
     def create(self, sources, token, auto) -> None:
-        self.config = MachineConfig(
+        self.config = SessionConfig(
             url="ws://127.0.0.1:1", sources=sources, token=token, stop_on_capture_end=auto
         )
         self.machine = SessionMachine(self.config, id_factory=counter_ids())
