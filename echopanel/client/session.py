@@ -76,11 +76,13 @@ from echopanel.session import (
 )
 from echopanel.session.config import SessionConfig
 
-__all__ = ["Session", "SessionStateError"]
+__all__ = ["HISTORY_LIMIT", "Session", "SessionStateError"]
 
 logger = logging.getLogger("echopanel.session")
 
 _CLEANUP_TIMEOUT = 2.0
+#: events a session keeps for its iterators (about an hour of partials and metrics)
+HISTORY_LIMIT = 20_000
 _MAX_PCM = MAX_FRAME_BYTES - HEADER_BYTES  # 65532, even
 _BYTES_PER_SECOND = 32_000
 _MIN_BUFFER = 4 * MAX_FRAME_BYTES
@@ -164,7 +166,9 @@ class Session:
         self._send: MemoryObjectSendStream[Event | None] | None = None
         self._receive: MemoryObjectReceiveStream[Event | None] | None = None
         self._attempt: _Attempt | None = None
-        self._history: list[SessionEvent] = []
+        # the most recent events, for iterators that fall behind or start late; bounded
+        self._history: deque[SessionEvent] = deque(maxlen=HISTORY_LIMIT)
+        self._history_total = 0  # events emitted so far (absolute index of the next one)
         self._history_changed: anyio.Event | None = None
         self._finished = False
         self._closed = False
@@ -296,11 +300,17 @@ class Session:
             raise attempt.error
 
     async def events(self) -> AsyncIterator[SessionEvent]:
-        """Every event of this session from its beginning; ends when the attempt is over."""
+        """Every event of this session from its beginning; ends when the attempt is over.
+
+        The session keeps the last :data:`HISTORY_LIMIT` events: an iterator that falls
+        further behind (or starts later) than that skips the oldest ones.
+        """
         index = 0
         while True:
-            while index < len(self._history):
-                yield self._history[index]
+            while index < self._history_total:
+                first = self._history_total - len(self._history)
+                index = max(index, first)
+                yield self._history[index - first]
                 index += 1
             if self._finished or self._history_changed is None:
                 return
@@ -442,6 +452,7 @@ class Session:
 
     def _emit(self, event: SessionEvent) -> None:
         self._history.append(event)
+        self._history_total += 1
         if self._history_changed is not None:
             self._history_changed.set()
             self._history_changed = anyio.Event()

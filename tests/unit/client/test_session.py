@@ -438,3 +438,26 @@ async def test_pre_ack_buffer_is_bounded_and_drops_oldest():
     assert s.dropped_frames > 0
     assert received.endswith(frames[-1])  # the newest audio survived
     assert len(received) == (12 - s.dropped_frames) * 64_000
+
+
+async def test_event_history_is_bounded_and_late_iterators_skip_the_oldest(monkeypatch):
+    import echopanel.client.session as session_module
+
+    monkeypatch.setattr(session_module, "HISTORY_LIMIT", 4)
+    rig = Rig()
+    async with rig.session as session:
+        await session.start()
+        transport = rig.transports.made[0]
+        for i in range(10):
+            transport.push(
+                AsrPartial(source="system", text=f"word {i}", t0=0.0, t1=0.1 * (i + 1))
+            )
+        await eventually(lambda: len(rig.of(PartialEvent)) == 10)
+        late = []
+        await session.stop()
+        async for event in session.events():
+            late.append(event)
+    # the callback saw everything; the late iterator only the last HISTORY_LIMIT events
+    assert len(rig.of(PartialEvent)) == 10
+    assert len(late) == 4
+    assert late == rig.events[-4:]
