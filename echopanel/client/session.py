@@ -589,7 +589,9 @@ class Session:
             if factory is None:
                 from echopanel.client.transport import WebSocketTransport
 
-                transport: Transport = WebSocketTransport(connect_timeout=self.config.start_timeout)
+                transport: Transport = WebSocketTransport(
+                    connect_timeout=self.config.start_timeout, task_group=self._tg
+                )
             else:
                 transport = factory()
             attempt.transport = transport

@@ -39,6 +39,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, Final
 
 import anyio
+import anyio.abc
 import httpx
 import httpx_ws
 import sniffio
@@ -177,8 +178,13 @@ class WebSocketTransport(Transport):
         close_timeout: float = 2.0,
         max_message_bytes: int = 4 * 1024 * 1024,
         client: httpx.AsyncClient | None = None,
+        task_group: anyio.abc.TaskGroup | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
+        # where the connection's host task runs: the caller's task group when given (the
+        # session shell passes its own, so the task is part of its structure); else a
+        # detached task that aclose() joins
+        self._task_group = task_group
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.close_timeout = close_timeout
@@ -241,7 +247,11 @@ class WebSocketTransport(Transport):
         self._done = anyio.Event()
         self._host_scope = anyio.CancelScope()
         self._reader_scope = anyio.CancelScope()
-        _spawn_detached(self._host(target, dict(headers)), name=f"echopanel ws {target}")
+        name = f"echopanel ws {target}"
+        if self._task_group is not None:
+            self._task_group.start_soon(self._host, target, dict(headers), name=name)
+        else:
+            _spawn_detached(self._host(target, dict(headers)), name=name)
         try:
             with anyio.fail_after(self.connect_timeout):
                 await ready.wait()

@@ -194,6 +194,19 @@ async def test_text_and_binary_both_ways_then_server_normal_close(backend) -> No
     await transport.aclose()
 
 
+async def test_host_task_runs_in_the_given_task_group_and_ends_with_the_close(backend) -> None:
+    url, _ = backend
+    async with anyio.create_task_group() as tg:
+        transport = WebSocketTransport(connect_timeout=5, task_group=tg)
+        await transport.connect(url, {})
+        assert json.loads(await transport.receive())["state"] == "connected"
+        hosts = [t for t in anyio.get_running_tasks() if t.name.startswith("echopanel ws")]
+        assert len(hosts) == 1
+        await transport.aclose()
+    # leaving the task group did not hang: the host task ended with the close
+    assert not [t for t in anyio.get_running_tasks() if t.name.startswith("echopanel ws")]
+
+
 @pytest.mark.parametrize(
     ("command", "code", "close", "message"),
     [
