@@ -41,7 +41,9 @@ import soxr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from echopanel.asr.whisper import WhisperBackend
-from echopanel.ports import AsrFinalUpdate, AsrPartialUpdate
+from echopanel.ports import AsrFinalUpdate, AsrPartialUpdate, AsrTuning
+from echopanel.server.config import DegradeConfig
+from echopanel.server.degrade import plan_for
 
 __all__ = ["main"]
 
@@ -171,10 +173,15 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def stream_one(
-    backend: WhisperBackend, audio: np.ndarray, source: Any, pace: str, log: list[Any]
+    backend: WhisperBackend,
+    audio: np.ndarray,
+    source: Any,
+    pace: str,
+    log: list[Any],
+    tuning: AsrTuning | None = None,
 ) -> dict[str, Any]:
     """Stream ``audio``; log (wall offset, update) and per-chunk lag."""
-    s = backend.open_stream(source)
+    s = backend.open_stream(source, tuning=tuning)
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
     start = time.perf_counter()
     lags: list[float] = []
@@ -262,15 +269,16 @@ async def bench_file(
 
 
 async def bench_concurrency(
-    backend: WhisperBackend, audio: np.ndarray, n: int, seconds: float
+    backend: WhisperBackend, audio: np.ndarray, n: int, seconds: float, level: int = 0
 ) -> dict[str, Any]:
     clip = audio[: int(seconds * SR)]
+    tuning = plan_for(level, DegradeConfig(), 2.0).tuning  # as the server's ladder tunes
     logs: list[list[Any]] = [[] for _ in range(n)]
     results: list[dict[str, Any]] = [{} for _ in range(n)]
 
     async def one(i: int) -> None:
         shifted = np.roll(clip, int(i * 3.3 * SR))  # different speech on each source
-        results[i] = await stream_one(backend, shifted, "mic", "realtime", logs[i])
+        results[i] = await stream_one(backend, shifted, "mic", "realtime", logs[i], tuning)
 
     async with anyio.create_task_group() as tg:
         for i in range(n):
@@ -282,6 +290,7 @@ async def bench_concurrency(
     max_lag = max(max(r["lags"]) for r in results)
     return {
         "sources": n,
+        "degrade_level": level,
         "max_lag_s": round(max_lag, 2),
         "end_to_final_p50": round(pct(ending, 50), 3),
         "end_to_final_p90": round(pct(ending, 90), 3),
@@ -301,7 +310,11 @@ async def run(args: argparse.Namespace) -> None:
     if args.long_minutes > 0:
         print(await bench_file(backend, "long-form", long_audio, long_text, args.pace))
     for n in [int(x) for x in args.concurrency.split(",") if x]:
-        print(await bench_concurrency(backend, long_audio, n, args.concurrency_seconds))
+        print(
+            await bench_concurrency(
+                backend, long_audio, n, args.concurrency_seconds, args.degrade_level
+            )
+        )
     await backend.aclose()
 
 
@@ -313,6 +326,12 @@ def main() -> None:
     p.add_argument("--concurrency-seconds", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--pace", choices=["realtime", "fast"], default="realtime")
+    p.add_argument(
+        "--degrade-level",
+        type=int,
+        default=0,
+        help="tune the concurrent sources as the server's degrade ladder does at this level",
+    )
     anyio.run(run, p.parse_args())
 
 

@@ -163,12 +163,15 @@ class Transport(_AsyncResource):
 class AsrTuning:
     """Knobs the server's degrade ladder turns on a stream.
 
-    ``decode_interval`` seconds of new audio between re-decodes; ``beam_size`` 1 is greedy;
-    ``emit_partials`` False sends only finals.
+    ``decode_interval`` seconds of new audio between re-decodes; ``beam_size`` of those
+    re-decodes (1 is greedy); ``final_beam_size`` of the one decode that makes an utterance
+    final (the costliest, so the ladder's greedy level sets it to 1 too); ``emit_partials``
+    False sends only finals.
     """
 
     decode_interval: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
     beam_size: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    final_beam_size: int = attrs.field(default=5, validator=attrs.validators.ge(1))
     emit_partials: bool = True
 
 

@@ -162,6 +162,7 @@ class PolicyConfig:
             self,
             decode_interval=tuning.decode_interval,
             beam_size=tuning.beam_size,
+            final_beam_size=tuning.final_beam_size,
             emit_partials=tuning.emit_partials,
         )
 

@@ -63,7 +63,8 @@ class DegradeConfig:
     down_hold: float = attrs.field(default=5.0, validator=v.ge(0))
     base_interval: float = attrs.field(default=0.5, validator=v.gt(0))
     slow_interval: float = attrs.field(default=1.0, validator=v.gt(0))
-    beam_size: int = attrs.field(default=2, validator=v.ge(1))
+    beam_size: int = attrs.field(default=1, validator=v.ge(1))
+    final_beam_size: int = attrs.field(default=5, validator=v.ge(1))
     shed_budget: float = attrs.field(default=0.5, validator=v.gt(0))
     enabled: bool = True
 

@@ -11,7 +11,7 @@ level  pipeline
 ====== ============================================================================
 0      normal: decode every ``base_interval`` s, beam ``beam_size``, partials on
 1      decode every ``slow_interval`` s (fewer re-decodes)
-2      also greedy decoding (beam 1) and no partials
+2      also greedy decoding (beam 1, final decodes included) and no partials
 3      also shed audio: the ingest budget shrinks to ``shed_budget`` s (oldest dropped)
 ====== ============================================================================
 """
@@ -52,8 +52,13 @@ def plan_for(level: int, config: DegradeConfig, ingest_budget: float) -> LevelPl
     """The tuning and ingest budget of ``level`` (clamped to 0..MAX_LEVEL)."""
     level = max(0, min(MAX_LEVEL, level))
     interval = config.base_interval if level == 0 else config.slow_interval
-    beam = config.beam_size if level < 2 else 1
-    tuning = AsrTuning(decode_interval=interval, beam_size=beam, emit_partials=level < 2)
+    greedy = level >= 2
+    tuning = AsrTuning(
+        decode_interval=interval,
+        beam_size=1 if greedy else config.beam_size,
+        final_beam_size=1 if greedy else config.final_beam_size,
+        emit_partials=not greedy,
+    )
     budget = ingest_budget if level < 3 else min(ingest_budget, config.shed_budget)
     return LevelPlan(
         level=level, tuning=tuning, ingest_budget=budget, description=_DESCRIPTIONS[level]

@@ -51,6 +51,7 @@ class DecodeRecord:
 
     audio_seconds: float
     beam_size: int
+    final_beam_size: int
     decode_interval: float
     emitted_partial: bool
 
@@ -143,6 +144,7 @@ class FakeAsrStream(AsrStream):
                 DecodeRecord(
                     audio_seconds=self._audio,
                     beam_size=self.tuning.beam_size,
+                    final_beam_size=self.tuning.final_beam_size,
                     decode_interval=self.tuning.decode_interval,
                     emitted_partial=emitted,
                 )
@@ -154,7 +156,7 @@ class FakeAsrStream(AsrStream):
         text = " ".join(self.backend.word(i) for i in range(first, first + count))
         t0, t1 = round(first * spw, 3), round((first + count) * spw, 3)
         digest = hashlib.sha1(f"{t0:.3f}|{t1:.3f}|{text}".encode()).hexdigest()[:16]
-        confidence = 0.9 if self.tuning.beam_size > 1 else 0.8
+        confidence = 0.9 if self.tuning.final_beam_size > 1 else 0.8
         return AsrFinalUpdate(text=text, t0=t0, t1=t1, confidence=confidence, segment_id=digest)
 
 

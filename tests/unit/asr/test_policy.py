@@ -348,3 +348,12 @@ def test_finals_reproduce_the_words_whatever_the_chunking(
         elif pending:
             pending = False
     assert not pending
+
+
+def test_greedy_tuning_makes_the_final_decode_greedy_too() -> None:
+    decoder = ScriptedDecoder()
+    policy = make(decoder)
+    policy.tune(AsrTuning(decode_interval=1.0, beam_size=1, final_beam_size=1, emit_partials=False))
+    updates = run(policy, np.concatenate([utterance(["alpha", "bravo"]), silence(1)]))
+    assert [f.text for f in finals(updates)] == ["alpha bravo"]
+    assert {beam for _, _, beam in decoder.calls} == {1}

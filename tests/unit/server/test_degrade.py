@@ -68,7 +68,8 @@ def test_disabled_ladder_never_moves():
 def test_plans():
     plans = [plan_for(level, CFG, 2.0) for level in range(4)]
     assert [p.tuning.decode_interval for p in plans] == [0.5, 1.0, 1.0, 1.0]
-    assert [p.tuning.beam_size for p in plans] == [2, 2, 1, 1]
+    assert [p.tuning.beam_size for p in plans] == [1, 1, 1, 1]
+    assert [p.tuning.final_beam_size for p in plans] == [5, 5, 1, 1]
     assert [p.tuning.emit_partials for p in plans] == [True, True, False, False]
     assert [p.ingest_budget for p in plans] == [2.0, 2.0, 2.0, 0.5]
     assert plan_for(9, CFG, 2.0).level == MAX_LEVEL
@@ -112,13 +113,13 @@ async def test_each_level_changes_what_the_pipeline_does(level):
     finals = [u for u in sent if u.kind == "final"]
     decodes = [r for r in log]
     if level == 0:
-        assert all(r.decode_interval == 0.5 and r.beam_size == 2 for r in decodes)
+        assert all(r.decode_interval == 0.5 and r.final_beam_size == 5 for r in decodes)
         assert partials and pipeline.queue.dropped_frames == 0
     if level == 1:
-        assert all(r.decode_interval == 1.0 and r.beam_size == 2 for r in decodes)
+        assert all(r.decode_interval == 1.0 and r.final_beam_size == 5 for r in decodes)
         assert partials and pipeline.queue.dropped_frames == 0
     if level == 2:
-        assert all(r.beam_size == 1 and not r.emitted_partial for r in decodes)
+        assert all(r.final_beam_size == 1 and not r.emitted_partial for r in decodes)
         assert not partials and pipeline.queue.dropped_frames == 0
     if level == 3:
         assert not partials
