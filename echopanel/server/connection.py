@@ -372,22 +372,29 @@ class LiveConnection:
                 self.counts["partials"] += 1
                 await self._send(
                     AsrPartial(
-                        source=source, text=update.text, t0=update.t0, t1=update.t1, **self._ids()
+                        source=source,
+                        text=update.text,
+                        t0=round(update.t0, 3),
+                        t1=round(update.t1, 3),
+                        **self._ids(),
                     )
                 )
             elif isinstance(update, AsrFinalUpdate):
                 await self._emit_final(source, update)
 
     async def _emit_final(self, source: Source, update: AsrFinalUpdate) -> None:
-        segment_id = f"{source}-{update.segment_id}"
+        # unique per session: namespaced by source (once), de-duplicated by the final count
+        segment_id = update.segment_id
+        if not segment_id.startswith(f"{source}-"):
+            segment_id = f"{source}-{segment_id}"
         if segment_id in self.segment_ids:
             segment_id = f"{segment_id}-{self.counts['finals']}"
         self.segment_ids.add(segment_id)
         self.counts["finals"] += 1
         entry = TranscriptEntry(
             source=source,
-            t0=update.t0,
-            t1=update.t1,
+            t0=round(update.t0, 3),
+            t1=round(update.t1, 3),
             text=update.text,
             confidence=update.confidence,
             segment_id=segment_id,

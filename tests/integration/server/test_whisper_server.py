@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
+from pathlib import Path
 
+import anyio
 import httpx
 import pytest
+import soundfile as sf
 
+from echopanel.protocol import encode_audio_frame
 from echopanel.server import ServerConfig, serve_in_background
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "audio"
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("echopanel.asr.whisper") is None, reason="no Whisper backend"
-)
 async def test_whisper_backend_serves_a_session(connect):
     config = ServerConfig(asr="whisper", start_timeout=30, slot_timeout=30, flush_timeout=30)
     async with serve_in_background(config, ready_timeout=180) as url:
@@ -30,3 +32,31 @@ async def test_whisper_backend_serves_a_session(connect):
         summary = await client.expect("final_summary", limit=60)
         assert summary["sources"]["system"]["audio_seconds"] == pytest.approx(2.0)
         assert (await client.expect_close()).close_code == 1000
+
+
+async def test_whisper_server_transcribes_a_phrase_over_the_wire(connect):
+    audio, rate = sf.read(FIXTURES / "weather.flac", dtype="int16")
+    assert rate == 16000
+    pcm = audio.tobytes()
+    config = ServerConfig(asr="whisper", start_timeout=30, slot_timeout=30, flush_timeout=30)
+    async with serve_in_background(config, ready_timeout=180) as url:
+        client = await connect(url)
+        await client.recv()
+        await client.start(sources=["mic"])
+        await client.expect("status", state="streaming", limit=30)
+        step = 3200  # 100 ms frames at twice real time (within the 2 s ingest budget)
+        for i in range(0, len(pcm), step):
+            await client.t.send_bytes(encode_audio_frame("mic", pcm[i : i + step]))
+            await anyio.sleep(0.05)
+        await client.send({"type": "stop", "session_id": "s1"})
+        summary = await client.expect("final_summary", limit=60)
+        assert (await client.expect_close()).close_code == 1000
+    finals = [m for m in client.received if m["type"] == "asr_final"]
+    text = " ".join(f["text"] for f in finals).lower()
+    assert "weather" in text and "sunny" in text
+    for final in finals:
+        # namespaced by source exactly once; times in milliseconds
+        assert final["segment_id"].startswith("mic-")
+        assert not final["segment_id"].startswith("mic-mic-")
+        assert final["t0"] == round(final["t0"], 3) and final["t1"] == round(final["t1"], 3)
+    assert [e["segment_id"] for e in summary["transcript"]] == [f["segment_id"] for f in finals]
