@@ -9,14 +9,15 @@ drains the queue in :meth:`ThreadBridge.get_batch`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import importlib
 import queue
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
-import sniffio
 
 __all__ = ["ThreadBridge"]
 
@@ -27,20 +28,14 @@ _Scheduler = Callable[[Callable[[], object]], object]
 
 def _loop_scheduler() -> _Scheduler:
     """A function that runs a callback soon on the current event loop, callable from any thread."""
-    library = sniffio.current_async_library()
-    if library == "asyncio":
-        import asyncio
-
+    try:
         loop = asyncio.get_running_loop()
-        scheduler: _Scheduler = loop.call_soon_threadsafe
-        return scheduler
-    if library == "trio":  # pragma: no cover - the project runs on asyncio
-        import trio
-
-        token = trio.lowlevel.current_trio_token()
-        trio_scheduler: _Scheduler = token.run_sync_soon
+    except RuntimeError:  # pragma: no cover - not asyncio: anyio's other backend is trio
+        trio_lowlevel: Any = importlib.import_module("trio.lowlevel")
+        trio_scheduler: _Scheduler = trio_lowlevel.current_trio_token().run_sync_soon
         return trio_scheduler
-    raise RuntimeError(f"unsupported async library {library!r}")  # pragma: no cover
+    scheduler: _Scheduler = loop.call_soon_threadsafe
+    return scheduler
 
 
 class ThreadBridge(Generic[T]):

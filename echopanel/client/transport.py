@@ -29,6 +29,7 @@ frame reports close code 1006.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import functools
@@ -42,7 +43,6 @@ import anyio
 import anyio.abc
 import httpx
 import httpx_ws
-import sniffio
 import wsproto.events as wse
 from httpx_ws.transport import ASGIWebSocketAsyncNetworkStream
 from wsproto.connection import ConnectionState
@@ -127,23 +127,19 @@ def _spawn_detached(coro: Coroutine[Any, Any, None], name: str) -> None:
 
     ``coro`` must handle every exception itself (the host task does).
     """
-    library = sniffio.current_async_library()
-    if library == "asyncio":
-        import asyncio
-
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        _detached.add(task)
-        task.add_done_callback(_detached.discard)
-    elif library == "trio":
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: anyio's other backend is trio
         lowlevel: Any = importlib.import_module("trio.lowlevel")
 
         async def run() -> None:
             await coro
 
         lowlevel.spawn_system_task(run, name=name)
-    else:  # pragma: no cover
-        coro.close()
-        raise RuntimeError(f"unsupported async library {library!r}")
+        return
+    task = loop.create_task(coro, name=name)
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
 
 
 class _Session(httpx_ws.AsyncWebSocketSession):
