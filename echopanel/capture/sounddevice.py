@@ -132,11 +132,16 @@ class SoundDeviceCapture(Capture):
             raise capture_error(self.source, "capture was already stopped")
         self._bridge.bind()
         try:
-            self._stream = await anyio.to_thread.run_sync(self._open)
+            stream = await anyio.to_thread.run_sync(self._open)
         except LookupError as exc:
             raise capture_error(self.source, str(exc.args[0] if exc.args else exc)) from None
         except OSError as exc:
             raise capture_error(self.source, str(exc)) from None
+        if self._stopping:  # stop() ran while the device was opening: release it here
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close_stream, stream)
+            raise capture_error(self.source, "capture was stopped while starting")
+        self._stream = stream
         self._started = True
 
     def _open(self) -> Any:

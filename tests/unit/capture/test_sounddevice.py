@@ -171,3 +171,41 @@ async def test_stalled_device_is_reported() -> None:
     with pytest.raises(CaptureError, match="no audio from the device"):
         async for _ in capture.frames():
             pass
+
+
+async def test_stop_while_the_device_is_opening_releases_the_stream(pulse: PulseServer) -> None:
+    """``stop()`` (the session tearing down) while ``start()`` is still opening the device
+    in its worker thread: the stream opened afterwards is closed, not left running."""
+    capture = SoundDeviceCapture("system")
+    opening, release = threading.Event(), threading.Event()
+    opened: list[object] = []
+    real_open = capture._open
+
+    def slow_open() -> object:
+        opening.set()
+        release.wait(5)
+        stream = real_open()
+        opened.append(stream)
+        return stream
+
+    capture._open = slow_open  # type: ignore[method-assign]
+    result: list[BaseException | None] = []
+
+    async def starter() -> None:
+        try:
+            await capture.start()
+            result.append(None)
+        except CaptureError as exc:
+            result.append(exc)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(starter)
+            await anyio.to_thread.run_sync(opening.wait)
+            await capture.stop()
+            release.set()
+    (stream,) = opened
+    assert stream.closed and not stream.active  # type: ignore[attr-defined]
+    assert isinstance(result[0], CaptureError)
+    assert result[0].code is ErrorCode.SYSTEM_CAPTURE_FAILED
+    await capture.stop()  # still idempotent
