@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -44,6 +45,8 @@ __all__ = [
     "make_bundle",
     "parse_devices",
     "parse_source",
+    "parse_url",
+    "positive_seconds",
     "run",
     "run_session",
 ]
@@ -81,6 +84,28 @@ def parse_source(value: str) -> SourceSpec:
     return SourceSpec(sources=table[value])
 
 
+def parse_url(value: str) -> str:
+    """``ws://host:port`` or the full endpoint URL (argparse ``type``: a bad one is a usage
+    error, exit 2)."""
+    from echopanel.session.config import normalize_url
+
+    try:
+        return normalize_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_seconds(value: str) -> float:
+    """A finite number of seconds > 0 (argparse ``type``)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {value!r}")
+    return seconds
+
+
 def parse_devices(values: Sequence[str] | None, sources: Sequence[Source]) -> dict[Source, str]:
     """``--device D`` (every selected source) or ``--device SOURCE=D`` (one source)."""
     chosen: dict[Source, str] = {}
@@ -110,6 +135,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--url",
         required=True,
+        type=parse_url,
         help="backend: ws://host:port or the full endpoint URL (…/ws/live-listener)",
     )
     parser.add_argument(
@@ -159,7 +185,7 @@ def add_session_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--start-timeout",
-        type=float,
+        type=positive_seconds,
         default=5.0,
         help="seconds the backend has to start streaming (default 5)",
     )

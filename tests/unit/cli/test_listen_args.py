@@ -54,6 +54,11 @@ def test_parser_defaults() -> None:
         ["listen"],  # --url is required
         ["listen", "--url", "ws://x", "--source", "speakers"],
         ["listen", "--url", "ws://x", "--start-timeout", "soon"],
+        ["listen", "--url", "ftp://x", "--source", "file:a.wav"],
+        ["listen", "--url", "127.0.0.1:8765", "--source", "file:a.wav"],
+        ["listen", "--url", "ws://x", "--start-timeout", "0"],
+        ["listen", "--url", "ws://x", "--start-timeout", "nan"],
+        ["demo", "--start-timeout", "-1"],
         ["demo", "--asr", "nope"],
     ],
 )
