@@ -36,7 +36,8 @@ import functools
 import importlib
 import json
 import ssl
-from collections.abc import Coroutine, Mapping
+import weakref
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
 
 import anyio
@@ -155,14 +156,12 @@ class _Session(httpx_ws.AsyncWebSocketSession):
         await super().close(code, reason)
 
 
-class WebSocketTransport(Transport):
-    """One WebSocket connection to the live-listener endpoint (see the module docstring).
+class _Connection(Transport):
+    """The connection behind a :class:`WebSocketTransport`: all its state and its host task.
 
-    ``headers`` given to :meth:`connect` are sent on the upgrade request (the caller puts
-    ``Authorization: Bearer …`` / ``x-echopanel-token`` there). ``client`` lets tests pass an
-    ``httpx.AsyncClient`` (e.g. with ``httpx_ws.transport.ASGIWebSocketTransport``); it is
-    then not closed by :meth:`aclose`. ``max_message_bytes`` bounds one server message
-    (checked once httpx-ws assembled it; a larger one closes the connection with 1009).
+    The host task references this object, never the ``WebSocketTransport`` the caller holds,
+    so a transport dropped without ``aclose`` can be collected; its finalizer then closes
+    the connection (:meth:`abandon`).
     """
 
     def __init__(
@@ -204,6 +203,7 @@ class WebSocketTransport(Transport):
         self._started = False  # connect() was called
         self._closed = False  # aclose() was called
         self._eof = False  # the host task has finished: nothing more will arrive
+        self._schedule: Callable[[Callable[[], object]], object] | None = None
 
     # ----------------------------------------------------------------- properties
 
@@ -241,6 +241,7 @@ class WebSocketTransport(Transport):
             self._client = httpx.AsyncClient(timeout=self.connect_timeout, verify=_ssl_context())
         ready = self._ready = anyio.Event()
         self._done = anyio.Event()
+        self._schedule = _loop_scheduler()
         self._host_scope = anyio.CancelScope()
         self._reader_scope = anyio.CancelScope()
         name = f"echopanel ws {target}"
@@ -488,3 +489,108 @@ class WebSocketTransport(Transport):
         await self._wait_host(self.close_timeout + 0.5)
         if not self._done.is_set():
             await self._stop_host()
+
+    def abandon(self) -> None:
+        """The ``WebSocketTransport`` was garbage-collected without ``aclose``: close the
+        connection (1001, going away) from its host task. Callable from any thread."""
+        schedule = self._schedule
+        if self._closed or schedule is None or (self._done is not None and self._done.is_set()):
+            return
+
+        def close_now() -> None:
+            if self._closed:
+                return
+            self._closed = True
+            if self._close_request is None:
+                self._close_request = (1001, "transport abandoned")
+            if self._reader_scope is not None:
+                self._reader_scope.cancel()
+
+        # RuntimeError: the event loop is closed already; nothing runs any more
+        with contextlib.suppress(RuntimeError):
+            schedule(close_now)
+
+
+def _loop_scheduler() -> Callable[[Callable[[], object]], object]:
+    """Run a callback soon on the current event loop (thread-safe)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: anyio's other backend is trio
+        lowlevel: Any = importlib.import_module("trio.lowlevel")
+        trio_schedule: Callable[[Callable[[], object]], object] = (
+            lowlevel.current_trio_token().run_sync_soon
+        )
+        return trio_schedule
+    return loop.call_soon_threadsafe
+
+
+class WebSocketTransport(Transport):
+    """One WebSocket connection to the live-listener endpoint (see the module docstring).
+
+    ``headers`` given to :meth:`connect` are sent on the upgrade request (the caller puts
+    ``Authorization: Bearer …`` / ``x-echopanel-token`` there). ``client`` lets tests pass an
+    ``httpx.AsyncClient`` (e.g. with ``httpx_ws.transport.ASGIWebSocketTransport``); it is
+    then not closed by :meth:`aclose`. ``max_message_bytes`` bounds one server message
+    (checked once httpx-ws assembled it; a larger one closes the connection with 1009).
+
+    A connected transport that is garbage-collected without :meth:`aclose` closes its
+    connection (1001) and its host task ends: nothing is left running.
+    """
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = 5.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float = 20.0,
+        close_timeout: float = 2.0,
+        max_message_bytes: int = 4 * 1024 * 1024,
+        client: httpx.AsyncClient | None = None,
+        task_group: anyio.abc.TaskGroup | None = None,
+    ) -> None:
+        self._conn = _Connection(
+            connect_timeout=connect_timeout,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            close_timeout=close_timeout,
+            max_message_bytes=max_message_bytes,
+            client=client,
+            task_group=task_group,
+        )
+        weakref.finalize(self, self._conn.abandon).atexit = False
+
+    def __getattr__(self, name: str) -> Any:
+        # settings and internals (tests look at ``_done`` / ``_stream``) live on the connection
+        if name == "_conn":
+            raise AttributeError(name)
+        return getattr(self._conn, name)
+
+    @property
+    def connected(self) -> bool:
+        """True between a successful :meth:`connect` and the close."""
+        return self._conn.connected
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once closed (the peer's, or ours when we closed first)."""
+        return self._conn.close_code
+
+    @property
+    def last_error(self) -> tuple[ErrorCode, str] | None:
+        """Code and message of the last server ``error`` message seen, if any."""
+        return self._conn.last_error
+
+    async def connect(self, url: str, headers: Mapping[str, str]) -> None:
+        await self._conn.connect(url, headers)
+
+    async def send_text(self, text: str) -> None:
+        await self._conn.send_text(text)
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._conn.send_bytes(data)
+
+    async def receive(self) -> str | bytes:
+        return await self._conn.receive()
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        await self._conn.aclose(code, reason)

@@ -251,6 +251,33 @@ async def test_client_close_is_polite_idempotent_and_final(backend) -> None:
         await transport.send_bytes(b"x")
 
 
+@pytest.mark.parametrize("structured", [False, True])
+async def test_transport_dropped_without_aclose_closes_its_connection(
+    backend, structured: bool
+) -> None:
+    """A connected transport that is garbage-collected without ``aclose`` must not keep
+    its host task (reader, pinger) and the connection alive forever."""
+    import gc
+
+    from echopanel.client import transport as transport_module
+
+    url, app = backend
+    async with anyio.create_task_group() as tg:
+        transport = WebSocketTransport(task_group=tg if structured else None)
+        await transport.connect(url, {})
+        await transport.receive()
+        del transport
+        gc.collect()
+        with anyio.fail_after(5):
+            while not app.state.disconnects:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        assert app.state.disconnects == [1001]
+        # the host task ended too (the task group can exit on its own)
+    with anyio.fail_after(3):
+        while transport_module._detached:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+
+
 async def test_close_before_connect_and_reuse_are_harmless_or_refused(backend) -> None:
     url, _ = backend
     never = WebSocketTransport()
