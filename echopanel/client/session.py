@@ -236,10 +236,13 @@ class Session:
             self._closed = True
             self._finish_history()
             tg.cancel_scope.cancel()
-            suppressed = await tg.__aexit__(exc_type, exc, tb)
-            assert self._send is not None and self._receive is not None
-            self._send.close()
-            self._receive.close()
+            try:
+                # raises when an enclosing scope was cancelled: close the channel anyway
+                suppressed = await tg.__aexit__(exc_type, exc, tb)
+            finally:
+                assert self._send is not None and self._receive is not None
+                self._send.close()
+                self._receive.close()
         return suppressed
 
     def _require_open(self, what: str) -> None:

@@ -135,3 +135,51 @@ def test_ctrl_c_stops_gracefully_prints_summary_exit_130(
     states = [e["state"] for e in events if e["event"] == "state"]
     assert "finalizing" in states and states[-1] == "idle"
     assert "Traceback" not in captured.err
+
+
+async def test_second_ctrl_c_aborts_a_stop_that_hangs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """First Ctrl-C: graceful stop; the backend never answers it (summary wait 10 s); the
+    second Ctrl-C aborts at once: exit 130, the bundle says ``cancelled``, the connection
+    is closed."""
+    import time
+
+    import anyio
+
+    import echopanel.client.transport as transport_module
+    from echopanel.cli.listen import run_session
+    from echopanel.client.bundle import SessionBundle
+    from echopanel.testing import FakeCaptureFactory, FakePermissionGate, FakeTransport
+
+    made: list[FakeTransport] = []
+
+    def silent_backend(**_: object) -> FakeTransport:
+        made.append(FakeTransport(on_stop="silent"))
+        return made[-1]
+
+    monkeypatch.setattr(transport_module, "WebSocketTransport", silent_backend)
+
+    async def ctrl_c_twice() -> None:
+        await anyio.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGINT)
+        await anyio.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    bundle = SessionBundle(tmp_path)
+    began = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ctrl_c_twice)
+        run = await run_session(
+            url="ws://127.0.0.1:9",
+            sources=("system",),
+            capture_factory=FakeCaptureFactory(interval=0.04),
+            permission_gate=FakePermissionGate(),
+            json_mode=True,
+            bundle=bundle,
+        )
+    assert run.exit_code == 130 and run.interrupted
+    assert time.monotonic() - began < 5
+    assert made[0].closed
+    assert bundle.path is not None
+    assert json.loads((bundle.path / "receipt.json").read_text())["outcome"] == "cancelled"

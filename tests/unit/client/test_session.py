@@ -461,3 +461,23 @@ async def test_event_history_is_bounded_and_late_iterators_skip_the_oldest(monke
     assert len(rig.of(PartialEvent)) == 10
     assert len(late) == 4
     assert late == rig.events[-4:]
+
+
+async def test_cancelled_from_outside_still_closes_the_event_channel() -> None:
+    """Cancellation from an enclosing scope (the CLI's second Ctrl-C) makes the task
+    group's exit raise; the session's event channel is closed all the same (no
+    "Unclosed MemoryObject…Stream" left for the garbage collector) and the attempt is
+    recorded as cancelled."""
+    rig = Rig()
+    with anyio.CancelScope() as scope:
+        async with rig.session as session:
+            await session.start()
+            scope.cancel()
+            await anyio.sleep(5)
+    assert scope.cancelled_caught
+    assert session.state == "idle"
+    assert rig.transports.made[0].closed
+    with pytest.raises(anyio.ClosedResourceError):
+        session._send.send_nowait(None)
+    with pytest.raises(anyio.ClosedResourceError):
+        session._receive.receive_nowait()
