@@ -206,6 +206,24 @@ class SessionRun:
     bundle_path: Path | None = None
 
 
+_RECORD_ATTRS = frozenset(
+    {*vars(logging.LogRecord("", 0, "", 0, "", None, None)), "message", "asctime", "taskName"}
+)
+
+
+class _FieldsFormatter(logging.Formatter):
+    """Appends a record's structured fields (``session_id=… attempt_id=…``) to the line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = " ".join(
+            f"{key}={value}"
+            for key, value in vars(record).items()
+            if key not in _RECORD_ATTRS and not key.startswith("_") and value is not None
+        )
+        return f"{line} {fields}" if fields else line
+
+
 def configure_logging(verbose: bool) -> None:
     """Library logs go to stderr with ``--verbose``; otherwise nowhere (the command prints
     the one line that matters). A ``NullHandler`` keeps Python's last-resort handler from
@@ -213,7 +231,7 @@ def configure_logging(verbose: bool) -> None:
     logger = logging.getLogger("echopanel")
     if verbose:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        handler.setFormatter(_FieldsFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         logger.setLevel(logging.INFO)
         logger.addHandler(handler)
     elif not any(isinstance(h, logging.NullHandler) for h in logger.handlers):

@@ -28,3 +28,22 @@ def test_docs_exist_and_architecture_embeds_the_generated_diagram() -> None:
                  "audio-setup"):  # fmt: skip
         assert (DOCS / f"{name}.md").is_file(), name
     assert "state-machine.md" in (DOCS / "architecture.md").read_text()
+
+
+@pytest.mark.parametrize("command", ["listen", "demo"])
+def test_every_client_option_is_documented(command: str) -> None:
+    import argparse
+
+    from echopanel.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = (DOCS / "configuration.md").read_text()
+    options = [
+        max(action.option_strings, key=len)
+        for action in sub.choices[command]._actions
+        if action.option_strings and action.dest != "help"
+    ]
+    assert options
+    missing = [o for o in options if f"`{o}" not in text]
+    assert not missing, f"{command} options missing from docs/configuration.md: {missing}"

@@ -183,3 +183,34 @@ async def test_second_ctrl_c_aborts_a_stop_that_hangs(
     assert made[0].closed
     assert bundle.path is not None
     assert json.loads((bundle.path / "receipt.json").read_text())["outcome"] == "cancelled"
+
+
+def test_verbose_log_lines_carry_the_session_ids(
+    server: str, speech: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """EXT-004: "Session starting", "WebSocket connecting", "Session started" with
+    session_id / attempt_id / connection_id — also in what ``--verbose`` prints."""
+    import logging
+
+    logger = logging.getLogger("echopanel")
+    handlers, level = list(logger.handlers), logger.level
+    try:
+        code = main(
+            ["listen", "--url", server, "--token", "secret", "--source", f"file:{speech}",
+             "--fast", "--json", "--no-bundle", "--verbose"]
+        )  # fmt: skip
+    finally:
+        for handler in logger.handlers[:]:
+            if handler not in handlers:
+                logger.removeHandler(handler)
+        logger.setLevel(level)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    lines = {
+        name: next(line for line in err.splitlines() if line.endswith(name) or f"{name} " in line)
+        for name in ("Session starting", "WebSocket connecting", "Session started")
+    }
+    for line in lines.values():
+        assert "session_id=" in line and "attempt_id=" in line, line
+    assert "connection_id=" in lines["Session started"]
+    assert "url=ws://" in lines["WebSocket connecting"]
