@@ -235,7 +235,6 @@ class StreamingPolicy:
         self._final_text: list[str] = []  # recent finals, for the prompt
         self._last_t1 = 0.0
         self._finals = 0
-        self._ids: set[str] = set()
         self.decodes = 0
 
     # ------------------------------------------------------------------ public
@@ -461,7 +460,6 @@ class StreamingPolicy:
         digest = hashlib.sha1(f"{text}|{t0:.2f}|{t1:.2f}".encode()).hexdigest()[:10]
         segment_id = f"{cfg.id_prefix}{self._finals:05d}-{digest}"
         self._finals += 1
-        self._ids.add(segment_id)
         return [
             AsrFinalUpdate(
                 text=text,

@@ -192,7 +192,6 @@ class WhisperStream(AsrStream):
         self._lock = anyio.Lock()
         self._pending = b""  # an odd trailing byte of PCM
         self._samples = 0
-        self._vad_seconds = 0.0
         self._closed = False
 
     async def feed(self, pcm: bytes) -> list[AsrUpdate]:

@@ -92,6 +92,9 @@ class ServerConfig:
     analysis_interval: float = attrs.field(default=5.0, validator=v.gt(0))
     analysis_timeout: float = attrs.field(default=2.0, validator=v.gt(0))
     backpressure_interval: float = attrs.field(default=2.0, validator=v.ge(0))
+    #: ``status: buffering`` when a source's backlog reaches this fraction of its budget
+    #: (before anything is dropped), at most once per ``backpressure_interval`` per source.
+    buffering_threshold: float = attrs.field(default=0.5, validator=[v.gt(0), v.le(1)])
     max_invalid_messages: int = attrs.field(default=20, validator=v.ge(0))
     send_timeout: float = attrs.field(default=10.0, validator=v.gt(0))
     degrade: DegradeConfig = attrs.field(factory=DegradeConfig)

@@ -15,7 +15,9 @@ never crosses a task group (each task is guarded).
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -114,7 +116,8 @@ class LiveConnection:
         self.allowed: tuple[Source, ...] = SOURCES
         self.pipelines: dict[Source, SourcePipeline] = {}
         self.finals: list[TranscriptEntry] = []
-        self.segment_ids: set[str] = set()
+        self.segment_ids: set[str] = set()  # ids of the kept finals (<= MAX_FINALS)
+        self._recent: collections.deque[TranscriptEntry] = collections.deque(maxlen=ANALYSIS_WINDOW)
         self.counts = {"finals": 0, "partials": 0, "invalid_messages": 0, "frames": 0}
         self.recorder: SessionRecorder | None = None
         self._slot_key: str | None = None
@@ -261,8 +264,7 @@ class LiveConnection:
             )
             self.pipelines[source] = pipeline
             if self._tg is not None:
-                self._tg.start_soon(self._guard, pipeline.run_asr)
-                self._tg.start_soon(self._guard, pipeline.run_metrics)
+                self._start_pipeline(self._tg, pipeline)
         return pipeline
 
     # ================================================================== streaming
@@ -271,11 +273,42 @@ class LiveConnection:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             for pipeline in self.pipelines.values():
-                tg.start_soon(self._guard, pipeline.run_asr)
-                tg.start_soon(self._guard, pipeline.run_metrics)
+                self._start_pipeline(tg, pipeline)
             tg.start_soon(self._guard, self._analysis_loop)
+            if self.recorder is not None:
+                tg.start_soon(self._guard, self._run_recorder)
             tg.start_soon(self._guard, self._reader)
         self._tg = None
+
+    def _start_pipeline(self, tg: anyio.abc.TaskGroup, pipeline: SourcePipeline) -> None:
+        tg.start_soon(self._guard, functools.partial(self._run_asr, pipeline))
+        tg.start_soon(self._guard, pipeline.run_metrics)
+
+    async def _run_asr(self, pipeline: SourcePipeline) -> None:
+        """A source's ASR task; a recognition failure mid-session ends the session.
+
+        The client treats every ``error`` but ``invalid_message`` as fatal, so the server
+        does too: ``asr_unavailable`` naming the source, then close 1011 (the finals sent so
+        far stand). A failure while finalizing is reported in the summary's warning instead.
+        """
+        await pipeline.run_asr()
+        if pipeline.asr_error is not None and not self._finalizing:
+            await self._fail(
+                ErrorCode.ASR_UNAVAILABLE,
+                f"Speech recognition failed on {pipeline.source}: {pipeline.asr_error}",
+            )
+
+    async def _run_recorder(self) -> None:
+        """The recorder's writer; a recording failure is a warning, never the session's end."""
+        assert self.recorder is not None
+        await self.recorder.run()
+        await self._send(
+            StatusMessage(
+                state="warning",
+                message=f"recording to --record-dir stopped: {self.recorder.error}",
+                **self._ids(),
+            )
+        )
 
     async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
         """Run one task of the session; its end by error or close ends the session."""
@@ -349,10 +382,36 @@ class LiveConnection:
             return
         pipeline = self._pipeline(source)
         if self.recorder is not None:
-            self.recorder.write(source, pcm)
+            await self.recorder.write(source, pcm)
         self.server.metrics.audio_seconds.labels(source=source).inc(len(pcm) / 32000)
         if pipeline.put(pcm):
             self._report_drops(pipeline)
+        elif pipeline.buffering:
+            await self._report_buffering(pipeline)
+
+    async def _report_buffering(self, pipeline: SourcePipeline) -> None:
+        """``status: buffering``: the backlog passed the threshold, nothing dropped yet.
+
+        Rate-limited per source (``backpressure_interval``); drops are ``backpressure``.
+        """
+        now = anyio.current_time()
+        if now - pipeline.last_buffering < self.config.backpressure_interval:
+            return
+        pipeline.last_buffering = now
+        queue = pipeline.queue
+        await self._send(
+            StatusMessage(
+                state="buffering",
+                message=(
+                    f"{pipeline.source}: recognition is behind, "
+                    f"{queue.backlog_seconds:.1f} s of audio waiting"
+                ),
+                backlog_seconds=round(queue.backlog_seconds, 3),
+                dropped_frames=queue.dropped_frames,
+                degrade_level=pipeline.plan.level,
+                **self._ids(),
+            )
+        )
 
     def _report_drops(self, pipeline: SourcePipeline) -> None:
         """Add the frames dropped since the last report to the Prometheus counter."""
@@ -384,12 +443,15 @@ class LiveConnection:
 
     async def _emit_final(self, source: Source, update: AsrFinalUpdate) -> None:
         # unique per session: namespaced by source (once), de-duplicated by the final count
+        # Only the ids of the finals kept (at most MAX_FINALS) are remembered; past the cap
+        # every id carries the session-wide final index, which never repeats.
         segment_id = update.segment_id
         if not segment_id.startswith(f"{source}-"):
             segment_id = f"{source}-{segment_id}"
-        if segment_id in self.segment_ids:
-            segment_id = f"{segment_id}-{self.counts['finals']}"
-        self.segment_ids.add(segment_id)
+        index = self.counts["finals"]
+        keep = index < MAX_FINALS
+        if not keep or segment_id in self.segment_ids:
+            segment_id = f"{segment_id}-{index}"
         self.counts["finals"] += 1
         entry = TranscriptEntry(
             source=source,
@@ -399,8 +461,10 @@ class LiveConnection:
             confidence=update.confidence,
             segment_id=segment_id,
         )
-        if len(self.finals) < MAX_FINALS:
+        if keep:
             self.finals.append(entry)
+            self.segment_ids.add(segment_id)
+        self._recent.append(entry)
         await self._send(
             AsrFinal(
                 source=source,
@@ -460,10 +524,10 @@ class LiveConnection:
     async def _analysis_loop(self) -> None:
         while True:
             await anyio.sleep(self.config.analysis_interval)
-            if self._finalizing or len(self.finals) == self._analyzed:
+            if self._finalizing or self.counts["finals"] == self._analyzed:
                 continue
-            self._analyzed = len(self.finals)
-            recent = self.finals[-ANALYSIS_WINDOW:]
+            self._analyzed = self.counts["finals"]
+            recent = list(self._recent)  # the newest finals, also past MAX_FINALS
             try:
                 with anyio.fail_after(self.config.analysis_timeout):
                     result = await self.server.analyzer.analyze(recent)
@@ -500,6 +564,8 @@ class LiveConnection:
             await self._send(
                 StatusMessage(state="warning", message=f"ASR error: {errors[0]}", **self._ids())
             )
+        if self.recorder is not None:
+            await self.recorder.drain()  # the recording is complete before the summary
         await self._send(self._summary())
         await self._close(1000)
         self._cancel()
@@ -609,7 +675,7 @@ class LiveConnection:
                     await self.server.slots.release(self._slot_key)
             if self.recorder is not None:
                 with contextlib.suppress(Exception):
-                    self.recorder.close()
+                    await self.recorder.aclose()
             await self._close(1001, "server shutting down")
         if self.session_id is not None:
             log.info("Session ended", extra=self._ids())

@@ -53,6 +53,7 @@ class SourcePipeline:
         self.asr_error: str | None = None
         self.backpressure_pending = False
         self.last_backpressure = -1e9
+        self.last_buffering = -1e9
         self.reported_drops = 0
         self._on_updates = on_updates
         self._on_level = on_level
@@ -71,6 +72,12 @@ class SourcePipeline:
     def audio_seconds(self) -> float:
         return self.queue.received_seconds
 
+    @property
+    def buffering(self) -> bool:
+        """The backlog reached ``buffering_threshold`` of the current ingest budget."""
+        limit = self.config.buffering_threshold * self.queue.budget
+        return self.queue.backlog_seconds >= limit - 1e-9
+
     # ------------------------------------------------------------------ ASR task
 
     async def run_asr(self) -> None:
@@ -87,6 +94,7 @@ class SourcePipeline:
                 await self._after_inference(updates)
             except AsrError as exc:
                 self.asr_error = exc.message
+                self.queue.close()  # nothing consumes it any more
                 log.warning("ASR failed on %s: %s", self.source, exc.message)
         self.done.set()
 

@@ -357,3 +357,16 @@ def test_greedy_tuning_makes_the_final_decode_greedy_too() -> None:
     updates = run(policy, np.concatenate([utterance(["alpha", "bravo"]), silence(1)]))
     assert [f.text for f in finals(updates)] == ["alpha bravo"]
     assert {beam for _, _, beam in decoder.calls} == {1}
+
+
+def test_state_stays_bounded_over_many_utterances() -> None:
+    """Nothing in the policy grows with the number of finals (a long session)."""
+    policy = make()
+    one = np.concatenate([utterance(["alpha", "bravo"]), silence(0.8)])
+    count = 0
+    for _ in range(120):
+        count += len(finals(run(policy, one)))
+    assert count == 120
+    for name, value in vars(policy).items():
+        if isinstance(value, list | set | dict | tuple):
+            assert len(value) <= 100, f"{name} holds {len(value)} items after 120 finals"
