@@ -37,10 +37,11 @@ class PushCapture(Capture):
         self.source = source
         self._converter = PcmConverter(samplerate)
         self._framer = Framer(frame_bytes(frame_ms))
-        self._blocks: queue.Queue[npt.NDArray[np.float32] | None] = queue.Queue(maxsize=200)
+        self._blocks: queue.Queue[npt.NDArray[np.float32]] = queue.Queue(maxsize=200)
         self._dropped = 0
         self._started = False
         self._stopped = False
+        self._ended = threading.Event()  # the app said no more audio is coming
 
     # --- the app's side (any thread)
 
@@ -51,7 +52,7 @@ class PushCapture(Capture):
             self._dropped += 1  # never block the producer: drop and count
 
     def close(self) -> None:
-        self._blocks.put(None)
+        self._ended.set()  # like push: never blocks (frames() ends once the queue is empty)
 
     # --- the Capture port
 
@@ -66,13 +67,14 @@ class PushCapture(Capture):
 
     async def frames(self) -> AsyncIterator[bytes]:
         while not self._stopped:
+            ended = self._ended.is_set()  # read before the queue: nothing pushed is lost
             try:
                 block = self._blocks.get_nowait()
             except queue.Empty:
+                if ended:
+                    break
                 await anyio.sleep(0.01)
                 continue
-            if block is None:
-                break
             for frame in self._framer.push(self._converter.push(block)):
                 yield frame
         for frame in self._framer.push(self._converter.flush()) + self._framer.flush():
