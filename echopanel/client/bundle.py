@@ -175,6 +175,7 @@ class _Attempt:
         lambda: {"segments": 0, "partials": 0, "errors": 0, "events": 0}
     )
     dropped: dict[str, int] = attrs.Factory(dict)
+    client_dropped: int = 0
     finals: list[dict[str, Any]] = attrs.Factory(list)
     states: list[str] = attrs.Factory(list)
     last_error: dict[str, Any] | None = None
@@ -286,11 +287,19 @@ class SessionBundle:
         }
         attempt.events_part.write(json.dumps(line, ensure_ascii=False) + "\n")
 
-    def close(self, *, outcome: str, ended_at: float, summary: FinalSummary | None) -> None:
+    def close(
+        self,
+        *,
+        outcome: str,
+        ended_at: float,
+        summary: FinalSummary | None,
+        client_dropped_frames: int = 0,
+    ) -> None:
         attempt, self._current = self._current, None
         if attempt is None:
             return
         self._close_audio(attempt)
+        attempt.client_dropped = client_dropped_frames
         attempt.events_part.close()
         directory = attempt.directory
         os.replace(directory / "events.ndjson.part", directory / "events.ndjson")
@@ -335,7 +344,8 @@ class SessionBundle:
                 "partials": attempt.counts["partials"],
                 "errors": attempt.counts["errors"],
                 "events": attempt.counts["events"],
-                "dropped_frames": sum(dropped.values()),
+                "dropped_frames": sum(dropped.values()) + attempt.client_dropped,
+                "client_dropped_frames": attempt.client_dropped,
                 "capture_overflows": sum(f() for f in self._overflows.values()),
             },
             "dropped_frames": dropped,

@@ -24,4 +24,13 @@ class Recorder(Protocol):
 
     def record(self, event: SessionEvent, at: float) -> None: ...
 
-    def close(self, *, outcome: str, ended_at: float, summary: FinalSummary | None) -> None: ...
+    def close(
+        self,
+        *,
+        outcome: str,
+        ended_at: float,
+        summary: FinalSummary | None,
+        client_dropped_frames: int = 0,
+    ) -> None:
+        """End the attempt. ``client_dropped_frames``: frames the client itself dropped
+        (its pre-acknowledgment buffer was full), which the server never saw."""

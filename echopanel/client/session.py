@@ -125,6 +125,7 @@ class _Attempt:
     streaming: bool = False
     buffer: deque[tuple[Source, bytes]] = attrs.field(factory=deque)
     buffered_bytes: int = 0
+    dropped_frames: int = 0  # dropped from the pre-acknowledgment buffer (it was full)
     carry: dict[Source, bytes] = attrs.field(factory=dict)
     settled: anyio.Event = attrs.field(factory=anyio.Event)  # listening or ended
     ended: anyio.Event = attrs.field(factory=anyio.Event)
@@ -172,8 +173,6 @@ class Session:
         self._history_changed: anyio.Event | None = None
         self._finished = False
         self._closed = False
-        #: Frames dropped from the pre-acknowledgment buffer because it was full.
-        self.dropped_frames = 0
 
     # ------------------------------------------------------------------ properties
 
@@ -197,6 +196,11 @@ class Session:
     @property
     def connection_id(self) -> str | None:
         return self._machine.connection_id
+
+    @property
+    def dropped_frames(self) -> int:
+        """Frames this attempt dropped before the server acknowledged (pre-ack buffer full)."""
+        return self._attempt.dropped_frames if self._attempt is not None else 0
 
     @property
     def summary(self) -> FinalSummary | None:
@@ -432,7 +436,12 @@ class Session:
         self._log(logging.INFO, "Session ended", outcome=outcome)
         if self._recorder is not None:
             try:
-                self._recorder.close(outcome=outcome, ended_at=time.time(), summary=summary)
+                self._recorder.close(
+                    outcome=outcome,
+                    ended_at=time.time(),
+                    summary=summary,
+                    client_dropped_frames=attempt.dropped_frames,
+                )
             except Exception:
                 logger.exception("recorder.close failed")
         attempt.settled.set()
@@ -666,8 +675,8 @@ class Session:
         while attempt.buffered_bytes > limit and len(attempt.buffer) > 1:
             _, dropped = attempt.buffer.popleft()
             attempt.buffered_bytes -= len(dropped)
-            self.dropped_frames += 1
-            if self.dropped_frames == 1:
+            attempt.dropped_frames += 1
+            if attempt.dropped_frames == 1:
                 self._log(logging.WARNING, "Pre-start audio buffer full: dropping oldest frames")
 
     async def _flush_audio(self, attempt: _Attempt) -> None:

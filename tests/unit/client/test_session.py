@@ -59,6 +59,7 @@ class Rig:
         captures=None,
         transports=None,
         gate=None,
+        recorder=None,
         **config,
     ):
         config.setdefault("start_timeout", 1.0)
@@ -75,6 +76,7 @@ class Rig:
             permission_gate=self.gate,
             on_event=self.events.append,
             id_factory=counter_ids(),
+            recorder=recorder,
         )
 
     def of(self, kind):
@@ -481,3 +483,27 @@ async def test_cancelled_from_outside_still_closes_the_event_channel() -> None:
         session._send.send_nowait(None)
     with pytest.raises(anyio.ClosedResourceError):
         session._receive.receive_nowait()
+
+
+async def test_frames_dropped_before_the_ack_reach_the_bundle_receipt(tmp_path):
+    import json
+
+    from echopanel.client.bundle import SessionBundle
+
+    frames = tone_frames(12, ms=1000)  # 12 s of audio > the 256 KiB pre-ack buffer
+    bundle = SessionBundle(tmp_path)
+    rig = Rig(
+        captures=FakeCaptureFactory(frames=frames),
+        transports=FakeTransportFactory(ack_delay=0.2),
+        start_timeout=2.0,
+        recorder=bundle,
+    )
+    async with rig.session as s:
+        await s.start()
+        dropped = s.dropped_frames
+        assert dropped > 0
+        await eventually(lambda: len(rig.transports.last.frames) == len(frames) - dropped)
+        await s.stop()
+    receipt = json.loads((bundle.paths[0] / "receipt.json").read_text())
+    assert receipt["counts"]["client_dropped_frames"] == dropped
+    assert receipt["counts"]["dropped_frames"] >= dropped
