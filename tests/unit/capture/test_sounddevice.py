@@ -8,10 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import attrs
 import numpy as np
 import pytest
 
-from echopanel.capture import DevicePermissionGate, SoundDeviceCapture
+from echopanel.capture import DevicePermissionGate, SoundDeviceCapture, devices
 from echopanel.capture._bridge import ThreadBridge
 from echopanel.capture.pulse import PulseServer
 from echopanel.errors import CaptureError, ErrorCode
@@ -209,3 +210,46 @@ async def test_stop_while_the_device_is_opening_releases_the_stream(pulse: Pulse
     assert isinstance(result[0], CaptureError)
     assert result[0].code is ErrorCode.SYSTEM_CAPTURE_FAILED
     await capture.stop()  # still idempotent
+
+
+async def test_both_sources_at_once_each_hear_their_own_device(
+    pulse: PulseServer, tmp_path: Path, write_tone_file: Callable[..., Path]
+) -> None:
+    """``--source both`` on Linux: PULSE_SOURCE is process-wide, yet two streams opened one
+    after the other stay routed to their own PulseAudio source."""
+    import os
+    import shutil
+
+    pactl = shutil.which("pactl") or "pactl"
+    await anyio.run_process(
+        [pactl, "load-module", "module-null-sink", "sink_name=mic_sink"],
+        env={**os.environ, **pulse.env},
+    )
+    devices.refresh()
+    mic_sink = attrs.evolve(pulse, sink="mic_sink")
+    low = write_tone_file(tmp_path / "low.wav", seconds=1.5, rate=48000, channels=2, freq=440)
+    high = write_tone_file(tmp_path / "high.wav", seconds=1.5, rate=44100, channels=1, freq=1320)
+    system = SoundDeviceCapture("system", frame_ms=40)
+    mic = SoundDeviceCapture("mic", device=mic_sink.monitor, frame_ms=40)
+    async with system, mic:
+        await system.start()
+        await mic.start()
+        assert system.choice is not None and system.choice.pulse_source == pulse.monitor
+        assert mic.choice is not None and mic.choice.pulse_source == mic_sink.monitor
+        players = [pulse.play(low), mic_sink.play(high)]
+        heard: dict[str, list[bytes]] = {}
+
+        async def record(capture: SoundDeviceCapture) -> None:
+            heard[capture.source] = await _record(capture, 2.5)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(record, system)
+            tg.start_soon(record, mic)
+        for player in players:
+            await anyio.to_thread.run_sync(player.wait)
+    for source, freq in (("system", 440), ("mic", 1320)):
+        pcm = b"".join(heard[source])
+        samples = np.frombuffer(pcm, "<i2")
+        loud = np.flatnonzero(np.abs(samples) > 3000)
+        assert loud.size > 16000, source
+        assert abs(_dominant_hz(pcm[loud[0] * 2 : loud[-1] * 2]) - freq) < 10, source
