@@ -102,10 +102,6 @@ class ThreadBridge(Generic[T]):
     # ----------------------------------------------------------------- consumer side
 
     @property
-    def finished(self) -> bool:
-        return self._finished
-
-    @property
     def error(self) -> str | None:
         return self._error
 

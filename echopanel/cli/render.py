@@ -217,10 +217,6 @@ class LiveView:
         parts.append(self.status_line())
         return Group(*parts)
 
-    def print_summary(self, summary: dict[str, Any] | None = None) -> None:
-        """The final summary: transcript and counters, after the session ended."""
-        self.console.print(format_summary(summary if summary is not None else self.summary))
-
 
 def format_summary(summary: dict[str, Any] | None) -> Text:
     """A short human summary of a ``summary`` event record."""

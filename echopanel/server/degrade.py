@@ -111,7 +111,6 @@ class DegradeLadder:
         self.level = 0
         self._high_since: float | None = None
         self._low_since: float | None = None
-        self.changes = 0
 
     def update(self, now: float, rtf: float, backlog_fill: float) -> int | None:
         """Feed the current load; returns the new level when it changed, else None."""
@@ -141,7 +140,6 @@ class DegradeLadder:
 
     def _step(self, delta: int) -> int:
         self.level += delta
-        self.changes += 1
         # the new level must prove itself for a whole hold period before the next step
         self._high_since = None
         self._low_since = None
