@@ -51,6 +51,8 @@ from wsproto.utilities import LocalProtocolError
 
 from echopanel.errors import CLOSE_CODES, ErrorCode, TransportError
 from echopanel.ports import Transport
+from echopanel.protocol import ENDPOINT_PATH
+from echopanel.session.config import normalize_url
 
 __all__ = [
     "ENDPOINT_PATH",
@@ -59,7 +61,6 @@ __all__ = [
     "error_code_for_close",
 ]
 
-ENDPOINT_PATH: Final = "/ws/live-listener"
 _READ_BYTES: Final = 65_536  # httpx-ws's read chunk ("max_message_size_bytes")
 _INBOX_LIMIT: Final = 1024  # messages read ahead of receive() before the reader waits
 _NORMAL_CLOSES: Final = frozenset({1000, 1001})
@@ -83,15 +84,11 @@ def _ssl_context() -> ssl.SSLContext:
 def endpoint_url(url: str) -> str:
     """Accept ``ws://host:port`` (or http/https/wss) or the full endpoint URL.
 
-    A URL without a path gets :data:`ENDPOINT_PATH`; ``ws``/``wss`` become ``http``/``https``
-    for the upgrade request.
+    The session's :func:`~echopanel.session.config.normalize_url` adds the endpoint path;
+    ``ws``/``wss`` then become ``http``/``https`` for the upgrade request.
     """
-    parsed = httpx.URL(url)
-    scheme = {"ws": "http", "wss": "https"}.get(parsed.scheme, parsed.scheme)
-    if scheme not in ("http", "https"):
-        raise ValueError(f"unsupported URL scheme {parsed.scheme!r} in {url!r}")
-    path = parsed.path if parsed.path not in ("", "/") else ENDPOINT_PATH
-    return str(parsed.copy_with(scheme=scheme, path=path))
+    parsed = httpx.URL(normalize_url(url))
+    return str(parsed.copy_with(scheme={"ws": "http", "wss": "https"}[parsed.scheme]))
 
 
 def error_code_for_close(close_code: int | None) -> ErrorCode:

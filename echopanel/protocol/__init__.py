@@ -15,6 +15,7 @@ from echopanel.protocol.frames import (
 )
 from echopanel.protocol.messages import (
     CHANNELS,
+    ENDPOINT_PATH,
     FORMAT,
     MAX_SESSION_ID_LEN,
     SAMPLE_RATE,
@@ -44,6 +45,7 @@ from echopanel.protocol.messages import (
 
 __all__ = [
     "CHANNELS",
+    "ENDPOINT_PATH",
     "FORMAT",
     "FRAME_MAGIC",
     "FRAME_VERSION",

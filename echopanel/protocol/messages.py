@@ -21,6 +21,7 @@ from echopanel.errors import ErrorCode, ProtocolError
 
 __all__ = [
     "CHANNELS",
+    "ENDPOINT_PATH",
     "FORMAT",
     "MAX_SESSION_ID_LEN",
     "SAMPLE_RATE",
@@ -54,6 +55,8 @@ SAMPLE_RATE: Final = 16000
 FORMAT: Final = "pcm_s16le"
 CHANNELS: Final = 1
 MAX_SESSION_ID_LEN: Final = 256
+#: The live-listener WebSocket endpoint.
+ENDPOINT_PATH: Final = "/ws/live-listener"
 STATUS_STATES: Final = frozenset(
     {"connected", "streaming", "buffering", "overloaded", "backpressure", "warning"}
 )

@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket
 
 from echopanel.errors import AsrError
 from echopanel.ports import AsrBackend
+from echopanel.protocol import ENDPOINT_PATH
 from echopanel.server.analysis import Analyzer, KeywordAnalyzer
 from echopanel.server.config import ServerConfig
 from echopanel.server.connection import LiveConnection, check_token
@@ -33,7 +34,7 @@ __all__ = ["WS_PATH", "build_asr", "create_app", "server_state"]
 
 log = logging.getLogger("echopanel.server")
 
-WS_PATH = "/ws/live-listener"
+WS_PATH = ENDPOINT_PATH
 
 
 def build_asr(config: ServerConfig) -> AsrBackend:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import attrs
 
 from echopanel.ports import PermissionKind
-from echopanel.protocol.messages import SOURCES, Source
+from echopanel.protocol.messages import ENDPOINT_PATH, SOURCES, Source
 
 __all__ = [
     "DEFAULT_START_TIMEOUT",
@@ -25,7 +25,6 @@ __all__ = [
     "normalize_url",
 ]
 
-ENDPOINT_PATH: Final = "/ws/live-listener"
 DEFAULT_START_TIMEOUT: Final = 5.0
 DEFAULT_STOP_TIMEOUT: Final = 10.0
 #: The OS permission each source needs (system audio needs screen recording on macOS).
@@ -43,8 +42,13 @@ def normalize_url(url: str) -> str:
     """
     parts = urlsplit(url.strip())
     scheme = _SCHEMES.get(parts.scheme.lower())
-    if scheme is None or not parts.netloc:
-        raise ValueError(f"not a WebSocket URL: {url!r} (expected ws://host:port)")
+    if scheme is None:
+        raise ValueError(
+            f"not a WebSocket URL: {url!r} (unsupported scheme {parts.scheme!r}; "
+            "expected ws://host:port)"
+        )
+    if not parts.netloc:
+        raise ValueError(f"not a WebSocket URL: {url!r} (no host; expected ws://host:port)")
     path = parts.path if parts.path not in ("", "/") else ENDPOINT_PATH
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
