@@ -11,8 +11,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
+from echopanel.errors import ProtocolError
 from echopanel.ports import PermissionKind
-from echopanel.protocol.messages import ENDPOINT_PATH, SOURCES, Source
+from echopanel.protocol.messages import ENDPOINT_PATH, Source, normalize_source
 
 __all__ = [
     "DEFAULT_START_TIMEOUT",
@@ -59,9 +60,10 @@ def normalize_sources(value: Any) -> tuple[Source, ...]:
         value = (value,)
     result: list[Source] = []
     for item in value:
-        name = "mic" if item == "microphone" else item
-        if name not in SOURCES:
-            raise ValueError(f"unknown source {item!r}: expected 'system' or 'mic'")
+        try:
+            name = normalize_source(item)
+        except ProtocolError as exc:
+            raise ValueError(exc.message) from None
         if name in result:
             raise ValueError(f"source {name!r} given twice")
         result.append(name)
