@@ -192,6 +192,7 @@ class DecodeEngine:
                 "queue_wait": s.queue_wait.snapshot(),
                 "decodes_per_second": s.decodes.rate(self._clock()),
                 "decodes_total": s.decodes_total,
+                "finals_total": s.finals_total,
                 "batches_total": s.batches_total,
                 "waiting": len(self.scheduler),
             }
@@ -247,6 +248,8 @@ class DecodeEngine:
             own = time.thread_time() - started
             with self._cond:
                 job.finished = True
+                self.stats.decodes_total += 1
+                self.stats.decodes.add(self._clock())
                 self._cond.notify_all()
         return out, job.attributed + own
 
@@ -289,16 +292,13 @@ class DecodeEngine:
                 self.stats.batches_total += 1
                 for job in jobs:
                     self.stats.queue_wait.observe(now - job.request.submitted)
+                    self.stats.finals_total += job.request.final
                     job.frames = batch.frames
                     job.admitted.set()
             try:
                 self._round(jobs)
             except Exception:  # never lose the engine thread
                 log.exception("decode engine round failed")
-            with self._cond:
-                now = self._clock()
-                self.stats.decodes_total += len(jobs)
-                self.stats.decodes.add(now, len(jobs))
 
     def _round(self, jobs: list[_Job]) -> None:
         """Run the model calls of the admitted members until every member is done."""
@@ -372,9 +372,12 @@ class DecodeEngine:
         out: list[Any] = []
         for (job, call), limit, result in zip(members, limits, results, strict=True):
             if len(calls) > 1 and limit < kwargs["max_length"]:
+                # CTranslate2 stops a Whisper decode after at least (max_length - prompt) / 2
+                # new tokens (measured: about max_length / 2 for short prompts). A member that
+                # generated fewer than that under its own limit ended by itself and is exact;
+                # otherwise the batch's larger limit may have let it run on: re-run it alone.
                 longest = max(len(seq) for seq in result.sequences_ids)
-                if longest + len(call.args[1][0]) >= limit - 1:
-                    # The batch's larger limit may have let it run on: re-run alone, exactly.
+                if longest >= (limit - len(call.args[1][0])) // 2 - 1:
                     started = time.perf_counter()
                     result = self._ct2.generate(
                         self._storage([call.args[0]]), call.args[1], **call.kwargs

@@ -89,5 +89,6 @@ class EngineStats:
     queue_wait: StatsHistogram = attrs.field(factory=lambda: StatsHistogram(WAIT_BUCKETS))
     decodes: RateWindow = attrs.field(factory=RateWindow)
     decodes_total: int = 0
+    finals_total: int = 0
     batches_total: int = 0
     busy_seconds: float = 0.0

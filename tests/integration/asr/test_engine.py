@@ -1,0 +1,192 @@
+"""The decode engine with the real tiny.en model: batched decodes equal faster-whisper's.
+
+Several decodes are submitted at once from threads, so the engine runs them as batches; each
+result is compared with ``WhisperModel.transcribe`` run alone with the same options and the
+same encoder window. Natural speech from ``../shared/data/speech`` is used when present.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from echopanel.asr.whisper import default_model_path
+
+executor = pytest.importorskip("echopanel.asr.engine.executor")
+
+pytestmark = pytest.mark.slow
+
+DATA = Path(__file__).parents[3] / "echopanel" / "data"
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "audio"
+SPEECH = Path("/work/shared/data/speech")
+
+OPTIONS: dict[str, Any] = dict(
+    language="en",
+    beam_size=1,
+    best_of=1,
+    temperature=0.0,
+    condition_on_previous_text=False,
+    word_timestamps=True,
+    vad_filter=False,
+    compression_ratio_threshold=None,
+    log_prob_threshold=None,
+    no_speech_threshold=None,
+)
+
+
+def load(path: Path) -> npt.NDArray[np.float32]:
+    from faster_whisper import decode_audio
+
+    return np.asarray(decode_audio(str(path), sampling_rate=16000), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    return executor.engine_model_class()(
+        str(default_model_path()),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=2,
+        local_files_only=True,
+    )
+
+
+@pytest.fixture
+def engine(model: Any) -> Iterator[Any]:
+    eng = executor.DecodeEngine(model)
+    yield eng
+    eng.close()
+
+
+def reference(model: Any, audio: npt.NDArray[np.float32], frames: int, **options: Any) -> list[Any]:
+    model.encode_frames = frames
+    try:
+        segments, _ = model.transcribe(audio, **options)
+        return list(segments)
+    finally:
+        model.encode_frames = None
+
+
+def concurrently(
+    engine: Any, jobs: list[tuple[npt.NDArray[np.float32], int, dict[str, Any]]]
+) -> list[Any]:
+    out: list[Any] = [None] * len(jobs)
+    errors: list[BaseException] = []
+    gate = threading.Barrier(len(jobs))
+
+    def run(i: int) -> None:
+        audio, frames, options = jobs[i]
+        gate.wait(timeout=30)
+        try:
+            out[i] = engine.transcribe(
+                audio, stream=f"s{i}", final=False, frames=frames, options=options
+            )
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    return out
+
+
+def words(segments: list[Any]) -> list[Any]:
+    return [w for s in segments for w in s.words]
+
+
+def assert_same(got: list[Any], want: list[Any]) -> None:
+    """Same text and segmentation; times and scores equal up to batched-GEMM rounding."""
+    assert [s.text for s in got] == [s.text for s in want]
+    for a, b in zip(words(got), words(want), strict=True):
+        assert a.word == b.word
+        assert a.start == pytest.approx(b.start, abs=0.021)
+        assert a.end == pytest.approx(b.end, abs=0.021)
+        assert a.probability == pytest.approx(b.probability, abs=0.03)
+    for a, b in zip(got, want, strict=True):
+        assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=0.02)
+        assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=0.02)
+
+
+def clips() -> list[npt.NDArray[np.float32]]:
+    jfk = load(DATA / "jfk.flac")
+    out = [jfk[: 16000 * n] for n in (3, 6, 9)] + [jfk]
+    out += [load(FIXTURES / f"{name}.flac") for name in ("meeting", "weather")]
+    if SPEECH.is_dir():
+        out += [load(SPEECH / "1988-24833-0001.flac"), load(SPEECH / "1272-141231-0002.flac")]
+    return out
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"beam_size": 5},
+        {"initial_prompt": "And so my fellow Americans,"},
+    ],
+    ids=["greedy", "beam5", "prompt"],
+)
+def test_batched_decodes_equal_transcribe_alone(
+    model: Any, engine: Any, extra: dict[str, Any]
+) -> None:
+    audios = clips()
+    frames = 1800  # one window for all: the round's padded window
+    options = {**OPTIONS, **extra}
+    expected = [reference(model, a, frames, **options) for a in audios]
+    results = concurrently(engine, [(a, frames, options) for a in audios])
+    for want, (got, seconds) in zip(expected, results, strict=True):
+        assert_same(got, want)
+        assert seconds > 0
+    snap = engine.snapshot()
+    assert snap["decodes_total"] == len(audios)
+    assert snap["batch_size"].total > snap["batch_size"].count  # some batch held > 1 decode
+
+
+def test_per_request_token_limits_in_one_batch(model: Any, engine: Any) -> None:
+    """Requests with different ``max_new_tokens`` share a generate call, results stay exact."""
+    audios = clips()[:4]
+    frames = 1300
+    jobs = []
+    for i, a in enumerate(audios):
+        jobs.append((a, frames, {**OPTIONS, "max_new_tokens": 4 + 6 * i}))
+    expected = [reference(model, a, f, **o) for a, f, o in jobs]
+    results = concurrently(engine, jobs)
+    for want, (got, _) in zip(expected, results, strict=True):
+        assert_same(got, want)
+    sizes = engine.snapshot()["batch_size"]
+    assert sizes.total > sizes.count  # the limits really met in one batch
+
+
+def test_windows_of_different_lengths_are_padded_to_the_round(model: Any, engine: Any) -> None:
+    """Members asking for different encoder windows run in one round on the longest."""
+    jfk = load(DATA / "jfk.flac")
+    jobs = [(jfk[: 16000 * 4], 1000, OPTIONS), (jfk, 1300, OPTIONS)]
+    results = concurrently(engine, jobs)
+    texts = ["".join(s.text for s in got) for got, _ in results]
+    assert "fellow Americans" in texts[0] and "country" in texts[1]
+
+
+def test_a_failing_decode_fails_alone_and_the_engine_goes_on(engine: Any) -> None:
+    jfk = load(DATA / "jfk.flac")
+    with pytest.raises(Exception):  # noqa: B017 - faster-whisper's own validation error
+        engine.transcribe(jfk, stream="bad", final=True, frames=1300,
+                          options={**OPTIONS, "max_new_tokens": 10_000})  # fmt: skip
+    got, _ = engine.transcribe(jfk, stream="ok", final=True, frames=1300, options=OPTIONS)
+    assert "country" in "".join(s.text for s in got)
+    assert engine.snapshot()["finals_total"] == 2
+
+
+def test_closing_the_engine_fails_waiting_decodes(model: Any) -> None:
+    eng = executor.DecodeEngine(model)
+    eng.close()
+    with pytest.raises(executor.EngineClosed):
+        eng.transcribe(np.zeros(16000, np.float32), stream="s", final=False, frames=1000,
+                       options=OPTIONS)  # fmt: skip
