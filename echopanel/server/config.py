@@ -30,6 +30,10 @@ ENV_VARS: Final[dict[str, str]] = {
     "asr": "ECHOPANEL_ASR",
     "model_path": "ECHOPANEL_MODEL",
     "record_dir": "ECHOPANEL_RECORD_DIR",
+    "device": "ECHOPANEL_DEVICE",
+    "compute_type": "ECHOPANEL_COMPUTE_TYPE",
+    "threads": "ECHOPANEL_THREADS",
+    "max_batch": "ECHOPANEL_MAX_BATCH",
 }
 
 
@@ -98,6 +102,12 @@ class ServerConfig:
     max_invalid_messages: int = attrs.field(default=20, validator=v.ge(0))
     send_timeout: float = attrs.field(default=10.0, validator=v.gt(0))
     degrade: DegradeConfig = attrs.field(factory=DegradeConfig)
+    #: Whisper decode engine: ``cpu``, ``cuda`` or ``auto``; a CTranslate2 compute type
+    #: (``default`` lets CTranslate2 choose); CPU threads (0: one per core); decodes per batch.
+    device: str = attrs.field(default="cpu", validator=v.in_(("cpu", "cuda", "auto")))
+    compute_type: str = attrs.field(default="int8", validator=v.min_len(1))
+    threads: int = attrs.field(default=0, validator=v.ge(0))
+    max_batch: int = attrs.field(default=8, validator=[v.ge(1), v.le(64)])
 
     def __attrs_post_init__(self) -> None:
         if self.token is not None and not self.token:
@@ -118,6 +128,8 @@ class ServerConfig:
             "max_sessions": int,
             "slot_timeout": float,
             "start_timeout": float,
+            "threads": int,
+            "max_batch": int,
         }
         for field, var in ENV_VARS.items():
             raw = env.get(var)

@@ -55,6 +55,7 @@ class ServerState:
             degrade_level=lambda: float(
                 max((lv for s in self.sessions for lv in s.degrade_levels()), default=0)
             ),
+            engine=lambda: getattr(self.asr, "engine", None),
         )
 
     def loaded_event(self) -> anyio.Event:
