@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -190,3 +191,35 @@ def test_closing_the_engine_fails_waiting_decodes(model: Any) -> None:
     with pytest.raises(executor.EngineClosed):
         eng.transcribe(np.zeros(16000, np.float32), stream="s", final=False, frames=1000,
                        options=OPTIONS)  # fmt: skip
+
+
+async def test_backend_streams_mark_finals_and_attribute_time() -> None:
+    """Through WhisperBackend: endpoint decodes reach the engine as finals; RTF is attributed."""
+    from echopanel.asr.whisper import WhisperBackend
+
+    backend = WhisperBackend(max_batch=4)
+    await backend.load()
+    try:
+        engine = backend.engine
+        assert engine is not None and engine.config.max_batch == 4
+        before = engine.snapshot()
+        streams = [backend.open_stream("system"), backend.open_stream("mic")]
+        pcm = (load(FIXTURES / "weather.flac") * 32767).astype("<i2").tobytes()
+        pcm += bytes(32000)  # 1 s of silence: an endpoint
+
+        async def run(i: int) -> None:
+            for k in range(0, len(pcm), 3200):
+                await streams[i].feed(pcm[k : k + 3200])
+            await streams[i].flush()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, 0)
+            tg.start_soon(run, 1)
+        after = engine.snapshot()
+        assert after["finals_total"] - before["finals_total"] >= 2
+        assert after["decodes_total"] - before["decodes_total"] > 4
+        for s in streams:
+            assert 0 < s.inference_seconds < 60
+            await s.aclose()
+    finally:
+        await backend.aclose()
