@@ -150,7 +150,12 @@ async def stream_session(
 
         async def reader() -> None:
             while True:
-                msg = json.loads(await transport.receive())
+                try:
+                    msg = json.loads(await transport.receive())
+                except TransportError as exc:
+                    if exc.close_code != 1000:
+                        out["error"] = out["error"] or f"closed {exc.close_code}"
+                    return
                 now = anyio.current_time() - began
                 kind = msg["type"]
                 if kind in ("asr_partial", "asr_final") and out["first_partial"] is None:

@@ -29,7 +29,7 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from echopanel.asr.engine.executor import DecodeEngine, engine_model_class
+from echopanel.asr.engine.executor import DecodeEngine, engine_model_class, prompt_bucket
 from echopanel.asr.engine.scheduler import SchedulerConfig
 from echopanel.asr.policy import DecodedSegment, PolicyConfig, StreamingPolicy, Word
 from echopanel.asr.vad import SileroVad, load_silero
@@ -123,6 +123,14 @@ class WhisperDecoder:
         self.final_next = False
         self.inference_seconds = 0.0
 
+    def _prompt_tokens(self, prompt: str) -> list[int] | None:
+        """The prompt as tokens, cut to a batchable length (:func:`prompt_bucket`)."""
+        if not prompt.strip():
+            return None
+        tokenizer = self._shared.model.hf_tokenizer
+        tokens = tokenizer.encode(" " + prompt.strip(), add_special_tokens=False).ids
+        return prompt_bucket(tokens) or None
+
     def decode(
         self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int
     ) -> Sequence[DecodedSegment]:
@@ -142,7 +150,7 @@ class WhisperDecoder:
             best_of=1,
             temperature=0.0,
             condition_on_previous_text=False,
-            initial_prompt=prompt or None,
+            initial_prompt=self._prompt_tokens(prompt),
             word_timestamps=True,
             vad_filter=False,
             # The policy applies these guards itself, per segment.

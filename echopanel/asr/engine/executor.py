@@ -43,7 +43,7 @@ import numpy.typing as npt
 from echopanel.asr.engine.scheduler import DecodeRequest, DecodeScheduler, SchedulerConfig
 from echopanel.asr.engine.stats import EngineStats
 
-__all__ = ["DecodeEngine", "EngineClosed", "engine_model_class"]
+__all__ = ["DecodeEngine", "EngineClosed", "engine_model_class", "prompt_bucket"]
 
 log = logging.getLogger("echopanel.asr.engine")
 
@@ -63,6 +63,19 @@ def _freeze(value: Any) -> Hashable:
     if isinstance(value, np.ndarray):
         return (value.shape, value.tobytes())
     return value  # type: ignore[no-any-return]
+
+
+def prompt_bucket(tokens: list[int], *, step: int = 16, limit: int = 48) -> list[int]:
+    """The last tokens of a decoding prompt, cut to a multiple of ``step`` (at most ``limit``).
+
+    Prompts of equal length batch together (see :func:`_call_key`); cutting the oldest few
+    tokens of the context makes the streams' prompts share a handful of lengths. Prompts
+    shorter than ``step`` are kept whole.
+    """
+    if len(tokens) < step:
+        return list(tokens)
+    keep = min(limit, len(tokens) // step * step)
+    return list(tokens[-keep:])
 
 
 def engine_model_class() -> Any:
@@ -167,6 +180,7 @@ class DecodeEngine:
         self._ct2 = model.model
         self._to_cpu = getattr(self._ct2, "device", "cpu") == "cuda"
         self._clock = clock
+        self._sot = int(model.hf_tokenizer.token_to_id("<|startoftranscript|>"))
         self.scheduler = DecodeScheduler(config)
         self.stats = EngineStats()
         self._cond = threading.Condition()
@@ -254,7 +268,7 @@ class DecodeEngine:
         return out, job.attributed + own
 
     def _call(self, job: _Job, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        call = _Call(kind, _call_key(kind, args, kwargs), args, kwargs)
+        call = _Call(kind, _call_key(kind, args, kwargs, self._sot), args, kwargs)
         with self._cond:
             job.call_pending = call
             self._cond.notify_all()
@@ -415,14 +429,20 @@ class DecodeEngine:
         return method(self._storage([call.args[0]]), *call.args[1:], **call.kwargs)
 
 
-def _call_key(kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
-    """Calls with equal keys run as one batched call."""
+def _call_key(kind: str, args: tuple[Any, ...], kwargs: dict[str, Any], sot: int) -> Hashable:
+    """Calls with equal keys run as one batched call.
+
+    CTranslate2 batches ``generate`` prompts only when <|startoftranscript|> sits at the same
+    position in each (the previous-text part must have the same length), hence that position
+    in the key; :func:`prompt_bucket` makes most streams' prompts the same length.
+    """
     if kind == "encode":
         return tuple(args[0].shape[1:])
     if kind == "generate":
         shape = tuple(args[0].shape[1:])
         rest = tuple(sorted((k, _freeze(v)) for k, v in kwargs.items() if k != "max_length"))
-        return (shape, len(args[1]), rest)
+        sot_at = tuple(p.index(sot) if sot in p else -1 for p in args[1])
+        return (shape, sot_at, rest)
     if kind == "align":
         return (tuple(args[0].shape[1:]), tuple(args[1]), _freeze(kwargs))
     return object()  # never batched

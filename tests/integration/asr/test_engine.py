@@ -151,6 +151,27 @@ def test_batched_decodes_equal_transcribe_alone(
     assert snap["batch_size"].total > snap["batch_size"].count  # some batch held > 1 decode
 
 
+def test_prompts_of_different_lengths_in_one_round(model: Any, engine: Any) -> None:
+    """Streams prompt with their own recent text; lengths differ (CTranslate2 batches only
+    prompts whose start-of-transcript token sits at the same position)."""
+    audios = clips()[:4]
+    prompts = [None, "And so", "And so my fellow Americans,", "Ask not what your country can do"]
+    jobs = [
+        (a, 1300, {**OPTIONS, "initial_prompt": p}) for a, p in zip(audios, prompts, strict=True)
+    ]
+    jobs += [(a, 1300, {**OPTIONS, "initial_prompt": "And so"}) for a in audios[:2]]
+    expected = [reference(model, a, f, **o) for a, f, o in jobs]
+    results = concurrently(engine, jobs)
+    for want, (got, _) in zip(expected, results, strict=True):
+        assert_same(got, want)
+
+
+def test_prompt_bucket_keeps_the_newest_tokens() -> None:
+    assert executor.prompt_bucket(list(range(10))) == list(range(10))
+    assert executor.prompt_bucket(list(range(40))) == list(range(8, 40))
+    assert executor.prompt_bucket(list(range(100))) == list(range(52, 100))
+
+
 def test_per_request_token_limits_in_one_batch(model: Any, engine: Any) -> None:
     """Requests with different ``max_new_tokens`` share a generate call, results stay exact."""
     audios = clips()[:4]
