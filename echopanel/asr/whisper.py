@@ -123,6 +123,10 @@ class WhisperDecoder:
         self.final_next = False
         self.inference_seconds = 0.0
 
+    def partial_stretch(self) -> float:
+        """The engine's current factor on the partial decode interval."""
+        return float(self._shared.engine.partial_stretch())
+
     def _prompt_tokens(self, prompt: str) -> list[int] | None:
         """The prompt as tokens, cut to a batchable length (:func:`prompt_bucket`)."""
         if not prompt.strip():
@@ -212,6 +216,7 @@ class WhisperStream(AsrStream):
         self._pending = b""  # an odd trailing byte of PCM
         self._samples = 0
         self._closed = False
+        self._base_interval = policy.config.decode_interval
 
     async def feed(self, pcm: bytes) -> list[AsrUpdate]:
         if self._closed:
@@ -223,7 +228,14 @@ class WhisperStream(AsrStream):
             return []
         audio = np.frombuffer(data[:even], dtype="<i2").astype(np.float32) / 32768.0
         self._samples += audio.size
+        self._stretch_partials()
         return await self._run(self._policy.feed, audio)
+
+    def _stretch_partials(self) -> None:
+        """A busy engine decodes partials less often (finals untouched; see the engine)."""
+        interval = self._base_interval * self._decoder.partial_stretch()
+        if abs(self._policy.config.decode_interval - interval) > 1e-3:
+            self._policy.config = attrs.evolve(self._policy.config, decode_interval=interval)
 
     async def flush(self) -> list[AsrUpdate]:
         if self._closed:
@@ -243,6 +255,7 @@ class WhisperStream(AsrStream):
 
     def tune(self, tuning: AsrTuning) -> None:
         self._policy.tune(tuning)
+        self._base_interval = tuning.decode_interval
 
     @property
     def audio_seconds(self) -> float:

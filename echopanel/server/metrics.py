@@ -6,9 +6,9 @@ Names are pinned by DESIGN.md: ``echopanel_ws_connections_total``,
 ``echopanel_start_ack_seconds`` (histogram); plus ``echopanel_degrade_level`` and
 ``echopanel_audio_seconds_total{source}``; with the Whisper decode engine,
 ``echopanel_asr_batch_size`` and ``echopanel_asr_queue_wait_seconds`` (histograms),
-``echopanel_asr_decodes_per_second``, ``echopanel_asr_decodes_total`` and
-``echopanel_asr_queue_depth``. A registry per app lets several apps live in one test process
-without colliding.
+``echopanel_asr_decodes_per_second``, ``echopanel_asr_decodes_total``,
+``echopanel_asr_queue_depth`` and ``echopanel_asr_engine_busy``. A registry per app lets
+several apps live in one test process without colliding.
 """
 
 from __future__ import annotations
@@ -139,3 +139,9 @@ class _EngineCollector(Collector):
         yield GaugeMetricFamily(
             "echopanel_asr_queue_depth", "Decode requests waiting", value=snap["waiting"]
         )
+        if "busy_fraction" in snap:
+            yield GaugeMetricFamily(
+                "echopanel_asr_engine_busy",
+                "Share of the last 3 s the decode engine spent in model calls",
+                value=snap["busy_fraction"],
+            )

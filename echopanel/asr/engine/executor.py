@@ -40,7 +40,12 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from echopanel.asr.engine.scheduler import DecodeRequest, DecodeScheduler, SchedulerConfig
+from echopanel.asr.engine.scheduler import (
+    DecodeRequest,
+    DecodeScheduler,
+    SchedulerConfig,
+    partial_stretch,
+)
 from echopanel.asr.engine.stats import EngineStats
 
 __all__ = ["DecodeEngine", "EngineClosed", "engine_model_class", "prompt_bucket"]
@@ -197,6 +202,15 @@ class DecodeEngine:
     def now(self) -> float:
         return self._clock()
 
+    def busy_fraction(self) -> float:
+        """Share of the last 3 s the engine spent in model calls (0..1)."""
+        with self._cond:
+            return min(1.0, self.stats.busy.rate(self._clock()))
+
+    def partial_stretch(self) -> float:
+        """Factor on the streams' partial decode interval now (see :func:`partial_stretch`)."""
+        return partial_stretch(self.busy_fraction())
+
     def snapshot(self) -> dict[str, Any]:
         """Counters for /metrics (copied under the lock)."""
         with self._cond:
@@ -209,6 +223,7 @@ class DecodeEngine:
                 "finals_total": s.finals_total,
                 "batches_total": s.batches_total,
                 "waiting": len(self.scheduler),
+                "busy_fraction": min(1.0, s.busy.rate(self._clock())),
             }
 
     # ------------------------------------------------------------------ callers
@@ -353,6 +368,7 @@ class DecodeEngine:
         elapsed = time.perf_counter() - started
         with self._cond:
             self.stats.busy_seconds += elapsed
+            self.stats.busy.add(self._clock(), elapsed)
         share = elapsed / len(members)
         for job, call in members:
             job.attributed += share

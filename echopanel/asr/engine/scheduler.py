@@ -24,6 +24,11 @@ It owns no thread and reads no clock, so its rules are tested by driving time as
   Under load requests accumulate while a batch runs, so batches grow by themselves, and each
   stream's partial cadence stretches (its next partial decode waits for its turn, stalest
   first) before any stream's final is delayed.
+* **Stretching partials first.** :func:`partial_stretch` turns the engine's busy fraction
+  into a factor on every stream's partial decode interval: past ``start`` busy the streams
+  decode partials less often (up to ``max_stretch`` times the interval at ``full``), so a
+  loaded engine sheds partial work itself, finals untouched, before the backlog grows and the
+  server's degrade ladder acts.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from collections.abc import Hashable, Iterable
 
 import attrs
 
-__all__ = ["Batch", "DecodeRequest", "DecodeScheduler", "SchedulerConfig"]
+__all__ = ["Batch", "DecodeRequest", "DecodeScheduler", "SchedulerConfig", "partial_stretch"]
 
 
 @attrs.frozen(kw_only=True)
@@ -157,3 +162,13 @@ class DecodeScheduler:
         """Submit several requests in order."""
         for request in requests:
             self.submit(request)
+
+
+def partial_stretch(
+    busy: float, *, start: float = 0.6, full: float = 0.95, max_stretch: float = 3.0
+) -> float:
+    """Factor on the partial decode interval for an engine ``busy`` (0..1) of the time."""
+    if busy <= start:
+        return 1.0
+    x = min(1.0, (busy - start) / (full - start))
+    return 1.0 + x * (max_stretch - 1.0)

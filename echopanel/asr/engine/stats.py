@@ -66,9 +66,9 @@ class RateWindow:
 
     def __init__(self, window: float = 10.0) -> None:
         self.window = window
-        self._events: collections.deque[tuple[float, int]] = collections.deque(maxlen=100_000)
+        self._events: collections.deque[tuple[float, float]] = collections.deque(maxlen=100_000)
 
-    def add(self, now: float, n: int = 1) -> None:
+    def add(self, now: float, n: float = 1.0) -> None:
         self._events.append((now, n))
         self._expire(now)
 
@@ -88,6 +88,8 @@ class EngineStats:
     batch_size: StatsHistogram = attrs.field(factory=lambda: StatsHistogram(BATCH_BUCKETS))
     queue_wait: StatsHistogram = attrs.field(factory=lambda: StatsHistogram(WAIT_BUCKETS))
     decodes: RateWindow = attrs.field(factory=RateWindow)
+    #: engine seconds spent in model calls, per second (the busy fraction), over 3 s.
+    busy: RateWindow = attrs.field(factory=lambda: RateWindow(3.0))
     decodes_total: int = 0
     finals_total: int = 0
     batches_total: int = 0

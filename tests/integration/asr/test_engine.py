@@ -244,3 +244,27 @@ async def test_backend_streams_mark_finals_and_attribute_time() -> None:
             await s.aclose()
     finally:
         await backend.aclose()
+
+
+async def test_a_busy_engine_stretches_the_partial_cadence() -> None:
+    from echopanel.asr.whisper import WhisperBackend
+    from echopanel.ports import AsrTuning
+
+    backend = WhisperBackend()
+    await backend.load()
+    try:
+        engine = backend.engine
+        assert engine is not None
+        stream = backend.open_stream("mic")
+        stream.tune(AsrTuning(decode_interval=0.5))
+        await stream.feed(bytes(3200))
+        assert stream.policy.config.decode_interval == 0.5  # idle engine
+        engine.stats.busy.add(engine.now(), 3.0)  # 3 s of model calls in the last 3 s
+        await stream.feed(bytes(3200))
+        assert stream.policy.config.decode_interval == pytest.approx(1.5)
+        stream.tune(AsrTuning(decode_interval=1.0))  # the ladder's level 1 on top
+        await stream.feed(bytes(3200))
+        assert stream.policy.config.decode_interval == pytest.approx(3.0)
+        await stream.aclose()
+    finally:
+        await backend.aclose()

@@ -12,6 +12,7 @@ from echopanel.asr.engine.scheduler import (
     DecodeRequest,
     DecodeScheduler,
     SchedulerConfig,
+    partial_stretch,
 )
 
 
@@ -219,3 +220,16 @@ def test_partial_is_not_starved_by_a_flood_of_finals(
     assert served_at is not None
     # Once promoted, only requests submitted before it (and the batch in flight) go first.
     assert served_at - partial_at <= config.starve_after + 2 * cost + 1e-9
+
+
+def test_partial_stretch_grows_with_the_engine_load_only() -> None:
+    assert partial_stretch(0.0) == partial_stretch(0.6) == 1.0
+    assert 1.0 < partial_stretch(0.7) < partial_stretch(0.9) < 3.0
+    assert partial_stretch(0.95) == partial_stretch(1.0) == 3.0
+    assert partial_stretch(0.8, max_stretch=2.0) <= 2.0
+
+
+@given(st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+def test_partial_stretch_is_monotonic(a: float, b: float) -> None:
+    lo, hi = sorted((a, b))
+    assert 1.0 <= partial_stretch(lo) <= partial_stretch(hi) <= 3.0
