@@ -120,8 +120,14 @@ class WhisperDecoder:
         self._trim = trim_encoder
         self._stream = stream
         self._stale_since: float | None = None
+        self._cancelled = False
         self.final_next = False
         self.inference_seconds = 0.0
+
+    def cancel(self) -> None:
+        """The stream is gone: drop its waiting decode, refuse further ones."""
+        self._cancelled = True
+        self._shared.engine.cancel_stream(self._stream)
 
     def partial_stretch(self) -> float:
         """The engine's current factor on the partial decode interval."""
@@ -138,6 +144,8 @@ class WhisperDecoder:
     def decode(
         self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int
     ) -> Sequence[DecodedSegment]:
+        if self._cancelled:
+            raise AsrError("the ASR stream was closed")
         final, self.final_next = self.final_next, False
         seconds = len(audio) / 16000
         if self._trim:
@@ -246,12 +254,23 @@ class WhisperStream(AsrStream):
     async def _run(self, fn: Any, *args: Any) -> list[AsrUpdate]:
         async with self._lock:
             try:
-                result: list[AsrUpdate] = await anyio.to_thread.run_sync(fn, *args)
+                # Cancelling the caller abandons the worker thread; the stream is then
+                # closed, so the thread's waiting decode is dropped and it ends at once.
+                result: list[AsrUpdate] = await anyio.to_thread.run_sync(
+                    fn, *args, abandon_on_cancel=True
+                )
+            except anyio.get_cancelled_exc_class():
+                self._close()
+                raise
             except AsrError:
                 raise
             except Exception as exc:
                 raise AsrError(f"speech recognition failed: {exc}") from exc
         return result
+
+    def _close(self) -> None:
+        self._closed = True
+        self._decoder.cancel()
 
     def tune(self, tuning: AsrTuning) -> None:
         self._policy.tune(tuning)

@@ -48,7 +48,13 @@ from echopanel.asr.engine.scheduler import (
 )
 from echopanel.asr.engine.stats import EngineStats
 
-__all__ = ["DecodeEngine", "EngineClosed", "engine_model_class", "prompt_bucket"]
+__all__ = [
+    "DecodeCancelled",
+    "DecodeEngine",
+    "EngineClosed",
+    "engine_model_class",
+    "prompt_bucket",
+]
 
 log = logging.getLogger("echopanel.asr.engine")
 
@@ -58,6 +64,10 @@ _PER_REQUEST_OPTIONS = frozenset({"initial_prompt", "prefix", "max_new_tokens", 
 
 class EngineClosed(RuntimeError):
     """The engine was closed while a decode waited."""
+
+
+class DecodeCancelled(RuntimeError):
+    """The requesting stream was cancelled while its decode waited."""
 
 
 def _freeze(value: Any) -> Hashable:
@@ -291,6 +301,19 @@ class DecodeEngine:
         if call.error is not None:
             raise call.error
         return call.result
+
+    def cancel_stream(self, stream: str) -> int:
+        """Drop the waiting decodes of ``stream`` (it went away); they raise
+        :class:`DecodeCancelled` in their callers. Returns how many were dropped."""
+        dropped = 0
+        with self._cond:
+            for job in list(self._jobs.values()):
+                if job.request.stream == stream and self.scheduler.cancel(job.request.id):
+                    del self._jobs[job.request.id]
+                    job.error = DecodeCancelled(f"stream {stream} was cancelled")
+                    job.admitted.set()
+                    dropped += 1
+        return dropped
 
     def close(self) -> None:
         """Stop the engine thread; waiting decodes fail with :class:`EngineClosed`."""

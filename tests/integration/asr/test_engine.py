@@ -268,3 +268,66 @@ async def test_a_busy_engine_stretches_the_partial_cadence() -> None:
         await stream.aclose()
     finally:
         await backend.aclose()
+
+
+async def test_a_cancelled_stream_drops_its_decodes() -> None:
+    """A session that goes away (flush timeout, disconnect) leaves no decode behind."""
+    from echopanel.asr.whisper import WhisperBackend
+    from echopanel.errors import AsrError
+
+    backend = WhisperBackend()
+    await backend.load()
+    try:
+        engine = backend.engine
+        assert engine is not None
+        streams = [backend.open_stream("system") for _ in range(4)]
+        pcm = (load(DATA / "jfk.flac") * 32767).astype("<i2").tobytes()
+        with anyio.move_on_after(0.05):
+            async with anyio.create_task_group() as tg:
+                for s in streams:
+                    tg.start_soon(s.feed, pcm)
+        for s in streams:
+            with pytest.raises(AsrError, match="closed"):
+                await s.feed(pcm[:3200])
+        for _ in range(300):  # the abandoned threads end; nothing stays queued
+            if engine.snapshot()["waiting"] == 0:
+                break
+            await anyio.sleep(0.1)
+        assert engine.snapshot()["waiting"] == 0
+    finally:
+        await backend.aclose()
+
+
+def test_cancel_stream_fails_only_that_streams_waiting_decode(model: Any) -> None:
+    eng = executor.DecodeEngine(model)
+    try:
+        jfk = load(DATA / "jfk.flac")
+        errors: dict[str, BaseException] = {}
+        done: dict[str, Any] = {}
+
+        def run(name: str) -> None:
+            try:
+                done[name] = eng.transcribe(
+                    jfk, stream=name, final=False, frames=1300, options=OPTIONS
+                )
+            except BaseException as exc:
+                errors[name] = exc
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b", "c")]
+        for t in threads:
+            t.start()
+        dropped = 0
+        for _ in range(200):  # cancel "c" while it waits behind the first round
+            dropped = eng.cancel_stream("c")
+            if dropped or "c" in done:
+                break
+            threading.Event().wait(0.005)
+        for t in threads:
+            t.join(timeout=120)
+        assert "a" in done and "b" in done
+        if dropped:
+            assert isinstance(errors["c"], executor.DecodeCancelled)
+        else:
+            assert "c" in done  # it was already admitted: it completes
+    finally:
+        eng.close()
