@@ -392,6 +392,7 @@ async def test_sigterm_drains_a_replica_mid_session(cluster):
     live = {f["segment_id"] for f in session.finals()}
     assert live <= {seg["segment_id"] for seg in summary["transcript"]}
     assert summary["sources"]["system"]["audio_seconds"] == pytest.approx(session.audio_sent)
+    assert summary["sources"]["system"]["frames_dropped"] == 0
     # new sessions, even keyed to the draining replica, go to the other one
     await cluster.wait_status({session.replica: "DOWN", other: "UP"})
     for attempt in ("b1", "b2"):
