@@ -2,12 +2,11 @@
 
 Endpoints: ``/ws/live-listener`` (one :class:`~echopanel.server.connection.LiveConnection`
 per WebSocket), ``/health`` (503 while the model loads or when it failed, 200 with model and
-capacity info when ready; no token needed, no secrets shown: liveness), ``/ready`` (200 only
-while a new session can be taken: model loaded and healthy, a slot free, not draining; 503
-with a JSON ``reason`` otherwise — see :mod:`echopanel.server.readiness`; for load balancers
-and readiness probes) and ``/metrics`` (Prometheus text; needs the token when one is
-configured). The lifespan loads and warms the shared ASR once, in the background, so
-``/health`` can answer while it loads.
+capacity info when ready; no token needed, no secrets shown) and ``/metrics`` (Prometheus
+text; needs the token when one is configured). The lifespan loads and warms the shared ASR
+once, in the background, so ``/health`` can answer while it loads.
+``/ready`` (can a new session be taken now? for load balancers and readiness probes) is in
+:mod:`echopanel.server.readiness`.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from echopanel.server.analysis import Analyzer, KeywordAnalyzer
 from echopanel.server.config import ServerConfig
 from echopanel.server.connection import LiveConnection, check_token
 from echopanel.server.metrics import CONTENT_TYPE_LATEST
-from echopanel.server.readiness import readiness
+from echopanel.server.readiness import ready_endpoint
 from echopanel.server.slots import LocalSlotController, SlotController
 from echopanel.server.state import ServerState
 
@@ -137,12 +136,6 @@ def create_app(
             body["error"] = state.asr_error
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    async def ready(request: Request) -> Response:
-        answer = readiness(state)
-        return JSONResponse(
-            answer.body(), status_code=answer.status_code, headers={"cache-control": "no-store"}
-        )
-
     async def metrics(request: Request) -> Response:
         if not check_token(config.token, request.headers):
             return JSONResponse(
@@ -156,7 +149,7 @@ def create_app(
         routes=[
             WebSocketRoute(WS_PATH, live_listener),
             Route("/health", health),
-            Route("/ready", ready),
+            Route("/ready", ready_endpoint),  # readiness: see echopanel.server.readiness
             Route("/metrics", metrics),
         ],
         lifespan=lifespan,

@@ -19,10 +19,12 @@ from __future__ import annotations
 from typing import Any, Final, Literal
 
 import attrs
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from echopanel.server.state import ServerState
 
-__all__ = ["READY_REASONS", "Readiness", "readiness"]
+__all__ = ["READY_REASONS", "Readiness", "readiness", "ready_endpoint"]
 
 Reason = Literal["draining", "asr_unavailable", "asr_loading", "server_at_capacity"]
 
@@ -90,4 +92,13 @@ def readiness(state: ServerState) -> Readiness:
         active=len(state.sessions),
         capacity=state.slots.capacity,
         available=available,
+    )
+
+
+async def ready_endpoint(request: Request) -> Response:
+    """``GET /ready`` of an app made by :func:`~echopanel.server.app.create_app`."""
+    state: ServerState = request.app.state.echopanel
+    answer = readiness(state)
+    return JSONResponse(
+        answer.body(), status_code=answer.status_code, headers={"cache-control": "no-store"}
     )
