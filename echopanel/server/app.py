@@ -5,8 +5,6 @@ per WebSocket), ``/health`` (503 while the model loads or when it failed, 200 wi
 capacity info when ready; no token needed, no secrets shown) and ``/metrics`` (Prometheus
 text; needs the token when one is configured). The lifespan loads and warms the shared ASR
 once, in the background, so ``/health`` can answer while it loads.
-``/ready`` (can a new session be taken now? for load balancers and readiness probes) is in
-:mod:`echopanel.server.readiness`.
 """
 
 from __future__ import annotations
