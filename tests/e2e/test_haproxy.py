@@ -379,6 +379,18 @@ async def test_sigterm_drains_a_replica_mid_session(cluster):
     await session.audio(2.0)  # five fake words: at least one final before the signal
     await session.expect("asr_final")
     victim.proc.send_signal(signal.SIGTERM)
+    # as soon as the victim stops being ready — before HAProxy's next check, maybe — a new
+    # session keyed to it lands on the other replica (a 503 or a refused connect is retried)
+    with anyio.fail_after(10):
+        while True:
+            try:
+                if await cluster.ready(session.replica) != 200:
+                    break
+            except httpx.HTTPError:
+                break
+            await anyio.sleep(0.01)
+    early = await open_session(cluster, "draining-meeting", attempt="early")
+    assert early.replica == other
     # its session ends with everything it was sent: finals flushed, then the summary
     summary = await session.expect("final_summary", limit=30)
     try:
@@ -395,6 +407,7 @@ async def test_sigterm_drains_a_replica_mid_session(cluster):
     assert summary["sources"]["system"]["frames_dropped"] == 0
     # new sessions, even keyed to the draining replica, go to the other one
     await cluster.wait_status({session.replica: "DOWN", other: "UP"})
+    await stop(early)
     for attempt in ("b1", "b2"):
         fresh = await open_session(cluster, "draining-meeting", attempt=attempt)
         assert fresh.replica == other
