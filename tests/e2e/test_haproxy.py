@@ -279,6 +279,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
                     "ECHOPANEL_REPLICA_1": f"127.0.0.1:{replicas['replica1'].port}",
                     "ECHOPANEL_REPLICA_2": f"127.0.0.1:{replicas['replica2'].port}",
                     "ECHOPANEL_LB_CHECK_INTER": "100ms",
+                    "ECHOPANEL_LB_DOWN_INTER": "100ms",
                 },
             )
         procs.append(haproxy)
