@@ -15,63 +15,20 @@ crosses the task group (each task is guarded).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+
 import anyio
 import anyio.abc
 from starlette.websockets import WebSocket
 
-from echopanel.errors import AsrError
-from echopanel.ports import AsrUpdate
 from echopanel.protocol import ServerMessage, Source, TranscriptEntry, encode
-from echopanel.server.core import (
-    AcquireSlot,
-    Action,
-    Analyze,
-    AnalysisDone,
-    AnalysisTick,
-    AsrDone,
-    AsrFailed,
-    AsrOutput,
-    AsrReady,
-    AsrUnavailable,
-    AudioQueued,
-    BinaryReceived,
-    CancelAsr,
-    Close,
-    CoreConfig,
-    CountDroppedFrames,
-    EndAudio,
-    Event,
-    Fault,
-    FeedAudio,
-    FlushRecording,
-    LevelChanged,
-    MetricsTick,
-    OpenAsrStream,
-    Opened,
-    PeerGone,
-    RecordingFailed,
-    Rejected,
-    Send,
-    ServerSession,
-    SessionStarted,
-    SlotAcquired,
-    SlotRefused,
-    SourceLoad,
-    StreamFailed,
-    StreamOpened,
-    TextReceived,
-    TimerFired,
-    WaitForAsr,
-    check_token,
-    render_markdown,
-)
-from echopanel.server.degrade import LevelPlan
-from echopanel.server.pipeline import SourcePipeline
+from echopanel.server.core import CoreConfig, ServerSession, check_token, render_markdown
+from echopanel.server.core import actions as act
+from echopanel.server.core import events as ev
 from echopanel.server.recorder import SessionRecorder
+from echopanel.server.sources import SessionSources
 from echopanel.server.state import ServerState
 
 __all__ = ["LiveConnection", "check_token", "render_markdown"]
@@ -84,18 +41,6 @@ ANALYSIS_WINDOW = 50  # finals given to the analyzer
 
 class _Closed(Exception):
     """The connection is over: we closed it, or the peer left."""
-
-
-def _load(pipeline: SourcePipeline) -> SourceLoad:
-    queue = pipeline.queue
-    return SourceLoad(
-        source=pipeline.source,
-        backlog_seconds=queue.backlog_seconds,
-        queue_fill=queue.fill,
-        dropped_frames=queue.dropped_frames,
-        realtime_factor=pipeline.last_rtf,
-        degrade_level=pipeline.plan.level,
-    )
 
 
 class LiveConnection:
@@ -116,12 +61,11 @@ class LiveConnection:
             ),
             connection_id=f"srv-{uuid.uuid4().hex[:16]}",
         )
-        self.pipelines: dict[Source, SourcePipeline] = {}
+        self.sources = SessionSources(server, self._feed)
         self.recorder: SessionRecorder | None = None
         self._slot_key: str | None = None
         self._send_lock = anyio.Lock()
         self._closing = False
-        self._started = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._wake = anyio.Event()
 
@@ -171,7 +115,7 @@ class LiveConnection:
         except Exception:
             log.exception("session task failed", extra=self.core.ids())
             with contextlib.suppress(_Closed):
-                await self._feed(Fault())
+                await self._feed(ev.Fault())
             self._cancel()
 
     def _cancel(self) -> None:
@@ -180,14 +124,14 @@ class LiveConnection:
 
     # ------------------------------------------------------------------ feeding the core
 
-    async def _feed(self, event: Event) -> None:
+    async def _feed(self, event: ev.Event) -> None:
         actions = self.core.handle(event, anyio.current_time())
         self._wake.set()  # the deadline may have moved
         for action in actions:
             await self._do(action)
 
     async def _reader(self) -> None:
-        await self._feed(Opened(authorized=check_token(self.config.token, self.ws.headers)))
+        await self._feed(ev.Opened(authorized=check_token(self.config.token, self.ws.headers)))
         while True:
             await self._feed(await self._receive())
 
@@ -202,41 +146,39 @@ class LiveConnection:
             with anyio.move_on_after(deadline - anyio.current_time()):
                 await wake.wait()
             if not wake.is_set():
-                await self._feed(TimerFired())
+                await self._feed(ev.TimerFired())
 
     # ------------------------------------------------------------------ running actions
 
-    async def _do(self, action: Action) -> None:
+    async def _do(self, action: act.Action) -> None:
         match action:
-            case Send(message=message):
+            case act.Send(message=message):
                 await self._send(message)
-            case Close(code=code, reason=reason):
+            case act.Close(code=code, reason=reason):
                 await self._close(code, reason)
                 self._cancel()
-            case FeedAudio(source=source, pcm=pcm):
-                await self._feed_audio(self.pipelines[source], pcm)
-            case Rejected(code=code, message=message):
+            case act.FeedAudio(source=source, pcm=pcm):
+                await self._feed_audio(source, pcm)
+            case act.Rejected(code=code, message=message):
                 self.server.metrics.rejected.labels(reason=code.value).inc()
                 log.info("closing connection: %s %s", code.value, message, extra=self.core.ids())
-            case CountDroppedFrames(source=source, frames=frames):
+            case act.CountDroppedFrames(source=source, frames=frames):
                 self.server.metrics.frames_dropped.labels(source=source).inc(frames)
-            case WaitForAsr():
+            case act.WaitForAsr():
                 await self._wait_for_asr()
-            case AcquireSlot():
+            case act.AcquireSlot():
                 await self._acquire_slot()
-            case OpenAsrStream(source=source):
-                await self._open_stream(source)
-            case SessionStarted():
+            case act.OpenAsrStream(source=source):
+                await self.sources.open(source)
+            case act.SessionStarted():
                 self._start_session(action)
-            case Analyze(recent=recent):
+            case act.Analyze(recent=recent):
                 await self._analyze(list(recent))
-            case EndAudio():
-                for pipeline in self.pipelines.values():
-                    pipeline.queue.close()
-            case CancelAsr():
-                for pipeline in self.pipelines.values():
-                    pipeline.asr_scope.cancel()
-            case FlushRecording():
+            case act.EndAudio():
+                self.sources.end_audio()
+            case act.CancelAsr():
+                self.sources.cancel()
+            case act.FlushRecording():
                 if self.recorder is not None:
                     await self.recorder.drain()
             case _:  # ReleaseSlot, CloseAsrStreams: done by _cleanup once every task ended
@@ -248,15 +190,15 @@ class LiveConnection:
             with anyio.move_on_after(self.config.slot_timeout):
                 await loaded.wait()
         if self.server.asr.ready:
-            await self._feed(AsrReady(name=self.server.asr.name))
+            await self._feed(ev.AsrReady(name=self.server.asr.name))
         else:
             reason = self.server.asr_error or "the speech model is still loading"
-            await self._feed(AsrUnavailable(reason=reason))
+            await self._feed(ev.AsrUnavailable(reason=reason))
 
     async def _acquire_slot(self) -> None:
         self._slot_key = f"{self.connection_id}/{uuid.uuid4().hex}"
         if not await self.server.slots.acquire(self._slot_key, self.config.slot_timeout):
-            await self._feed(SlotRefused())
+            await self._feed(ev.SlotRefused())
             return
         self.server.sessions.add(self)
         if self.config.record_dir is not None:
@@ -264,28 +206,9 @@ class LiveConnection:
             self.recorder = SessionRecorder(
                 self.config.record_dir, self.core.session_id, self.connection_id
             )
-        await self._feed(SlotAcquired())
+        await self._feed(ev.SlotAcquired())
 
-    async def _open_stream(self, source: Source) -> None:
-        try:
-            stream = self.server.asr.open_stream(source)
-        except AsrError as exc:
-            await self._feed(StreamFailed(source=source, message=exc.message))
-            return
-        pipeline = SourcePipeline(
-            source,
-            stream,
-            self.config,
-            on_updates=self._on_updates,
-            on_level=self._on_level,
-            on_metrics=self._on_metrics,
-        )
-        self.pipelines[source] = pipeline
-        if self._started:
-            self._start_pipeline(pipeline)
-        await self._feed(StreamOpened(source=source))
-
-    def _start_session(self, started: SessionStarted) -> None:
+    def _start_session(self, started: act.SessionStarted) -> None:
         self.server.metrics.start_ack.observe(started.ack_seconds)
         log.info(
             "Session started",
@@ -298,27 +221,16 @@ class LiveConnection:
             },
         )
         assert self._tg is not None
-        self._started = True
-        for pipeline in self.pipelines.values():
-            self._start_pipeline(pipeline)
+        self.sources.start(self._tg, self._guard)
         self._tg.start_soon(self._guard, self._analysis_loop)
         if self.recorder is not None:
             self._tg.start_soon(self._guard, self._run_recorder)
 
-    def _start_pipeline(self, pipeline: SourcePipeline) -> None:
-        assert self._tg is not None
-        self._tg.start_soon(self._guard, functools.partial(self._run_asr, pipeline))
-        self._tg.start_soon(self._guard, pipeline.run_metrics)
-
-    async def _feed_audio(self, pipeline: SourcePipeline, pcm: bytes) -> None:
+    async def _feed_audio(self, source: Source, pcm: bytes) -> None:
         if self.recorder is not None:
-            await self.recorder.write(pipeline.source, pcm)
-        self.server.metrics.audio_seconds.labels(source=pipeline.source).inc(len(pcm) / 32000)
-        dropped = pipeline.put(pcm)
-        if dropped or pipeline.buffering:
-            await self._feed(
-                AudioQueued(load=_load(pipeline), dropped=dropped, buffering=pipeline.buffering)
-            )
+            await self.recorder.write(source, pcm)
+        self.server.metrics.audio_seconds.labels(source=source).inc(len(pcm) / 32000)
+        await self.sources.put(source, pcm)
 
     async def _analyze(self, recent: list[TranscriptEntry]) -> None:
         try:
@@ -327,55 +239,38 @@ class LiveConnection:
         except Exception as exc:  # a failing analyzer never ends the session
             log.warning("analysis failed: %r", exc, extra=self.core.ids())
             return
-        await self._feed(AnalysisDone(keywords=tuple(result.keywords), topics=tuple(result.topics)))
+        await self._feed(
+            ev.AnalysisDone(keywords=tuple(result.keywords), topics=tuple(result.topics))
+        )
 
     # ------------------------------------------------------------------ the session's tasks
-
-    async def _run_asr(self, pipeline: SourcePipeline) -> None:
-        """A source's recognition; its end (flushed, or failed) is fed to the core."""
-        await pipeline.run_asr()
-        if pipeline.asr_error is not None:
-            await self._feed(AsrFailed(source=pipeline.source, message=pipeline.asr_error))
-        else:
-            await self._feed(AsrDone(source=pipeline.source))
-
-    async def _on_updates(self, source: Source, updates: list[AsrUpdate]) -> None:
-        partials = self.pipelines[source].plan.tuning.emit_partials
-        await self._feed(AsrOutput(source=source, updates=tuple(updates), partials=partials))
-
-    async def _on_level(self, pipeline: SourcePipeline, plan: LevelPlan) -> None:
-        await self._feed(LevelChanged(load=_load(pipeline), description=plan.description))
-
-    async def _on_metrics(self, pipeline: SourcePipeline) -> None:
-        active = len(self.server.sessions)
-        await self._feed(MetricsTick(load=_load(pipeline), active_sessions=active))
 
     async def _analysis_loop(self) -> None:
         while True:
             await anyio.sleep(self.config.analysis_interval)
-            await self._feed(AnalysisTick())
+            await self._feed(ev.AnalysisTick())
 
     async def _run_recorder(self) -> None:
         """The recorder's writer; a recording failure is a warning, never the session's end."""
         assert self.recorder is not None
         await self.recorder.run()
-        await self._feed(RecordingFailed(message=f"{self.recorder.error}"))
+        await self._feed(ev.RecordingFailed(message=f"{self.recorder.error}"))
 
     # ------------------------------------------------------------------ socket I/O
 
-    async def _receive(self) -> TextReceived | BinaryReceived:
+    async def _receive(self) -> ev.TextReceived | ev.BinaryReceived:
         try:
             message = await self.ws.receive()
         except Exception:
             message = {"type": "websocket.disconnect"}
         if message["type"] == "websocket.disconnect":
             self._closing = True
-            await self._feed(PeerGone())
+            await self._feed(ev.PeerGone())
             raise _Closed
         text, data = message.get("text"), message.get("bytes")
         if data is not None:
-            return BinaryReceived(data=bytes(data))
-        return TextReceived(text=text if text is not None else "")
+            return ev.BinaryReceived(data=bytes(data))
+        return ev.TextReceived(text=text if text is not None else "")
 
     async def _send(self, message: ServerMessage) -> None:
         if self._closing:
@@ -402,13 +297,10 @@ class LiveConnection:
     async def _cleanup(self) -> None:
         """Release everything, whatever the path (the core's release actions end here)."""
         if not self.core.closed:
-            self.core.handle(PeerGone(), anyio.current_time())
+            self.core.handle(ev.PeerGone(), anyio.current_time())
         with anyio.move_on_after(10):
             self.server.sessions.discard(self)
-            for pipeline in self.pipelines.values():
-                pipeline.queue.close()
-                with contextlib.suppress(Exception):
-                    await pipeline.stream.aclose()
+            await self.sources.aclose()
             if self._slot_key is not None:
                 with contextlib.suppress(Exception):
                     await self.server.slots.release(self._slot_key)
@@ -422,7 +314,7 @@ class LiveConnection:
     # ------------------------------------------------------------------ LiveSessionView
 
     def realtime_factors(self) -> Iterable[float]:
-        return [p.last_rtf for p in self.pipelines.values()]
+        return self.sources.realtime_factors()
 
     def degrade_levels(self) -> Iterable[int]:
-        return [p.plan.level for p in self.pipelines.values()]
+        return self.sources.degrade_levels()

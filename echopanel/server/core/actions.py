@@ -60,7 +60,10 @@ class Rejected:
 
 @attrs.frozen(kw_only=True)
 class WaitForAsr:
-    """Wait (up to the slot timeout) for the shared ASR; answer ``AsrReady`` / ``AsrUnavailable``."""
+    """Wait (up to the slot timeout) for the shared ASR.
+
+    Answer ``AsrReady`` or ``AsrUnavailable``.
+    """
 
 
 @attrs.frozen(kw_only=True)

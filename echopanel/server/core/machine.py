@@ -185,9 +185,9 @@ class _Connection:
         self.slot_requested = False
         self.slot_held = False
         self.requested: list[Source] = []  # streams asked for, in order
-        self.opened: list[Source] = []  # streams open, in order
+        self.open_streams: list[Source] = []  # streams open, in order
         self.sources: dict[Source, _SourceState] = {}
-        self.flushed: set[Source] = set()
+        self.flushed_sources: set[Source] = set()
         self.flush_errors: dict[Source, str] = {}
         self.flush_timed_out = False
         self.counts = {"finals": 0, "partials": 0, "invalid_messages": 0, "frames": 0}
@@ -243,15 +243,18 @@ class _Connection:
         frame: _Frame | None = ed.kwargs.get("frame")
         if frame is not None and frame.kind == "invalid":
             self.counts["invalid_messages"] += 1
-        elif isinstance(event, AsrDone | AsrFailed) and event.source in self.opened:
-            self.flushed.add(event.source)
+        elif isinstance(event, AsrDone | AsrFailed) and event.source in self.open_streams:
+            self.flushed_sources.add(event.source)
             if isinstance(event, AsrFailed):
                 self.flush_errors.setdefault(event.source, event.message)
         elif isinstance(event, SlotAcquired) and self.slot_requested:
             self.slot_held = True
-        elif isinstance(event, StreamOpened) and event.source in self.requested:
-            if event.source not in self.opened:
-                self.opened.append(event.source)
+        elif (
+            isinstance(event, StreamOpened)
+            and event.source in self.requested
+            and event.source not in self.open_streams
+        ):
+            self.open_streams.append(event.source)
 
     # ------------------------------------------------------------------ conditions
 
@@ -263,10 +266,10 @@ class _Connection:
         return self.counts["invalid_messages"] > self.config.max_invalid_messages
 
     def all_streams_open(self, ed: EventData) -> bool:
-        return all(source in self.opened for source in self.declared)
+        return all(source in self.open_streams for source in self.declared)
 
     def all_flushed(self, ed: EventData) -> bool:
-        return all(source in self.flushed for source in self.opened)
+        return all(source in self.flushed_sources for source in self.open_streams)
 
     # ------------------------------------------------------------------ handshake
 
@@ -297,7 +300,7 @@ class _Connection:
         self.actions.append(AcquireSlot())
 
     def open_next_stream(self, ed: EventData) -> None:
-        if any(source not in self.opened for source in self.requested):
+        if any(source not in self.open_streams for source in self.requested):
             return  # one open at a time: wait for its answer
         source = next(s for s in self.declared if s not in self.requested)
         self.requested.append(source)
@@ -340,7 +343,7 @@ class _Connection:
             self.requested.append(source)
             self.source(source).pending.append(frame.pcm)
             self.actions.append(OpenAsrStream(source=source))
-        elif source not in self.opened:
+        elif source not in self.open_streams:
             self.source(source).pending.append(frame.pcm)
         else:
             self.feed(source, frame.pcm)
@@ -443,8 +446,7 @@ class _Connection:
         state.last_buffering = now
         self.status(
             "buffering",
-            f"{load.source}: recognition is behind, "
-            f"{load.backlog_seconds:.1f} s of audio waiting",
+            f"{load.source}: recognition is behind, {load.backlog_seconds:.1f} s of audio waiting",
             backlog_seconds=round(load.backlog_seconds, 3),
             dropped_frames=load.dropped_frames,
             degrade_level=load.degrade_level,
@@ -525,7 +527,7 @@ class _Connection:
                 f"ASR flush did not finish within {self.config.flush_timeout:g} s; "
                 "the summary has what was transcribed",
             )
-        errors = [self.flush_errors[s] for s in self.opened if s in self.flush_errors]
+        errors = [self.flush_errors[s] for s in self.open_streams if s in self.flush_errors]
         if errors:
             self.status("warning", f"ASR error: {errors[0]}")
         self.actions.append(FlushRecording())  # the recording is complete before the summary
@@ -535,7 +537,7 @@ class _Connection:
     def summary(self) -> ServerMessage:
         sources: dict[str, SourceStats] = {}
         dropped_total = 0
-        for source in self.opened:
+        for source in self.open_streams:
             state = self.source(source)
             dropped = state.load.dropped_frames if state.load is not None else 0
             dropped_total += dropped
@@ -566,7 +568,9 @@ class _Connection:
         if frame is not None and frame.kind == "invalid":
             limit = self.config.max_invalid_messages
             return _Cause(
-                ErrorCode.INVALID_MESSAGE, f"more than {limit} invalid messages: {frame.message}", 1008
+                ErrorCode.INVALID_MESSAGE,
+                f"more than {limit} invalid messages: {frame.message}",
+                1008,
             )
         if isinstance(event, Opened):
             return _cause(ErrorCode.UNAUTHORIZED)
@@ -629,7 +633,7 @@ class ServerSession:
 
     @property
     def phase(self) -> str:
-        """``accepted``, ``awaiting_start``, ``admitting``, ``streaming``, ``finalizing``, ``closed``."""
+        """The table's phase: ``accepted`` … ``closed`` (see :data:`PHASES`)."""
         return self._model.state
 
     @property
@@ -710,7 +714,9 @@ class ServerSession:
         actions, model.actions = model.actions, []
         return actions
 
-    def _trigger_for(self, event: Event, now: float) -> tuple[str | None, _Frame | None, str | None]:
+    def _trigger_for(
+        self, event: Event, now: float
+    ) -> tuple[str | None, _Frame | None, str | None]:
         """The trigger ``event`` maps to (with the decoded frame), or why it is dropped."""
         match event:
             case TextReceived() | BinaryReceived():
