@@ -34,7 +34,7 @@ from echopanel.asr.engine.scheduler import SchedulerConfig
 from echopanel.asr.policy import DecodedSegment, PolicyConfig, StreamingPolicy, Word
 from echopanel.asr.vad import SileroVad, load_silero
 from echopanel.errors import AsrError
-from echopanel.ports import AsrBackend, AsrStream, AsrTuning, AsrUpdate
+from echopanel.ports import AsrBackend, AsrPartialUpdate, AsrStream, AsrTuning, AsrUpdate
 from echopanel.protocol.messages import Source
 
 __all__ = ["FairLock", "WhisperBackend", "WhisperDecoder", "WhisperStream", "default_model_path"]
@@ -225,6 +225,7 @@ class WhisperStream(AsrStream):
         self._samples = 0
         self._closed = False
         self._base_interval = policy.config.decode_interval
+        self._showing_partial = False  # the current utterance already has a partial
 
     async def feed(self, pcm: bytes) -> list[AsrUpdate]:
         if self._closed:
@@ -237,11 +238,16 @@ class WhisperStream(AsrStream):
         audio = np.frombuffer(data[:even], dtype="<i2").astype(np.float32) / 32768.0
         self._samples += audio.size
         self._stretch_partials()
-        return await self._run(self._policy.feed, audio)
+        updates = await self._run(self._policy.feed, audio)
+        for update in updates:
+            self._showing_partial = isinstance(update, AsrPartialUpdate) and bool(update.text)
+        return updates
 
     def _stretch_partials(self) -> None:
-        """A busy engine decodes partials less often (finals untouched; see the engine)."""
-        interval = self._base_interval * self._decoder.partial_stretch()
+        """A busy engine refreshes partials less often (see the engine). The first partial
+        of an utterance and every final keep their pace."""
+        stretch = self._decoder.partial_stretch() if self._showing_partial else 1.0
+        interval = self._base_interval * stretch
         if abs(self._policy.config.decode_interval - interval) > 1e-3:
             self._policy.config = attrs.evolve(self._policy.config, decode_interval=interval)
 

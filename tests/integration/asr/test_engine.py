@@ -257,7 +257,9 @@ async def test_a_busy_engine_stretches_the_partial_cadence() -> None:
         assert engine is not None
         stream = backend.open_stream("mic")
         stream.tune(AsrTuning(decode_interval=0.5))
-        await stream.feed(bytes(3200))
+        speech = (load(DATA / "jfk.flac")[:32000] * 32767).astype("<i2").tobytes()
+        updates = await stream.feed(speech)  # 2 s of speech: a first partial
+        assert any(u.kind == "partial" for u in updates)
         assert stream.policy.config.decode_interval == 0.5  # idle engine
         engine.stats.busy.add(engine.now(), 3.0)  # 3 s of model calls in the last 3 s
         await stream.feed(bytes(3200))
@@ -265,7 +267,11 @@ async def test_a_busy_engine_stretches_the_partial_cadence() -> None:
         stream.tune(AsrTuning(decode_interval=1.0))  # the ladder's level 1 on top
         await stream.feed(bytes(3200))
         assert stream.policy.config.decode_interval == pytest.approx(3.0)
+        fresh = backend.open_stream("system")  # no partial shown yet: first partial on time
+        await fresh.feed(bytes(3200))
+        assert fresh.policy.config.decode_interval == 0.5
         await stream.aclose()
+        await fresh.aclose()
     finally:
         await backend.aclose()
 
