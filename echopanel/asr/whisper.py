@@ -208,9 +208,12 @@ class _EnginePolicy(StreamingPolicy):
         super().__init__(decoder, vad, config)
         self._whisper = decoder
 
-    def _hypothesis(self, end: int, *, final: bool = False) -> list[Word]:
-        self._whisper.final_next = final
-        return super()._hypothesis(end, final=final)
+    def _hypothesis(self, end: int, **kwargs: Any) -> list[Word]:
+        # ``final=True`` is the decode that makes an utterance final; an explicit
+        # ``beam_size`` is a retry of that decode (the policy's truncated-final guard).
+        self._whisper.final_next = bool(kwargs.get("final")) or "beam_size" in kwargs
+        result: list[Word] = super()._hypothesis(end, **kwargs)
+        return result
 
 
 class WhisperStream(AsrStream):
