@@ -91,6 +91,9 @@ class _SharedModel:
     def __init__(self, model: Any, engine: DecodeEngine) -> None:
         self.model = model
         self.engine = engine
+        #: Serialises direct use of ``model`` outside the engine (offline comparisons in
+        #: benchmarks and tests); the engine's decodes never touch the model's own state.
+        self.lock = threading.Lock()
         self.users = 0
 
 
