@@ -231,6 +231,7 @@ class DecodeEngine:
                 "decodes_per_second": s.decodes.rate(self._clock()),
                 "decodes_total": s.decodes_total,
                 "finals_total": s.finals_total,
+                "preemptions": s.preemptions,
                 "batches_total": s.batches_total,
                 "waiting": len(self.scheduler),
                 "busy_fraction": min(1.0, s.busy.rate(self._clock())),
@@ -335,26 +336,44 @@ class DecodeEngine:
                 self._cond.wait_for(lambda: self._closed or len(self.scheduler) > 0)
                 if self._closed:
                     return
-                now = self._clock()
-                batch = self.scheduler.next_batch(now)
-                if batch is None:
-                    continue
-                jobs = [self._jobs.pop(i) for i in batch.ids]
-                self.stats.batch_size.observe(len(jobs))
-                self.stats.batches_total += 1
-                for job in jobs:
-                    self.stats.queue_wait.observe(now - job.request.submitted)
-                    self.stats.finals_total += job.request.final
-                    job.frames = batch.frames
-                    job.admitted.set()
+                jobs = self._admit(urgent_only=False)
+            if not jobs:
+                continue
             try:
-                self._round(jobs)
+                self._round(jobs, nested=False)
             except Exception:  # never lose the engine thread
                 log.exception("decode engine round failed")
 
-    def _round(self, jobs: list[_Job]) -> None:
-        """Run the model calls of the admitted members until every member is done."""
+    def _admit(self, *, urgent_only: bool) -> list[_Job]:
+        """Take the scheduler's next batch and let its members start (under the lock)."""
+        now = self._clock()
+        batch = self.scheduler.next_batch(now, urgent_only=urgent_only)
+        if batch is None:
+            return []
+        jobs = [self._jobs.pop(i) for i in batch.ids]
+        self.stats.batch_size.observe(len(jobs))
+        self.stats.batches_total += 1
+        for job in jobs:
+            self.stats.queue_wait.observe(now - job.request.submitted)
+            self.stats.finals_total += job.request.final
+            job.frames = batch.frames
+            job.admitted.set()
+        return jobs
+
+    def _round(self, jobs: list[_Job], *, nested: bool) -> None:
+        """Run the model calls of the admitted members until every member is done.
+
+        Between two steps of a round of partials, finals that arrived meanwhile run as a
+        round of their own first (the partials' members just wait a little longer), so a
+        final waits for at most one batched call of partials, not for their whole round.
+        """
         while True:
+            if not nested:
+                with self._cond:
+                    urgent = self._admit(urgent_only=True)
+                if urgent:
+                    self.stats.preemptions += 1
+                    self._round(urgent, nested=True)
             with self._cond:
                 self._cond.wait_for(
                     lambda: all(j.finished or j.call_pending is not None for j in jobs)

@@ -11,7 +11,8 @@ It owns no thread and reads no clock, so its rules are tested by driving time as
   ``starve_after`` seconds (so no partial starves behind a stream of finals). Tier 1: the other
   partials. Tier 0 runs first, oldest submission first; tier 1 runs stalest first: the
   request whose stream has shown its last partial longest ago (``stale_since``). A batch is
-  made of one tier only, so a final never waits behind a partial's decode.
+  made of one tier only, so a final never waits behind a partial's decode; and the executor
+  asks for tier-0 batches (``urgent_only``) between the steps of a round of partials.
 * **Compatibility.** Requests decoded together must share their ``group`` (an opaque key the
   executor derives from the decode options that a batched model call shares: beam size,
   language, ...). Requests of another group wait for a later batch.
@@ -132,13 +133,19 @@ class DecodeScheduler:
         items = sorted(self._waiting.values(), key=lambda x: self._key(x[0], x[1], now))
         return [r for _, r in items]
 
-    def next_batch(self, now: float) -> Batch | None:
-        """Remove and return the next batch to decode; None when nothing waits."""
+    def next_batch(self, now: float, *, urgent_only: bool = False) -> Batch | None:
+        """Remove and return the next batch to decode; None when nothing waits.
+
+        ``urgent_only`` returns a batch only when the most urgent request is in tier 0 (the
+        executor asks so between the steps of a round of partials, to let finals in).
+        """
         order = self.ordered(now)
         if not order:
             return None
         leader = order[0]
         tier = self.urgent(leader, now)
+        if urgent_only and not tier:
+            return None
         members = [leader]
         lo = hi = leader.frames
         cfg = self.config

@@ -92,5 +92,7 @@ class EngineStats:
     busy: RateWindow = attrs.field(factory=lambda: RateWindow(3.0))
     decodes_total: int = 0
     finals_total: int = 0
+    #: rounds of finals run between two steps of a round of partials.
+    preemptions: int = 0
     batches_total: int = 0
     busy_seconds: float = 0.0

@@ -337,3 +337,41 @@ def test_cancel_stream_fails_only_that_streams_waiting_decode(model: Any) -> Non
             assert "c" in done  # it was already admitted: it completes
     finally:
         eng.close()
+
+
+def test_a_final_arriving_mid_round_runs_between_its_steps(model: Any, engine: Any) -> None:
+    """Finals do not wait for a whole round of partials; both stay exact."""
+    audios = clips()[:4]
+    frames = 1300
+    beam5 = {**OPTIONS, "beam_size": 5}  # slow partials: a long round
+    expected_partials = [reference(model, a, frames, **beam5) for a in audios]
+    expected_final = reference(model, audios[3], frames, **OPTIONS)
+    results: dict[str, Any] = {}
+    order: list[str] = []
+
+    def run(name: str, audio: Any, options: dict[str, Any], final: bool) -> None:
+        results[name] = engine.transcribe(
+            audio, stream=name, final=final, frames=frames, options=options
+        )
+        order.append(name)
+
+    partials = [
+        threading.Thread(target=run, args=(f"p{i}", a, beam5, False)) for i, a in enumerate(audios)
+    ]
+    for t in partials:
+        t.start()
+    for _ in range(500):  # until the round of partials has started
+        if engine.snapshot()["batches_total"] >= 1:
+            break
+        threading.Event().wait(0.01)
+    final = threading.Thread(target=run, args=("final", audios[3], OPTIONS, True))
+    final.start()
+    for t in [*partials, final]:
+        t.join(timeout=300)
+    for i, want in enumerate(expected_partials):
+        assert_same(results[f"p{i}"][0], want)
+    assert_same(results["final"][0], expected_final)
+    snap = engine.snapshot()
+    if snap["preemptions"]:
+        assert order.index("final") < len(order) - 1  # it overtook the round
+    assert snap["finals_total"] == 1

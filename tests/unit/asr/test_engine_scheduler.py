@@ -233,3 +233,19 @@ def test_partial_stretch_grows_with_the_engine_load_only() -> None:
 def test_partial_stretch_is_monotonic(a: float, b: float) -> None:
     lo, hi = sorted((a, b))
     assert 1.0 <= partial_stretch(lo) <= partial_stretch(hi) <= 3.0
+
+
+@given(config=configs, events=arrivals, now=st.floats(0.0, 30.0))
+def test_urgent_only_batches_are_urgent(
+    config: SchedulerConfig, events: list[tuple[float, bool, int, str, float]], now: float
+) -> None:
+    s = DecodeScheduler(config)
+    for i, (gap, final, frames, group, _stale) in enumerate(events):
+        s.submit(attrs.evolve(req(i, final=final, frames=frames, at=gap), group=group))
+    urgent_waiting = [r for r in s.waiting if s.urgent(r, now)]
+    batch = s.next_batch(now, urgent_only=True)
+    if not urgent_waiting:
+        assert batch is None and len(s) == len(events)
+    else:
+        assert batch is not None and batch.urgent
+        assert all(s.urgent(r, now) for r in batch.requests)
