@@ -4,9 +4,10 @@ Both sides of the wire use the same machine-readable codes (``ErrorCode``); each
 one default human message, one WebSocket close code when the server closes because of it,
 and one CLI exit class.
 
-Exception tree::
+Exception tree (errors have a direction: a failure of the peer or of the environment,
+which carries a code, or local misuse, which is a bug in the caller)::
 
-    EchoPanelError                 base of everything the library raises on purpose
+    EchoPanelError                 base of every failure the library raises on purpose
     ├── ProtocolError              a message or frame broke the wire protocol (remote misbehaviour)
     ├── TransportError             the connection failed or was closed
     ├── CaptureError               an audio source could not start or died
@@ -14,7 +15,13 @@ Exception tree::
     ├── AsrError                   the speech model could not be loaded or run
     └── SessionError               a session ended in ``error``; carries the code and message
 
-Each carries ``code`` (an ``ErrorCode``) and ``message`` (for people).
+    RuntimeError
+    └── SessionStateError          local misuse: a call not allowed in the session's state
+                                   (start while active, a call outside ``async with``)
+
+Each ``EchoPanelError`` carries ``code`` (an ``ErrorCode``) and ``message`` (for people).
+``SessionStateError`` carries ``state`` and ``what`` and no code: it never reaches the wire;
+it stays a ``RuntimeError`` so code written against earlier versions keeps working.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ __all__ = [
     "PermissionDeniedError",
     "ProtocolError",
     "SessionError",
+    "SessionStateError",
     "TransportError",
     "default_message",
     "exit_code_for",
@@ -159,3 +167,12 @@ class AsrError(EchoPanelError):
 
 class SessionError(EchoPanelError):
     """A session attempt ended in the ``error`` state."""
+
+
+class SessionStateError(RuntimeError):
+    """Local misuse: the call is not allowed in the session's current state."""
+
+    def __init__(self, state: str, what: str) -> None:
+        super().__init__(f"cannot {what} in state {state!r}")
+        self.state = state
+        self.what = what

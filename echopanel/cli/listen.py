@@ -30,7 +30,13 @@ import attrs
 
 from echopanel.cli.render import JsonPrinter, LiveView, format_summary, print_error_line
 from echopanel.client.bundle import event_name, event_record
-from echopanel.errors import EchoPanelError, ErrorCode, SessionError, exit_code_for
+from echopanel.errors import (
+    EchoPanelError,
+    ErrorCode,
+    SessionError,
+    SessionStateError,
+    exit_code_for,
+)
 from echopanel.protocol.messages import Source
 
 __all__ = [
@@ -330,8 +336,8 @@ async def run_session(
 
 
 async def _stop_quietly(session: Any) -> None:
-    # RuntimeError: SessionStateError, the session already closed on its own
-    with contextlib.suppress(EchoPanelError, RuntimeError):
+    # SessionStateError: the session already closed on its own (outside its ``async with``)
+    with contextlib.suppress(EchoPanelError, SessionStateError):
         await session.stop()
 
 

@@ -39,7 +39,14 @@ from echopanel.client.events import (
     event_for_message,
 )
 from echopanel.client.recorder import Recorder
-from echopanel.errors import EchoPanelError, ErrorCode, ProtocolError, SessionError, TransportError
+from echopanel.errors import (
+    EchoPanelError,
+    ErrorCode,
+    ProtocolError,
+    SessionError,
+    SessionStateError,
+    TransportError,
+)
 from echopanel.ports import Capture, PermissionGate, PermissionKind, Transport
 from echopanel.protocol.frames import HEADER_BYTES, MAX_FRAME_BYTES, encode_audio_frame
 from echopanel.protocol.messages import FinalSummary, Source, decode_server, encode
@@ -76,6 +83,7 @@ from echopanel.session import (
 )
 from echopanel.session.config import SessionConfig
 
+# SessionStateError lives in echopanel.errors; re-exported here for older imports
 __all__ = ["HISTORY_LIMIT", "Session", "SessionStateError"]
 
 logger = logging.getLogger("echopanel.session")
@@ -86,15 +94,6 @@ HISTORY_LIMIT = 20_000
 _MAX_PCM = MAX_FRAME_BYTES - HEADER_BYTES  # 65532, even
 _BYTES_PER_SECOND = 32_000
 _MIN_BUFFER = 4 * MAX_FRAME_BYTES
-
-
-class SessionStateError(RuntimeError):
-    """Local misuse: the call is not allowed in the session's current state."""
-
-    def __init__(self, state: str, what: str) -> None:
-        super().__init__(f"cannot {what} in state {state!r}")
-        self.state = state
-        self.what = what
 
 
 @attrs.define(eq=False)
@@ -210,7 +209,7 @@ class Session:
 
     async def __aenter__(self) -> Self:
         if self._tg is not None or self._closed:
-            raise RuntimeError("a Session can be entered only once")
+            raise SessionStateError(self.state, "enter a Session twice (it runs once)")
         self._lock = anyio.Lock()
         self._audio_lock = anyio.Lock()
         self._send, self._receive = anyio.create_memory_object_stream[Event | None](math.inf)
@@ -325,6 +324,10 @@ class Session:
 
     # ------------------------------------------------------------------ the driver
 
+    def _now(self) -> float:
+        """The session's clock (anyio's monotonic time): the ``now`` of every machine step."""
+        return anyio.current_time()
+
     def _post(self, event: Event | None) -> None:
         if self._send is not None:
             with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -337,22 +340,23 @@ class Session:
             deadline = self._machine.deadline
             item: Event | None = None
             timed_out = True
-            with anyio.move_on_after(
-                math.inf if deadline is None else deadline - anyio.current_time()
-            ):
+            with anyio.move_on_at(math.inf if deadline is None else deadline):
                 item = await self._receive.receive()
                 timed_out = False
             if timed_out:
-                await self._dispatch(TimerFired())
+                assert deadline is not None
+                # a timer may wake a hair early: clamp to the deadline slept for (aioquic)
+                await self._dispatch(TimerFired(), at_least=deadline)
             elif item is not None:
                 await self._dispatch(item)
 
-    async def _dispatch(self, event: Event) -> list[Effect]:
+    async def _dispatch(self, event: Event, *, at_least: float = -math.inf) -> list[Effect]:
         assert self._lock is not None
         async with self._lock:
-            effects = self._machine.handle(event, anyio.current_time())
-            if not effects:
-                logger.debug("ignored %s in %s", type(event).__name__, self._machine.node)
+            machine = self._machine
+            effects = machine.handle(event, max(at_least, self._now()))
+            if machine.last_drop is not None:
+                logger.debug("%s", machine.last_drop)
             for effect in effects:
                 await self._run(effect)
         self._post(None)  # the deadline may have moved: wake the driver
@@ -410,7 +414,7 @@ class Session:
                 assert attempt is not None
                 await self._end_attempt(attempt, outcome, summary)
             case _:
-                pass  # StartTimer / CancelTimer / RejectStart: the machine's deadline is the timer
+                pass  # RejectStart: start() raises SessionStateError
 
     def _begin_attempt(self, effect: CreateBundle) -> None:
         self._attempt = _Attempt(attempt_id=effect.attempt_id)

@@ -19,7 +19,6 @@ from echopanel.session.config import (
 )
 from echopanel.session.effects import (
     AnnounceState,
-    CancelTimer,
     CloseTransport,
     Connect,
     CreateBundle,
@@ -33,7 +32,6 @@ from echopanel.session.effects import (
     SendStart,
     SendStop,
     StartCapture,
-    StartTimer,
     StopCapture,
 )
 from echopanel.session.events import (
@@ -53,6 +51,8 @@ from echopanel.session.events import (
 )
 from echopanel.session.machine import (
     CLIENT_FEATURES,
+    Drop,
+    DropReason,
     SessionMachine,
     start_timeout_message,
     uuid_factory,
@@ -71,7 +71,6 @@ __all__ = [
     "TRANSITIONS",
     "AbortRequested",
     "AnnounceState",
-    "CancelTimer",
     "CaptureEnded",
     "CaptureFailed",
     "CaptureStarted",
@@ -80,6 +79,8 @@ __all__ = [
     "ConnectFailed",
     "Connected",
     "CreateBundle",
+    "Drop",
+    "DropReason",
     "Effect",
     "EmitMessage",
     "EndAttempt",
@@ -97,7 +98,6 @@ __all__ = [
     "SessionMachine",
     "StartCapture",
     "StartRequested",
-    "StartTimer",
     "StopCapture",
     "StopRequested",
     "TimerFired",

@@ -7,8 +7,8 @@ States are flat names; the four steps of ``starting`` are named ``starting_<step
 (permissions → capture → connecting → awaiting_ack). A row's ``dest`` of ``None`` is an
 *internal* transition (stays in the state, runs ``after``). ``conditions``, ``unless``,
 ``before`` (runs before the state changes) and ``after`` name methods of the machine's
-private model. A (state, trigger) pair with no row is *ignored* by the machine: late or
-stale facts are expected in an async world.
+private model. A (state, trigger) pair with no row is *dropped* by the machine
+(``DropReason.NO_ROW``): late or stale facts are expected in an async world.
 """
 
 from __future__ import annotations

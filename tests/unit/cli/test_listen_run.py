@@ -214,3 +214,23 @@ def test_verbose_log_lines_carry_the_session_ids(
         assert "session_id=" in line and "attempt_id=" in line, line
     assert "connection_id=" in lines["Session started"]
     assert "url=ws://" in lines["WebSocket connecting"]
+
+
+async def test_ctrl_c_stop_swallows_only_a_closed_session_or_a_session_failure() -> None:
+    """The graceful stop of the first Ctrl-C ignores a session that already closed
+    (``SessionStateError``) or failed (``EchoPanelError``); any other error is a bug and
+    propagates (it used to be swallowed with every ``RuntimeError``)."""
+    from echopanel.cli.listen import _stop_quietly
+    from echopanel.errors import ErrorCode, SessionError, SessionStateError
+
+    class Stopping:
+        def __init__(self, exc: BaseException) -> None:
+            self.exc = exc
+
+        async def stop(self) -> None:
+            raise self.exc
+
+    await _stop_quietly(Stopping(SessionStateError("idle", "stop outside `async with`")))
+    await _stop_quietly(Stopping(SessionError(ErrorCode.CONNECTION_FAILED)))
+    with pytest.raises(RuntimeError, match="a bug"):
+        await _stop_quietly(Stopping(RuntimeError("a bug")))

@@ -29,6 +29,7 @@ from echopanel.protocol.messages import (
     StatusMessage,
     StopMessage,
 )
+from echopanel.session import DropReason, SessionMachine, StopRequested
 from echopanel.testing import (
     FakeCaptureFactory,
     FakePermissionGate,
@@ -451,9 +452,7 @@ async def test_event_history_is_bounded_and_late_iterators_skip_the_oldest(monke
         await session.start()
         transport = rig.transports.made[0]
         for i in range(10):
-            transport.push(
-                AsrPartial(source="system", text=f"word {i}", t0=0.0, t1=0.1 * (i + 1))
-            )
+            transport.push(AsrPartial(source="system", text=f"word {i}", t0=0.0, t1=0.1 * (i + 1)))
         await eventually(lambda: len(rig.of(PartialEvent)) == 10)
         late = []
         await session.stop()
@@ -507,3 +506,47 @@ async def test_frames_dropped_before_the_ack_reach_the_bundle_receipt(tmp_path):
     receipt = json.loads((bundle.paths[0] / "receipt.json").read_text())
     assert receipt["counts"]["client_dropped_frames"] == dropped
     assert receipt["counts"]["dropped_frames"] >= dropped
+
+
+async def test_accepted_inputs_are_not_logged_as_dropped_and_drops_name_their_reason(caplog):
+    caplog.set_level(logging.DEBUG, logger="echopanel.session")
+    rig = Rig()
+    async with rig.session as s:
+        await s.start()  # the fake sends status: connected (accepted, no effect) then streaming
+        await s.stop()
+        await s._dispatch(StopRequested())  # idle has no row for stop
+    drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert not any("server_connected" in m for m in drops), drops
+    assert "StopRequested (stop) dropped in idle: no_row" in drops
+    assert not any("ignored" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_timer_that_wakes_early_fires_once_at_its_deadline(monkeypatch):
+    """The driver clamps ``now`` to the deadline it slept until: a clock read that lags the
+    timer (an early wake-up) is still the timeout, not a dropped input and a busy retry."""
+    drops = []
+    real_handle = SessionMachine.handle
+
+    def handle(self, event, now):
+        effects = real_handle(self, event, now)
+        if self.last_drop is not None:
+            drops.append(self.last_drop)
+        return effects
+
+    monkeypatch.setattr(SessionMachine, "handle", handle)
+    monkeypatch.setattr(Session, "_now", lambda self: anyio.current_time() - 0.05)
+    rig = Rig(transports=FakeTransportFactory(on_start="silent"), start_timeout=0.1)
+    async with rig.session as s:
+        with anyio.fail_after(2), pytest.raises(SessionError) as info:
+            await s.start()
+    assert info.value.code is ErrorCode.BACKEND_START_TIMEOUT
+    assert not [d for d in drops if d.reason is DropReason.EARLY_TIMER]
+
+
+def test_session_state_error_is_local_misuse_in_the_error_tree():
+    from echopanel import errors
+    from echopanel.client import session as session_module
+
+    assert SessionStateError is errors.SessionStateError is session_module.SessionStateError
+    assert issubclass(SessionStateError, RuntimeError)
+    assert not issubclass(SessionStateError, errors.EchoPanelError)
