@@ -61,6 +61,8 @@ class ErrorCode(enum.StrEnum):
     MICROPHONE_CAPTURE_FAILED = "microphone_capture_failed"
     CONNECTION_FAILED = "connection_failed"
     BACKEND_START_TIMEOUT = "backend_start_timeout"
+    # client-side outcomes of a session that was streaming (never sent by the server)
+    SUMMARY_MISSING = "summary_missing"
 
 
 _MESSAGES: dict[ErrorCode, str] = {
@@ -79,6 +81,7 @@ _MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.MICROPHONE_CAPTURE_FAILED: "Microphone capture failed",
     ErrorCode.CONNECTION_FAILED: "Could not connect to the backend",
     ErrorCode.BACKEND_START_TIMEOUT: "Backend did not start streaming within 5 seconds",
+    ErrorCode.SUMMARY_MISSING: "No final summary from the backend",
 }
 
 #: WebSocket close code the server uses when it closes because of an error.
@@ -92,7 +95,8 @@ CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.ASR_UNAVAILABLE: 1011,
 }
 
-#: CLI exit status per error code: 3 backend refused or unreachable, 4 permission or capture.
+#: CLI exit status per error code: 3 backend refused or unreachable, 4 permission or capture,
+#: 5 the session streamed but ended incomplete (no final summary).
 EXIT_CODES: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHORIZED: 3,
     ErrorCode.SERVER_AT_CAPACITY: 3,
@@ -107,6 +111,7 @@ EXIT_CODES: dict[ErrorCode, int] = {
     ErrorCode.MICROPHONE_PERMISSION_REQUIRED: 4,
     ErrorCode.SYSTEM_CAPTURE_FAILED: 4,
     ErrorCode.MICROPHONE_CAPTURE_FAILED: 4,
+    ErrorCode.SUMMARY_MISSING: 5,
 }
 
 

@@ -9,7 +9,9 @@
 ``--source file:PATH`` plays a file as the system source and ends the session at the end of
 the file. Ctrl-C stops gracefully (the server flushes and sends its summary); a second
 Ctrl-C aborts. Exit status: 0 done, 130 stopped by Ctrl-C, 2 usage, 3 backend refused or
-unreachable, 4 permission or capture failure. Errors are one line on stderr.
+unreachable, 4 permission or capture failure, 5 the session streamed but ended incomplete
+(connection lost, or no final summary; the bundle keeps every final received). Errors are
+one line on stderr.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Run one live transcription session against a backend and show the "
         "transcript (partials update in place, finals scroll).",
         epilog="exit status: 0 done, 130 Ctrl-C, 2 usage, 3 backend refused/unreachable, "
-        "4 permission or capture failure",
+        "4 permission or capture failure, 5 connection lost or no final summary",
     )
     add_session_arguments(parser)
     parser.add_argument(
@@ -322,9 +324,11 @@ async def run_session(
 
     if bundle is not None:
         outcome.bundle_path = bundle.path
-    if outcome.error is not None and not outcome.interrupted:
+    if outcome.error is not None:
         code, message = outcome.error
-        outcome.exit_code = exit_code_for(code)
+        # after Ctrl-C the status stays 130, but a failure of the graceful stop (no summary)
+        # is still said
+        outcome.exit_code = EXIT_INTERRUPTED if outcome.interrupted else exit_code_for(code)
         print_error_line(f"{message} [{code.value}]")
     elif outcome.interrupted:
         outcome.exit_code = EXIT_INTERRUPTED

@@ -159,6 +159,44 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="milliseconds")
 
 
+# --------------------------------------------------------------------------- finals
+
+
+def _final_key(final: Mapping[str, Any]) -> Any:
+    segment = final.get("segment_id")
+    return segment if segment else (final.get("source"), final.get("t0"), final.get("text"))
+
+
+def _merged_finals(attempt: _Attempt, summary: FinalSummary | None) -> list[dict[str, Any]]:
+    """Every final received live plus any that only the summary has, sorted by ``t0``.
+
+    The summary's entry wins for a segment both have. A truncated or missing summary
+    therefore never costs a final the client received."""
+    merged: dict[Any, dict[str, Any]] = {}
+    if summary is not None:
+        for entry in summary.transcript:
+            plain = _plain(entry)
+            merged.setdefault(_final_key(plain), plain)
+    for final in attempt.finals:
+        merged.setdefault(_final_key(final), final)
+    return sorted(merged.values(), key=lambda f: f.get("t0") or 0.0)
+
+
+def _summary_state(summary: FinalSummary | None) -> tuple[str, int | None]:
+    """``missing``, ``truncated`` (the server dropped entries to bound its size; how many,
+    when it says) or ``complete``."""
+    if summary is None:
+        return "missing", None
+    counts = summary.counts
+    omitted = getattr(summary, "omitted", None)
+    if not isinstance(omitted, int):
+        omitted = counts.get("omitted", counts.get("finals_omitted"))
+    truncated = bool(getattr(summary, "truncated", False)) or bool(omitted)
+    if not truncated:
+        return "complete", None
+    return "truncated", omitted if isinstance(omitted, int) else None
+
+
 # --------------------------------------------------------------------------- the recorder
 
 
@@ -324,9 +362,9 @@ class SessionBundle:
         if summary is not None:
             for name, stats in summary.sources.items():
                 dropped[name] = max(dropped.get(name, 0), stats.frames_dropped)
-        segments = attempt.counts["segments"]
-        if summary is not None:
-            segments = max(segments, len(summary.transcript))
+        merged = _merged_finals(attempt, summary)
+        segments = max(attempt.counts["segments"], len(merged))
+        summary_state, omitted = _summary_state(summary)
         receipt: dict[str, Any] = {
             "format": "echopanel-session-bundle/1",
             "session_id": attempt.session_id,
@@ -349,6 +387,15 @@ class SessionBundle:
                 "capture_overflows": sum(f() for f in self._overflows.values()),
             },
             "dropped_frames": dropped,
+            # the bundle keeps every final the client received, whatever the summary holds
+            "finals": {
+                "kept": len(merged),
+                "received": len(attempt.finals),
+                "in_summary": len(summary.transcript) if summary is not None else None,
+                "summary": summary_state,
+                "summary_omitted": omitted,
+                "every_received_final_kept": True,
+            },
             "audio_seconds": (
                 {name: stats.audio_seconds for name, stats in summary.sources.items()}
                 if summary is not None
@@ -360,10 +407,7 @@ class SessionBundle:
 
     @staticmethod
     def _transcript(attempt: _Attempt, summary: FinalSummary | None) -> dict[str, Any]:
-        if summary is not None and summary.transcript:
-            finals = [_plain(entry) for entry in summary.transcript]
-        else:
-            finals = sorted(attempt.finals, key=lambda f: f.get("t0") or 0.0)
+        finals = _merged_finals(attempt, summary)
         return {
             "session_id": attempt.session_id,
             "attempt_id": attempt.attempt_id,

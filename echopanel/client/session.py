@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -282,8 +283,9 @@ class Session:
     async def stop(self) -> FinalSummary | None:
         """Stop gracefully: ``stop`` message, bounded wait for the final summary, ``idle``.
 
-        Returns the summary (``None`` if the backend sent none in time). Raises
-        ``SessionError`` if the session failed while stopping. Harmless when not active.
+        Returns the summary. Raises ``SessionError`` if the session failed while stopping —
+        with code ``summary_missing`` when the connection closed or the stop timeout passed
+        before the summary (the finals already received stand). Harmless when not active.
         """
         self._require_open("stop")
         attempt = self._attempt
@@ -711,11 +713,18 @@ class Session:
         return True
 
 
+_GENERIC_CLOSE = re.compile(r"connection (?:closed|lost)(?: \(\d+(?:: (?P<reason>.*))?\))?")
+
+
 def _closed_event(attempt_id: str, exc: TransportError) -> TransportClosed:
+    """The machine's fact for a closed transport. The transport's generic wording
+    ("connection closed (1000: bye)", "connection lost") is reduced to the peer's close
+    reason, if any: the machine words the message from the close code."""
     code = exc.code if exc.code is not ErrorCode.CONNECTION_FAILED else None
+    message = exc.message
+    generic = _GENERIC_CLOSE.fullmatch(message)
+    if generic is not None:
+        message = generic.group("reason") or ""
     return TransportClosed(
-        attempt_id=attempt_id,
-        close_code=exc.close_code,
-        code=code,
-        message="" if exc.message == "connection closed" else exc.message,
+        attempt_id=attempt_id, close_code=exc.close_code, code=code, message=message
     )

@@ -83,6 +83,7 @@ from echopanel.session.events import (
     TransportClosed,
 )
 from echopanel.session.table import (
+    FINALIZING,
     IDLE,
     STATES,
     TRANSITIONS,
@@ -95,6 +96,7 @@ __all__ = [
     "Drop",
     "DropReason",
     "SessionMachine",
+    "close_description",
     "start_timeout_message",
     "uuid_factory",
 ]
@@ -121,6 +123,27 @@ def start_timeout_message(seconds: float) -> str:
     """``Backend did not start streaming within 5 seconds`` for ``seconds``."""
     shown = f"{seconds:g}"
     return f"Backend did not start streaming within {shown} second{'' if shown == '1' else 's'}"
+
+
+#: What a WebSocket close code means, for people (RFC 6455 §7.4.1 and IANA).
+_CLOSE_MEANINGS: dict[int, str] = {
+    1000: "normal closure",
+    1001: "going away",
+    1006: "dropped without a close frame",
+    1008: "policy violation",
+    1009: "message too big",
+    1011: "server error",
+    1012: "server restarting",
+    1013: "try again later",
+}
+
+
+def close_description(close_code: int | None) -> str:
+    """``close 1012, server restarting`` (or ``no close code``)."""
+    if close_code is None:
+        return "no close code"
+    meaning = _CLOSE_MEANINGS.get(close_code)
+    return f"close {close_code}, {meaning}" if meaning else f"close {close_code}"
 
 
 def _with_detail(code: ErrorCode, detail: str) -> str:
@@ -332,12 +355,14 @@ class _Attempt:
         self.effects.append(EndAttempt(outcome="completed", summary=self.summary))
 
     def fail(self, ed: EventData) -> None:
-        code, message = self._cause(ed.kwargs["event"])
+        assert ed.transition is not None
+        code, message = self._cause(ed.kwargs["event"], ed.transition.source)
         self._teardown()
         self.effects.append(ReportError(code=code, message=message))
         self.effects.append(EndAttempt(outcome=f"error:{code.value}"))
 
-    def _cause(self, event: Event) -> tuple[ErrorCode, str]:
+    def _cause(self, event: Event, source: str) -> tuple[ErrorCode, str]:
+        """The one error code and message of a failure in state ``source``."""
         if isinstance(event, PermissionAnswered):
             code = _PERMISSION_CODES[event.kind]
             return code, _with_detail(code, event.detail)
@@ -354,6 +379,11 @@ class _Attempt:
         if isinstance(event, TransportClosed):
             if event.code is not None:
                 return event.code, event.message or default_message(event.code)
+            why = f"({close_description(event.close_code)})"
+            why = f": {event.message} {why}" if event.message else f" {why}"
+            if source == FINALIZING:
+                code = ErrorCode.SUMMARY_MISSING
+                return code, f"{default_message(code)}: the connection closed first{why}"
             closed = "Connection to the backend closed"
             if event.close_code is not None:
                 closed += f" (code {event.close_code})"
@@ -361,6 +391,10 @@ class _Attempt:
                 f"{closed}: {event.message}" if event.message else closed
             )
         if isinstance(event, TimerFired):
+            if source == FINALIZING:
+                code = ErrorCode.SUMMARY_MISSING
+                shown = f"{self.config.stop_timeout:g}"
+                return code, f"{default_message(code)} within {shown} s of the stop"
             return ErrorCode.BACKEND_START_TIMEOUT, start_timeout_message(self.config.start_timeout)
         raise AssertionError(f"no failure cause for {event!r}")  # pragma: no cover
 

@@ -161,8 +161,9 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
     _row("stop", STARTING_STATES, IDLE, after="cancel"),
     _row("abort", ACTIVE_STATES, IDLE, after="cancel"),
     _row("summary", FINALIZING, IDLE, after="complete"),
-    _row("transport_closed", FINALIZING, IDLE, after="complete"),
-    _row("timeout", FINALIZING, IDLE, after="complete"),
+    # no summary (the connection closed first, or the stop timeout passed): not a success
+    _row("transport_closed", FINALIZING, ERROR, after="fail"),
+    _row("timeout", FINALIZING, ERROR, after="fail"),
 )
 
 #: Every trigger the table knows, in first-use order.

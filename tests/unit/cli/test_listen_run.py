@@ -8,12 +8,14 @@ import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile
 
 from echopanel.cli.main import main
+from echopanel.errors import ErrorCode
 from echopanel.server import ServerConfig, serve_in_thread
 
 
@@ -234,3 +236,39 @@ async def test_ctrl_c_stop_swallows_only_a_closed_session_or_a_session_failure()
     await _stop_quietly(Stopping(SessionError(ErrorCode.CONNECTION_FAILED)))
     with pytest.raises(RuntimeError, match="a bug"):
         await _stop_quietly(Stopping(RuntimeError("a bug")))
+
+
+async def test_no_final_summary_is_its_own_outcome_not_success(
+    scripted_backend: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The backend closes (1000) after ``stop`` without a ``final_summary``: an ``error``
+    event ``summary_missing``, exit 5, a bundle that says so and keeps the final received."""
+    from echopanel.cli.listen import run_session
+    from echopanel.client.bundle import SessionBundle
+    from echopanel.testing import FakeCaptureFactory, FakePermissionGate, tone_frames
+
+    bundle = SessionBundle(tmp_path)
+    async with scripted_backend(on_stop="close") as url:
+        run = await run_session(
+            url=url,
+            sources=("system",),
+            capture_factory=FakeCaptureFactory(frames=tone_frames(5), interval=0.02, end=True),
+            permission_gate=FakePermissionGate(),
+            json_mode=True,
+            bundle=bundle,
+        )
+    assert run.exit_code == 5 and run.summary is None
+    assert run.error is not None and run.error[0] is ErrorCode.SUMMARY_MISSING
+    captured = capsys.readouterr()
+    events = _lines(captured.out)
+    assert [e["code"] for e in events if e["event"] == "error"] == ["summary_missing"]
+    assert not [e for e in events if e["event"] == "summary"]
+    assert "the connection closed first (close 1000" in captured.err
+    assert "[summary_missing]" in captured.err
+    assert bundle.path is not None
+    receipt = json.loads((bundle.path / "receipt.json").read_text())
+    assert receipt["outcome"] == "error:summary_missing"
+    assert receipt["finals"]["summary"] == "missing"
+    assert receipt["finals"]["kept"] == 1 and receipt["finals"]["every_received_final_kept"]
+    transcript = json.loads((bundle.path / "transcript.json").read_text())
+    assert [f["text"] for f in transcript["finals"]] == ["first words"]

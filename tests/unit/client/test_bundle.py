@@ -242,3 +242,49 @@ def test_event_record_flattens_wire_messages() -> None:
         "code": "unauthorized",
         "message": "no",
     }
+
+
+def test_a_truncated_or_missing_summary_costs_no_received_final(tmp_path: Path) -> None:
+    """The server bounds its summary (``truncated`` + the omitted count): the bundle still
+    holds every final the client received, and the receipt says which summary it had."""
+    import attrs
+
+    @attrs.frozen(kw_only=True)
+    class TruncatedSummary(FinalSummary):
+        truncated: bool = True
+        omitted: int = 1
+
+    kept = TranscriptEntry(source="system", t0=1.0, t1=2.0, text="later", confidence=1.0,
+                           segment_id="b")  # fmt: skip
+    for summary, state, omitted in (
+        (TruncatedSummary(transcript=(kept,)), "truncated", 1),
+        (None, "missing", None),
+        (FinalSummary(transcript=(kept,)), "complete", None),
+    ):
+        bundle = SessionBundle(tmp_path / state)
+        bundle.open(session_id="s", attempt_id="a", sources=("system",), started_at=100.0)
+        bundle.record(FinalEvent(message=_final("first", 0.0, "a")), 100.5)
+        bundle.record(FinalEvent(message=_final("later", 1.0, "b")), 101.0)
+        bundle.close(outcome="error:summary_missing", ended_at=102.0, summary=summary)
+        assert bundle.path is not None
+        transcript = json.loads((bundle.path / "transcript.json").read_text())
+        assert [f["segment_id"] for f in transcript["finals"]] == ["a", "b"], state
+        receipt = json.loads((bundle.path / "receipt.json").read_text())
+        assert receipt["finals"] == {
+            "kept": 2,
+            "received": 2,
+            "in_summary": None if summary is None else 1,
+            "summary": state,
+            "summary_omitted": omitted,
+            "every_received_final_kept": True,
+        }
+        assert receipt["counts"]["segments"] == 2
+
+
+def test_finals_only_in_the_summary_are_kept_too(tmp_path: Path) -> None:
+    bundle = SessionBundle(tmp_path)
+    _run_session(bundle, summary=_summary())  # received "a" live; "b" only in the summary
+    assert bundle.path is not None
+    receipt = json.loads((bundle.path / "receipt.json").read_text())
+    assert receipt["finals"]["kept"] == 2 and receipt["finals"]["received"] == 1
+    assert receipt["finals"]["summary"] == "complete"

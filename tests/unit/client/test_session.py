@@ -361,13 +361,17 @@ async def test_short_file_ending_before_ack_still_sends_everything_then_stops():
         assert all(not isinstance(m, bytes) for m in t.sent[stop_index:])
 
 
-async def test_stop_timeout_without_summary():
+async def test_stop_timeout_without_summary_is_summary_missing_not_completed():
     rig = Rig(transports=FakeTransportFactory(on_stop="silent"), stop_timeout=0.05)
     async with rig.session as s:
         await s.start()
-        assert await s.stop() is None
-        assert s.state == "idle"
+        with anyio.fail_after(2), pytest.raises(SessionError) as info:
+            await s.stop()
+        assert info.value.code is ErrorCode.SUMMARY_MISSING
+        assert s.state == "error" and s.summary is None
         rig.assert_released()
+    assert [e.code for e in rig.of(ErrorEvent)] == [ErrorCode.SUMMARY_MISSING]
+    assert not rig.of(SummaryEvent)
 
 
 async def test_invalid_message_error_is_a_warning_not_a_failure():

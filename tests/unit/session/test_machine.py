@@ -372,8 +372,31 @@ def test_stop_timeout_goes_idle_without_summary(drive):
     d.feed(StopRequested(), at=1.0)
     assert d.m.deadline == 11.0
     out = d.feed(TimerFired(), at=11.0)
-    assert d.m.state == "idle" and out[-1] == EndAttempt(outcome="completed", summary=None)
+    # a missing summary is not a success: its own code, in the error state
+    assert d.m.state == "error" and out[-1] == EndAttempt(outcome="error:summary_missing")
+    assert ReportError(
+        code=ErrorCode.SUMMARY_MISSING,
+        message="No final summary from the backend within 10 s of the stop",
+    ) in out  # fmt: skip
     assert CloseTransport() in out
+
+
+@pytest.mark.parametrize(
+    ("close_code", "message", "text"),
+    [
+        (1006, "", "the connection closed first (close 1006, dropped without a close frame)"),
+        (1000, "", "the connection closed first (close 1000, normal closure)"),
+        (1009, "message from server too large", "first: message from server too large (close 1009"),
+    ],
+)
+def test_connection_closed_while_finalizing_is_summary_missing(drive, close_code, message, text):
+    d = drive()
+    d.to_listening()
+    d.feed(StopRequested())
+    out = d.feed(TransportClosed(attempt_id=d.attempt, close_code=close_code, message=message))
+    (report,) = [e for e in out if isinstance(e, ReportError)]
+    assert report.code is ErrorCode.SUMMARY_MISSING and text in report.message
+    assert d.m.state == "error" and out[-1] == EndAttempt(outcome="error:summary_missing")
 
 
 def test_auto_stop_when_every_capture_ended(drive):
