@@ -62,6 +62,7 @@ class ErrorCode(enum.StrEnum):
     CONNECTION_FAILED = "connection_failed"
     BACKEND_START_TIMEOUT = "backend_start_timeout"
     # client-side outcomes of a session that was streaming (never sent by the server)
+    CONNECTION_LOST = "connection_lost"
     SUMMARY_MISSING = "summary_missing"
 
 
@@ -81,6 +82,7 @@ _MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.MICROPHONE_CAPTURE_FAILED: "Microphone capture failed",
     ErrorCode.CONNECTION_FAILED: "Could not connect to the backend",
     ErrorCode.BACKEND_START_TIMEOUT: "Backend did not start streaming within 5 seconds",
+    ErrorCode.CONNECTION_LOST: "Connection to the backend lost",
     ErrorCode.SUMMARY_MISSING: "No final summary from the backend",
 }
 
@@ -96,7 +98,7 @@ CLOSE_CODES: dict[ErrorCode, int] = {
 }
 
 #: CLI exit status per error code: 3 backend refused or unreachable, 4 permission or capture,
-#: 5 the session streamed but ended incomplete (no final summary).
+#: 5 the session streamed but ended incomplete (connection lost, no final summary).
 EXIT_CODES: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHORIZED: 3,
     ErrorCode.SERVER_AT_CAPACITY: 3,
@@ -111,6 +113,7 @@ EXIT_CODES: dict[ErrorCode, int] = {
     ErrorCode.MICROPHONE_PERMISSION_REQUIRED: 4,
     ErrorCode.SYSTEM_CAPTURE_FAILED: 4,
     ErrorCode.MICROPHONE_CAPTURE_FAILED: 4,
+    ErrorCode.CONNECTION_LOST: 5,
     ErrorCode.SUMMARY_MISSING: 5,
 }
 

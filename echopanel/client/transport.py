@@ -462,6 +462,9 @@ class _Connection(Transport):
             )
         code = error_code_for_close(close)
         reason = self._close_reason or ("connection lost" if close in (None, 1006) else "")
+        if not reason and code is ErrorCode.CONNECTION_FAILED:
+            # an unmapped close (1012 server restart …): closed, never "could not connect"
+            reason = "connection closed"
         return TransportError(code, reason or None, close_code=close)
 
     # ----------------------------------------------------------------- close

@@ -85,6 +85,7 @@ from echopanel.session.events import (
 from echopanel.session.table import (
     FINALIZING,
     IDLE,
+    LISTENING,
     STATES,
     TRANSITIONS,
     phase_of,
@@ -384,6 +385,9 @@ class _Attempt:
             if source == FINALIZING:
                 code = ErrorCode.SUMMARY_MISSING
                 return code, f"{default_message(code)}: the connection closed first{why}"
+            if source == LISTENING:  # it was streaming: lost, not "could not connect"
+                code = ErrorCode.CONNECTION_LOST
+                return code, f"{default_message(code)}{why}"
             closed = "Connection to the backend closed"
             if event.close_code is not None:
                 closed += f" (code {event.close_code})"

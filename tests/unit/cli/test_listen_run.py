@@ -272,3 +272,34 @@ async def test_no_final_summary_is_its_own_outcome_not_success(
     assert receipt["finals"]["kept"] == 1 and receipt["finals"]["every_received_final_kept"]
     transcript = json.loads((bundle.path / "transcript.json").read_text())
     assert [f["text"] for f in transcript["finals"]] == ["first words"]
+
+
+async def test_server_restart_while_streaming_is_connection_lost_not_could_not_connect(
+    scripted_backend: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A backend that acknowledged and streamed, then closes 1012 (what uvicorn sends on
+    restart): ``connection_lost`` naming the close code, exit 5; never "Could not connect"."""
+    from echopanel.cli.listen import run_session
+    from echopanel.client.bundle import SessionBundle
+    from echopanel.testing import FakeCaptureFactory, FakePermissionGate, tone_frames
+
+    bundle = SessionBundle(tmp_path)
+    async with scripted_backend(close_after_frames=5, close_code=1012) as url:
+        run = await run_session(
+            url=url,
+            sources=("system",),
+            # live: 10 s of frames, then it would wait (never ends by itself)
+            capture_factory=FakeCaptureFactory(frames=tone_frames(500), interval=0.02),
+            permission_gate=FakePermissionGate(),
+            json_mode=True,
+            bundle=bundle,
+        )
+    assert run.exit_code == 5
+    assert run.error is not None and run.error[0] is ErrorCode.CONNECTION_LOST
+    captured = capsys.readouterr()
+    (error,) = [e for e in _lines(captured.out) if e["event"] == "error"]
+    assert error["message"] == "Connection to the backend lost (close 1012, server restarting)"
+    assert "Could not connect" not in captured.err and "[connection_lost]" in captured.err
+    assert bundle.path is not None
+    receipt = json.loads((bundle.path / "receipt.json").read_text())
+    assert receipt["outcome"] == "error:connection_lost" and receipt["finals"]["kept"] == 1

@@ -259,7 +259,11 @@ async def test_transport_closed_while_listening():
         rig.transports.last.server_close(1006)
         with anyio.fail_after(1), pytest.raises(SessionError) as info:
             await s.wait_closed()
-        assert info.value.code is ErrorCode.CONNECTION_FAILED
+        # it was streaming: the connection was lost, it did not fail to connect
+        assert info.value.code is ErrorCode.CONNECTION_LOST
+        assert info.value.message == (
+            "Connection to the backend lost (close 1006, dropped without a close frame)"
+        )
         assert s.state == "error"
         rig.assert_released()
 

@@ -225,6 +225,8 @@ def test_transport_closed(drive, phase, close, expected):
     )
     assert d.m.state == "error"
     (report,) = [e for e in out if isinstance(e, ReportError)]
+    if phase == "listening" and expected is ErrorCode.CONNECTION_FAILED:
+        expected = ErrorCode.CONNECTION_LOST  # it was streaming: lost, not a failed connect
     assert report.code == expected
     assert StopCapture(source="system") in out and CloseTransport() in out
 
@@ -397,6 +399,39 @@ def test_connection_closed_while_finalizing_is_summary_missing(drive, close_code
     (report,) = [e for e in out if isinstance(e, ReportError)]
     assert report.code is ErrorCode.SUMMARY_MISSING and text in report.message
     assert d.m.state == "error" and out[-1] == EndAttempt(outcome="error:summary_missing")
+
+
+@pytest.mark.parametrize(
+    ("close_code", "message", "expected"),
+    [
+        (1012, "", "Connection to the backend lost (close 1012, server restarting)"),
+        (1006, "", "Connection to the backend lost (close 1006, dropped without a close frame)"),
+        (
+            1006,
+            "keep-alive ping timed out",
+            "Connection to the backend lost: keep-alive ping timed out "
+            "(close 1006, dropped without a close frame)",
+        ),
+    ],
+)
+def test_connection_lost_while_listening_is_not_a_failed_connect(
+    drive, close_code, message, expected
+):
+    d = drive()
+    d.to_listening()
+    out = d.feed(TransportClosed(attempt_id=d.attempt, close_code=close_code, message=message))
+    (report,) = [e for e in out if isinstance(e, ReportError)]
+    assert report == ReportError(code=ErrorCode.CONNECTION_LOST, message=expected)
+    assert "Could not connect" not in report.message
+
+
+def test_connection_closed_before_the_ack_is_still_connection_failed(drive):
+    d = drive()
+    _to_connecting(d)
+    d.feed(Connected(attempt_id=d.attempt))
+    out = d.feed(TransportClosed(attempt_id=d.attempt, close_code=1006))
+    (report,) = [e for e in out if isinstance(e, ReportError)]
+    assert report.code is ErrorCode.CONNECTION_FAILED
 
 
 def test_auto_stop_when_every_capture_ended(drive):

@@ -82,6 +82,8 @@ def expected_code(event: Event, state: str) -> ErrorCode:
                 return code
             if state == "finalizing":
                 return ErrorCode.SUMMARY_MISSING
+            if state == "listening":
+                return ErrorCode.CONNECTION_LOST
             return ErrorCode.CONNECTION_FAILED
         case TimerFired():
             if state == "finalizing":
