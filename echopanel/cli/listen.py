@@ -148,8 +148,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--token",
-        default=os.environ.get("ECHOPANEL_TOKEN"),
-        help="auth token (default: $ECHOPANEL_TOKEN)",
+        default=None,
+        help="auth token (default: $ECHOPANEL_TOKEN, which is better: a command-line "
+        "argument is visible to other users in `ps`)",
     )
     parser.add_argument(
         "--source",
@@ -345,8 +346,26 @@ async def _stop_quietly(session: Any) -> None:
         await session.stop()
 
 
+TOKEN_ENV = "ECHOPANEL_TOKEN"
+
+
+def resolve_token(args: argparse.Namespace) -> str | None:
+    """``--token``, else ``$ECHOPANEL_TOKEN``. A token on the command line is visible to
+    every user of the machine (``ps``, ``/proc/PID/cmdline``): say so, once, on stderr."""
+    if args.token is not None:
+        print(
+            f"echopanel: warning: --token is visible to other users in `ps`; "
+            f"set {TOKEN_ENV} instead",
+            file=sys.stderr,
+        )
+        token: str | None = args.token
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.verbose)
+    token = resolve_token(args)
     spec: SourceSpec = args.source
     try:
         devices = parse_devices(args.device, spec.sources)
@@ -376,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
             sources=spec.sources,
             capture_factory=factory,
             permission_gate=gate,
-            token=args.token,
+            token=token,
             json_mode=args.json,
             bundle=make_bundle(args),
             start_timeout=args.start_timeout,

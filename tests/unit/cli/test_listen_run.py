@@ -105,7 +105,9 @@ def test_missing_file_exit_4(
     assert err.strip().endswith("[system_capture_failed]") and "no.wav" in err
 
 
-def test_unknown_microphone_exit_4(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_microphone_exit_4(
+    server: str, capsys: pytest.CaptureFixture[str], portaudio: None
+) -> None:
     code = main(
         ["listen", "--url", server, "--token", "secret", "--source", "mic",
          "--device", "no such microphone 123", "--no-bundle"]
@@ -303,3 +305,19 @@ async def test_server_restart_while_streaming_is_connection_lost_not_could_not_c
     assert bundle.path is not None
     receipt = json.loads((bundle.path / "receipt.json").read_text())
     assert receipt["outcome"] == "error:connection_lost" and receipt["finals"]["kept"] == 1
+
+
+def test_token_from_the_environment_and_a_warning_for_token_on_the_command_line(
+    server: str, speech: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ECHOPANEL_TOKEN`` authenticates without anything in ``ps``; ``--token`` still works
+    (and wins) but warns that other users can read it."""
+    monkeypatch.setenv("ECHOPANEL_TOKEN", "secret")
+    argv = ["listen", "--url", server, "--source", f"file:{speech}", "--fast", "--json",
+            "--no-bundle"]  # fmt: skip
+    assert main(argv) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main([*argv, "--token", "wrong"]) == 3  # the option wins over the environment
+    err = capsys.readouterr().err
+    assert "echopanel: warning: --token is visible to other users in `ps`" in err
+    assert "ECHOPANEL_TOKEN" in err
