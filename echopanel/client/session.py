@@ -5,8 +5,11 @@ under one lock (``_dispatch``): commands (start/stop) are dispatched by the call
 facts by the tasks that observe them — the driver task feeds timer expiries and the events
 posted (never blocking) by the operation tasks: a permission request, a capture (start, then
 pump its frames), a connection (connect, then receive, and finally close: the transport is
-closed by the task that connected it, as the ``Transport`` port requires). Effects run in
-order, inline; teardown effects cancel and await the matching task, so when an attempt ends
+closed by the task that connected it, as the ``Transport`` port requires), the ``start`` and
+``stop`` messages (sent by a task of their own, so that a connection that cannot take them
+never holds the machine: the start and stop deadlines fire whatever the socket does; every
+send is also bounded by ``send_timeout``). Effects run in order, inline, and every one is
+bounded; teardown effects cancel and await the matching task, so when an attempt ends
 nothing of it is left running. Leaving the ``async with`` (also on cancellation) aborts
 whatever is active in a shielded scope.
 
@@ -394,7 +397,11 @@ class Session:
                 assert attempt is not None
                 if isinstance(effect, SendStop):
                     self._log(logging.INFO, "Session stopping")
-                await self._send_text(attempt, encode(message))
+                # not inline: a send blocked on a full socket must not hold the machine (the
+                # deadlines need it); a failure comes back as TransportClosed
+                attempt.others.append(
+                    self._spawn(f"send {message.type}", self._send_text, attempt, encode(message))
+                )
             case EnterListening():
                 assert attempt is not None
                 await self._flush_audio(attempt)
@@ -608,7 +615,9 @@ class Session:
                 from echopanel.client.transport import WebSocketTransport
 
                 transport: Transport = WebSocketTransport(
-                    connect_timeout=self.config.start_timeout, task_group=self._tg
+                    connect_timeout=self.config.start_timeout,
+                    send_timeout=self.config.send_timeout,
+                    task_group=self._tg,
                 )
             else:
                 transport = factory()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from echopanel.session.config import (
+    DEFAULT_SEND_TIMEOUT,
     DEFAULT_START_TIMEOUT,
     DEFAULT_STOP_TIMEOUT,
     ENDPOINT_PATH,
@@ -62,6 +63,7 @@ from echopanel.session.table import ACTIVE_STATES, STARTING_STATES, STATES, TRAN
 __all__ = [
     "ACTIVE_STATES",
     "CLIENT_FEATURES",
+    "DEFAULT_SEND_TIMEOUT",
     "DEFAULT_START_TIMEOUT",
     "DEFAULT_STOP_TIMEOUT",
     "ENDPOINT_PATH",
