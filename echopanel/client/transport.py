@@ -292,6 +292,7 @@ class _Connection(Transport):
         """Hold the httpx-ws session: connect, read into the inbox, close; never raises."""
         assert self._ready is not None and self._done is not None
         assert self._host_scope is not None and self._reader_scope is not None
+        ws: httpx_ws.AsyncWebSocketSession
         try:
             with self._host_scope:
                 try:
@@ -356,8 +357,10 @@ class _Connection(Transport):
         self._aborted = True
         ws = self._ws
         if ws is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.aclose_forcefully(ws.stream)
+            # closed "forcefully" (a cancelled close): no TLS goodbye that could block too
+            with anyio.CancelScope(shield=True), anyio.CancelScope() as forced:
+                forced.cancel()
+                await ws.stream.aclose()
         if self._reader_scope is not None:
             self._reader_scope.cancel()
         self._wake()
