@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 __all__ = ["build_parser", "main"]
 
-_SUBCOMMANDS = ("serve", "listen", "demo")
+_SUBCOMMANDS = ("serve", "listen", "demo", "bundle")
 
 
 def build_parser() -> argparse.ArgumentParser:
