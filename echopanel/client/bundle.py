@@ -18,6 +18,16 @@ into place with ``os.replace``; ``events.ndjson`` grows as ``events.ndjson.part`
 ``write`` per line, so a crash leaves whole lines) and is renamed on close; ``receipt.json``
 is written at open (``outcome: "running"``, the writer's pid and host) and replaced at close.
 
+File I/O never runs on the event loop: ``record`` (one line per event) and the audio tee
+(one WAV write per frame) hand their writes to a :class:`~echopanel.client._writer.
+BackgroundWriter` — one worker thread, in order, behind a bounded queue that never blocks the
+caller (audio writes are refused first, when it is half full; event lines only when it is
+full; both counted in the receipt's ``counts.bundle_dropped_writes``; the finals are kept in
+memory too, so ``transcript.json`` never misses one). ``open`` and ``close`` (receipt,
+transcript, zipping) block their caller: the session runs them in a worker thread
+(``anyio.to_thread``); ``close`` waits for every queued write first. :meth:`SessionBundle.
+flush` waits for the queued writes (never call it on the event loop).
+
 A client killed mid-session leaves a ``running`` bundle. :func:`recover_bundle` (run for every
 such bundle of a dead writer by the next :meth:`SessionBundle.open` under the same root, and
 by ``echopanel bundle recover``) turns it into a readable one with outcome ``interrupted``:
@@ -48,6 +58,7 @@ from typing import Any
 
 import attrs
 
+from echopanel.client._writer import BackgroundWriter
 from echopanel.ports import Capture
 from echopanel.protocol.messages import SAMPLE_RATE, FinalSummary, Source, encode
 
@@ -64,6 +75,9 @@ __all__ = [
 ]
 
 BUNDLE_FILES = ("receipt.json", "events.ndjson", "transcript.json")
+#: seconds ``close``/``flush`` wait for the writer (a stalled disk: the close is logged, the
+#: files are finished by the writer when the disk comes back)
+WRITE_TIMEOUT = 30.0
 INTERRUPTED = "interrupted"
 
 logger = logging.getLogger("echopanel.bundle")
@@ -231,6 +245,7 @@ class _Attempt:
     finals: list[dict[str, Any]] = attrs.Factory(list)
     states: list[str] = attrs.Factory(list)
     last_error: dict[str, Any] | None = None
+    writes_dropped_at_open: dict[str, int] = attrs.Factory(dict)
 
 
 class SessionBundle:
@@ -253,6 +268,7 @@ class SessionBundle:
         self._current: _Attempt | None = None
         self._audio: dict[str, wave.Wave_write] = {}
         self._overflows: dict[str, Callable[[], int]] = {}
+        self._writer = BackgroundWriter()
         self._recovered = False  # interrupted bundles under root recovered (at first open)
         #: bundles the first open found interrupted and recovered
         self.recovered: list[Path] = []
@@ -317,6 +333,7 @@ class SessionBundle:
             sources=tuple(sources),
             started_at=started_at,
             started_wall=wall,
+            writes_dropped_at_open=dict(self._writer.dropped),
         )
         attempt.events_part = open(  # noqa: SIM115 - closed in close()
             directory / "events.ndjson.part", "a", encoding="utf-8", buffering=1
@@ -356,7 +373,20 @@ class SessionBundle:
             "ts": round(attempt.started_wall + (at - attempt.started_at), 3),
             **record,
         }
-        attempt.events_part.write(json.dumps(line, ensure_ascii=False) + "\n")
+        text = json.dumps(line, ensure_ascii=False) + "\n"
+        self._writer.submit(lambda: attempt.events_part.write(text), kind="events")
+
+    def flush(self, timeout: float = WRITE_TIMEOUT) -> None:
+        """Wait until every queued write is on disk (blocks: not on the event loop)."""
+
+        def flush_files() -> None:
+            attempt = self._current
+            if attempt is not None and attempt.events_part is not None:
+                attempt.events_part.flush()
+            for writer in self._audio.values():
+                writer._file.flush()  # type: ignore[attr-defined]
+
+        self._writer.call(flush_files, timeout=timeout)
 
     def close(
         self,
@@ -369,17 +399,26 @@ class SessionBundle:
         attempt, self._current = self._current, None
         if attempt is None:
             return
-        self._close_audio(attempt)
         attempt.client_dropped = client_dropped_frames
-        attempt.events_part.close()
-        directory = attempt.directory
-        os.replace(directory / "events.ndjson.part", directory / "events.ndjson")
-        transcript = self._transcript(attempt, summary)
-        write_atomic(directory / "transcript.json", _json(transcript))
-        write_atomic(
-            directory / "receipt.json", _json(self._receipt(attempt, outcome, ended_at, summary))
-        )
-        self.paths.append(self._zip(directory) if self.zip else directory)
+        overflows = sum(f() for f in self._overflows.values())
+
+        def finish() -> Path:  # on the writer: after every queued line and frame
+            self._close_audio(attempt)
+            attempt.events_part.close()
+            directory = attempt.directory
+            os.replace(directory / "events.ndjson.part", directory / "events.ndjson")
+            transcript = self._transcript(attempt, summary)
+            write_atomic(directory / "transcript.json", _json(transcript))
+            receipt = self._receipt(attempt, outcome, ended_at, summary, overflows=overflows)
+            write_atomic(directory / "receipt.json", _json(receipt))
+            return self._zip(directory) if self.zip else directory
+
+        try:
+            path: Path = self._writer.call(finish, timeout=WRITE_TIMEOUT)
+        except TimeoutError:
+            logger.warning("bundle %s: disk stalled; finished later", attempt.directory)
+            path = attempt.directory.with_suffix(".zip") if self.zip else attempt.directory
+        self.paths.append(path)
 
     # ------------------------------------------------------------------ contents
 
@@ -389,6 +428,8 @@ class SessionBundle:
         outcome: str | None,
         ended_at: float | None,
         summary: FinalSummary | None,
+        *,
+        overflows: int = 0,
     ) -> dict[str, Any]:
         duration = None if ended_at is None else max(0.0, ended_at - attempt.started_at)
         dropped = dict(attempt.dropped)
@@ -417,7 +458,13 @@ class SessionBundle:
                 "events": attempt.counts["events"],
                 "dropped_frames": sum(dropped.values()) + attempt.client_dropped,
                 "client_dropped_frames": attempt.client_dropped,
-                "capture_overflows": sum(f() for f in self._overflows.values()),
+                "capture_overflows": overflows,
+                # writes the bundle writer refused (a stalled disk); see the module docstring
+                "bundle_dropped_writes": {
+                    kind: count - attempt.writes_dropped_at_open.get(kind, 0)
+                    for kind, count in self._writer.dropped.items()
+                    if count > attempt.writes_dropped_at_open.get(kind, 0)
+                },
             },
             "dropped_frames": dropped,
             # the bundle keeps every final the client received, whatever the summary holds
@@ -486,6 +533,12 @@ class SessionBundle:
         attempt = self._current
         if attempt is None or not self.keep_audio:
             return
+        self._writer.submit(
+            lambda: self._append_audio(attempt, source, pcm), kind="audio", droppable=True
+        )
+
+    def _append_audio(self, attempt: _Attempt, source: str, pcm: bytes) -> None:
+        """On the writer thread: open ``audio/.<source>.wav.part`` once, append ``pcm``."""
         writer = self._audio.get(source)
         if writer is None:
             audio_dir = attempt.directory / "audio"

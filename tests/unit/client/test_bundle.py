@@ -139,6 +139,7 @@ def test_receipt_exists_while_running_and_events_only_as_part(tmp_path: Path) ->
     bundle = SessionBundle(tmp_path)
     bundle.open(session_id="s", attempt_id="a", sources=("mic",), started_at=0.0)
     bundle.record(_state("starting", "idle"), 0.1)
+    bundle.flush()  # the line is written by the bundle's writer thread
     folder = bundle.directory
     assert folder is not None
     assert json.loads((folder / "receipt.json").read_text())["outcome"] == "running"
@@ -304,7 +305,7 @@ for i in range(3):
                      confidence=0.9, segment_id=f"s{i}")
     bundle.record(FinalEvent(message=final), time.time())
 bundle._write_audio("system", bytes(32000))
-bundle._audio["system"]._file.flush()
+bundle.flush()
 print("recorded", flush=True)
 time.sleep(60)
 """
@@ -391,3 +392,39 @@ def test_bundle_recover_command(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert json.loads((folder / "receipt.json").read_text())["outcome"] == "interrupted"
     assert main(["bundle", "recover", str(folder)]) == 2  # already done: said, not redone
     assert "nothing to recover" in capsys.readouterr().err
+
+
+def test_a_stalled_disk_never_blocks_record_and_costs_no_final(tmp_path: Path) -> None:
+    """The writer thread is stuck (a stalled disk): ``record`` and the audio tee keep
+    returning at once; what the bounded queue cannot hold is refused and counted; every
+    final still reaches ``transcript.json``."""
+    import threading
+
+    from echopanel.client._writer import BackgroundWriter
+
+    bundle = SessionBundle(tmp_path, keep_audio=True)
+    bundle._writer = BackgroundWriter(limit=8)
+    bundle.open(session_id="s", attempt_id="a", sources=("system",), started_at=100.0)
+    disk = threading.Event()
+    assert bundle._writer.submit(disk.wait, kind="events")  # the disk stalls here
+
+    def record_many() -> None:
+        for i in range(40):
+            bundle._write_audio("system", bytes(640))
+            bundle.record(FinalEvent(message=_final(f"w{i}", float(i), f"s{i}")), 101.0 + i)
+
+    recorder = threading.Thread(target=record_many)
+    recorder.start()
+    recorder.join(timeout=10)
+    stuck = recorder.is_alive()
+    disk.set()
+    assert not stuck, "record blocked on a stalled writer"
+    bundle.close(outcome="completed", ended_at=150.0, summary=None)
+    assert bundle.path is not None
+    receipt = json.loads((bundle.path / "receipt.json").read_text())
+    dropped = receipt["counts"]["bundle_dropped_writes"]
+    assert dropped["audio"] > 0 and dropped["events"] > 0
+    lines = (bundle.path / "events.ndjson").read_text().splitlines()
+    assert len(lines) == 40 - dropped["events"]
+    transcript = json.loads((bundle.path / "transcript.json").read_text())
+    assert [f["text"] for f in transcript["finals"]] == [f"w{i}" for i in range(40)]

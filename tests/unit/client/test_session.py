@@ -6,6 +6,7 @@ import itertools
 import logging
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from echopanel.client import (
@@ -558,3 +559,85 @@ def test_session_state_error_is_local_misuse_in_the_error_tree():
     assert SessionStateError is errors.SessionStateError is session_module.SessionStateError
     assert issubclass(SessionStateError, RuntimeError)
     assert not issubclass(SessionStateError, errors.EchoPanelError)
+
+
+async def test_the_channel_to_the_driver_is_bounded_and_loses_nothing():
+    """A flood of server messages: the receiver waits once EVENT_CHANNEL_LIMIT facts are
+    pending (the transport stops being read: backpressure), every final arrives, in order."""
+    from echopanel.client.session import EVENT_CHANNEL_LIMIT
+
+    count = EVENT_CHANNEL_LIMIT * 8
+    rig = Rig()
+    most = 0
+    async with rig.session as s:
+        await s.start()
+        t = rig.transports.last
+        for i in range(count):
+            t.push(AsrFinal(source="system", text=f"w{i}", t0=i, t1=i + 1, confidence=1,
+                            segment_id=f"s{i}"))  # fmt: skip
+        with anyio.fail_after(30):
+            while len(rig.of(FinalEvent)) < count:
+                stats = s._send.statistics()
+                most = max(most, stats.current_buffer_used)
+                await anyio.lowlevel.checkpoint()
+        await s.stop()
+    assert most <= EVENT_CHANNEL_LIMIT
+    assert most > EVENT_CHANNEL_LIMIT // 2  # the flood did fill it: the bound was exercised
+    assert [e.message.text for e in rig.of(FinalEvent)] == [f"w{i}" for i in range(count)]
+
+
+async def test_bundle_files_are_written_off_the_event_loop(tmp_path):
+    """Event lines, audio frames, receipts, transcript and the zip: none on the loop thread."""
+    import threading
+
+    import echopanel.client.bundle as bundle_module
+    from echopanel.client.bundle import SessionBundle
+
+    loop_thread = threading.get_ident()
+    writers: list[tuple[str, int]] = []
+
+    class SpiedBundle(SessionBundle):
+        def open(self, **kwargs):
+            super().open(**kwargs)
+            part = self._current.events_part
+
+            class Spy:
+                def write(self, text):
+                    writers.append(("event line", threading.get_ident()))
+                    return part.write(text)
+
+                def __getattr__(self, name):
+                    return getattr(part, name)
+
+            self._current.events_part = Spy()
+
+        def _append_audio(self, attempt, source, pcm):
+            writers.append(("audio frame", threading.get_ident()))
+            super()._append_audio(attempt, source, pcm)
+
+        def _zip(self, directory):
+            writers.append(("zip", threading.get_ident()))
+            return super()._zip(directory)
+
+    real_write_atomic = bundle_module.write_atomic
+
+    def spied_write_atomic(path, data):
+        writers.append((path.name, threading.get_ident()))
+        real_write_atomic(path, data)
+
+    bundle = SpiedBundle(tmp_path, zip=True, keep_audio=True)
+    rig = Rig(recorder=bundle)
+    rig.session._capture_factory = bundle.wrap_capture_factory(rig.captures)
+    original = bundle_module.write_atomic
+    bundle_module.write_atomic = spied_write_atomic
+    try:
+        async with rig.session as s:
+            await s.start()
+            await s.stop()
+    finally:
+        bundle_module.write_atomic = original
+    kinds = {kind for kind, _ in writers}
+    assert {"event line", "audio frame", "zip", "receipt.json", "transcript.json"} <= kinds
+    on_loop = [kind for kind, thread in writers if thread == loop_thread]
+    assert not on_loop, f"written on the event loop: {sorted(set(on_loop))}"
+    assert bundle.path is not None and bundle.path.suffix == ".zip"
