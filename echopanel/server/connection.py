@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 
 import anyio
 import anyio.abc
@@ -58,6 +58,10 @@ class LiveConnection:
                 backpressure_interval=config.backpressure_interval,
                 max_finals=MAX_FINALS,
                 analysis_window=ANALYSIS_WINDOW,
+                idle_timeout=config.idle_timeout,
+                max_audio_rate=config.max_audio_rate,
+                audio_burst=config.audio_burst,
+                max_summary_bytes=config.max_summary_bytes,
             ),
             connection_id=f"srv-{uuid.uuid4().hex[:16]}",
         )
@@ -68,6 +72,7 @@ class LiveConnection:
         self._closing = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._wake = anyio.Event()
+        self._ended = anyio.Event()
 
     # ------------------------------------------------------------------ views of the core
 
@@ -80,7 +85,7 @@ class LiveConnection:
         return self.core.session_id
 
     @property
-    def finals(self) -> list[TranscriptEntry]:
+    def finals(self) -> Collection[TranscriptEntry]:
         return self.core.finals
 
     @property
@@ -91,6 +96,7 @@ class LiveConnection:
 
     async def run(self) -> None:
         self.server.open_connections += 1
+        self.server.connections.add(self)
         try:
             await self.ws.accept()
             self.server.metrics.connections.inc()
@@ -105,6 +111,26 @@ class LiveConnection:
             with anyio.CancelScope(shield=True):
                 await self._cleanup()
             self.server.open_connections -= 1
+            self.server.connections.discard(self)
+            self._ended.set()
+
+    async def drain(self) -> None:
+        """Finish this connection for a graceful shutdown; return once it has ended.
+
+        A streaming session is told why (``status`` with ``reason: drain``), flushed into
+        finals, gets its ``final_summary`` and is closed 1001; a connection without a
+        session gets the status and the close at once. The flush is bounded by
+        ``flush_timeout``; cancel the call (or bound it) to stop waiting.
+        """
+        if not self.core.closed:
+            try:
+                await self._feed(ev.DrainRequested())
+            except _Closed:
+                self._cancel()
+            except Exception:
+                log.exception("drain failed", extra=self.core.ids())
+                self._cancel()
+        await self._ended.wait()
 
     async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
         """Run one task of the connection; its end by error or close ends the connection."""
