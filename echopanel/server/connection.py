@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 
 import anyio
 import anyio.abc
+import attrs
 from starlette.websockets import WebSocket
 
 from echopanel.protocol import ServerMessage, Source, TranscriptEntry, encode
@@ -50,21 +51,13 @@ class LiveConnection:
         self.ws = websocket
         self.server = server
         self.config = config = server.config
-        self.core = ServerSession(
-            CoreConfig(
-                start_timeout=config.start_timeout,
-                flush_timeout=config.flush_timeout,
-                max_invalid_messages=config.max_invalid_messages,
-                backpressure_interval=config.backpressure_interval,
-                max_finals=MAX_FINALS,
-                analysis_window=ANALYSIS_WINDOW,
-                idle_timeout=config.idle_timeout,
-                max_audio_rate=config.max_audio_rate,
-                audio_burst=config.audio_burst,
-                max_summary_bytes=config.max_summary_bytes,
-            ),
-            connection_id=f"srv-{uuid.uuid4().hex[:16]}",
+        names = [f.name for f in attrs.fields(CoreConfig) if hasattr(config, f.name)]
+        rules = CoreConfig(
+            **{name: getattr(config, name) for name in names},
+            max_finals=MAX_FINALS,  # read here: tests may change it
+            analysis_window=ANALYSIS_WINDOW,
         )
+        self.core = ServerSession(rules, connection_id=f"srv-{uuid.uuid4().hex[:16]}")
         self.sources = SessionSources(server, self._feed)
         self.recorder: SessionRecorder | None = None
         self._slot_key: str | None = None
@@ -79,10 +72,6 @@ class LiveConnection:
     @property
     def connection_id(self) -> str:
         return self.core.connection_id
-
-    @property
-    def session_id(self) -> str | None:
-        return self.core.session_id
 
     @property
     def finals(self) -> Collection[TranscriptEntry]:
@@ -227,29 +216,19 @@ class LiveConnection:
             await self._feed(ev.SlotRefused())
             return
         self.server.sessions.add(self)
-        if self.config.record_dir is not None:
-            assert self.core.session_id is not None
-            self.recorder = SessionRecorder(
-                self.config.record_dir, self.core.session_id, self.connection_id
-            )
         await self._feed(ev.SlotAcquired())
 
     def _start_session(self, started: act.SessionStarted) -> None:
         self.server.metrics.start_ack.observe(started.ack_seconds)
-        log.info(
-            "Session started",
-            extra={
-                "session_id": started.session_id,
-                "attempt_id": started.attempt_id,
-                "connection_id": started.connection_id,
-                "sources": list(started.sources),
-                "asr": self.server.asr.name,
-            },
-        )
+        extra = {"sources": list(started.sources), "asr": self.server.asr.name}
+        log.info("Session started", extra={**self.core.ids(), **extra})
         assert self._tg is not None
         self.sources.start(self._tg, self._guard)
         self._tg.start_soon(self._guard, self._analysis_loop)
-        if self.recorder is not None:
+        if self.config.record_dir is not None:
+            self.recorder = SessionRecorder(
+                self.config.record_dir, started.session_id, started.connection_id
+            )
             self._tg.start_soon(self._guard, self._run_recorder)
 
     async def _feed_audio(self, source: Source, pcm: bytes) -> None:
@@ -287,7 +266,7 @@ class LiveConnection:
     async def _receive(self) -> ev.TextReceived | ev.BinaryReceived:
         try:
             message = await self.ws.receive()
-        except Exception:
+        except Exception:  # the socket broke: as good as a disconnect
             message = {"type": "websocket.disconnect"}
         if message["type"] == "websocket.disconnect":
             self._closing = True
