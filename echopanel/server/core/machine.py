@@ -206,7 +206,6 @@ class _Connection:
         self.sources: dict[Source, _SourceState] = {}
         self.flushed_sources: set[Source] = set()
         self.flush_errors: dict[Source, str] = {}
-        self.flush_timed_out = False
         self.counts = {"finals": 0, "partials": 0, "invalid_messages": 0, "frames": 0}
         self.finals: collections.deque[TranscriptEntry] = collections.deque()
         self.segment_ids: set[str] = set()
@@ -216,7 +215,6 @@ class _Connection:
         )
         self.analyzed = 0
         self.close_code: int | None = None
-        self.error_sent: ErrorCode | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -590,7 +588,6 @@ class _Connection:
 
     def summarize(self, ed: EventData) -> None:
         if isinstance(ed.kwargs["event"], TimerFired):
-            self.flush_timed_out = True
             self.actions.append(CancelAsr())
             self.status(
                 "warning",
@@ -628,7 +625,6 @@ class _Connection:
         cause = self.cause(ed)
         self.actions.append(Rejected(code=cause.code, message=cause.message))
         self.send(ErrorMessage(code=cause.code, message=cause.message, **self.ids()))
-        self.error_sent = cause.code
         self.close(cause.close_code)
 
     def cause(self, ed: EventData) -> _Cause:
