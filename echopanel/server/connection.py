@@ -147,6 +147,8 @@ class LiveConnection:
 
     async def _reader(self) -> None:
         await self._feed(ev.Opened(authorized=check_token(self.config.token, self.ws.headers)))
+        if self.server.draining:  # accepted while the server began to drain
+            await self._feed(ev.DrainRequested())
         while True:
             await self._feed(await self._receive())
 

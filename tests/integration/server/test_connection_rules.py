@@ -133,3 +133,15 @@ async def test_final_summary_stays_under_the_bound(connect, h):
         assert summary.truncated is True
         assert summary.omitted_finals == len(finals) - len(summary.transcript) > 0
         assert summary.transcript[-1].segment_id == finals[-1]["segment_id"]
+
+
+async def test_a_connection_accepted_while_draining_is_drained_at_once(connect, h):
+    config = h.fast_config()
+    app = create_app(config, asr=FakeAsrBackend())
+    async with serve_in_background(config, app=app) as url:
+        server_state(app).draining = True
+        client = await connect(url)
+        assert (await client.recv())["state"] == "connected"
+        status = await client.recv()
+        assert status["state"] == "warning" and status["reason"] == "drain"
+        assert (await client.expect_close()).close_code == 1001
