@@ -215,14 +215,9 @@ def _summary_state(summary: FinalSummary | None) -> tuple[str, int | None]:
     when it says) or ``complete``."""
     if summary is None:
         return "missing", None
-    counts = summary.counts
-    omitted = getattr(summary, "omitted", None)
-    if not isinstance(omitted, int):
-        omitted = counts.get("omitted", counts.get("finals_omitted"))
-    truncated = bool(getattr(summary, "truncated", False)) or bool(omitted)
-    if not truncated:
+    if not summary.truncated:
         return "complete", None
-    return "truncated", omitted if isinstance(omitted, int) else None
+    return "truncated", summary.omitted_finals
 
 
 # --------------------------------------------------------------------------- the recorder

@@ -27,6 +27,7 @@ from echopanel.server.analysis import Analyzer, KeywordAnalyzer
 from echopanel.server.config import ServerConfig
 from echopanel.server.connection import LiveConnection, check_token
 from echopanel.server.metrics import CONTENT_TYPE_LATEST
+from echopanel.server.readiness import ready_endpoint
 from echopanel.server.slots import LocalSlotController, SlotController
 from echopanel.server.state import ServerState
 
@@ -146,6 +147,7 @@ def create_app(
         routes=[
             WebSocketRoute(WS_PATH, live_listener),
             Route("/health", health),
+            Route("/ready", ready_endpoint),  # readiness: see echopanel.server.readiness
             Route("/metrics", metrics),
         ],
         lifespan=lifespan,

@@ -248,17 +248,10 @@ def test_event_record_flattens_wire_messages() -> None:
 def test_a_truncated_or_missing_summary_costs_no_received_final(tmp_path: Path) -> None:
     """The server bounds its summary (``truncated`` + the omitted count): the bundle still
     holds every final the client received, and the receipt says which summary it had."""
-    import attrs
-
-    @attrs.frozen(kw_only=True)
-    class TruncatedSummary(FinalSummary):
-        truncated: bool = True
-        omitted: int = 1
-
     kept = TranscriptEntry(source="system", t0=1.0, t1=2.0, text="later", confidence=1.0,
                            segment_id="b")  # fmt: skip
     for summary, state, omitted in (
-        (TruncatedSummary(transcript=(kept,)), "truncated", 1),
+        (FinalSummary(transcript=(kept,), truncated=True, omitted_finals=1), "truncated", 1),
         (None, "missing", None),
         (FinalSummary(transcript=(kept,)), "complete", None),
     ):
