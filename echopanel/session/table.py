@@ -161,6 +161,8 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
     _row("stop", STARTING_STATES, IDLE, after="cancel"),
     _row("abort", ACTIVE_STATES, IDLE, after="cancel"),
     _row("summary", FINALIZING, IDLE, after="complete"),
+    # the server ended the session itself (a drain: flush, final_summary, close 1001)
+    _row("summary", LISTENING, IDLE, after="complete"),
     # no summary (the connection closed first, or the stop timeout passed): not a success
     _row("transport_closed", FINALIZING, ERROR, after="fail"),
     _row("timeout", FINALIZING, ERROR, after="fail"),

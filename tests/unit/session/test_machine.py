@@ -541,3 +541,20 @@ def test_every_drop_names_its_reason(drive):
         reason=DropReason.NO_ROW, event="MessageReceived", node="starting_permissions",
         trigger="ack",
     )  # fmt: skip
+
+
+def test_a_summary_while_listening_completes_the_session(drive):
+    """A server that drains sends ``final_summary`` without a ``stop``: the session is
+    complete, with that summary, and everything is torn down."""
+    d = drive(("system", "mic"))
+    d.to_listening()
+    summary = FinalSummary(markdown="# drained")
+    out = d.server(summary)
+    assert out == [
+        AnnounceState(state="idle", previous="listening"),
+        StopCapture(source="mic"),
+        StopCapture(source="system"),
+        CloseTransport(),
+        EndAttempt(outcome="completed", summary=summary),
+    ]
+    assert d.m.summary == summary and d.m.deadline is None
