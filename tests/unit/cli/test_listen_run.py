@@ -321,3 +321,42 @@ def test_token_from_the_environment_and_a_warning_for_token_on_the_command_line(
     err = capsys.readouterr().err
     assert "echopanel: warning: --token is visible to other users in `ps`" in err
     assert "ECHOPANEL_TOKEN" in err
+
+
+async def test_a_summary_the_server_had_to_shorten_still_leaves_every_final_in_the_bundle(
+    tmp_path: Path,
+) -> None:
+    """A real server bounds its ``final_summary`` (``truncated``, ``omitted_finals``): the
+    session completes, and the bundle holds every final received, saying the summary was
+    truncated."""
+    from echopanel.cli.listen import run_session
+    from echopanel.client.bundle import SessionBundle
+    from echopanel.server import serve_in_background
+    from echopanel.testing import FakeCaptureFactory, FakePermissionGate, tone_frames
+
+    config = ServerConfig(asr="fake", max_summary_bytes=4096, max_audio_rate=0, ingest_budget=120.0)
+    bundle = SessionBundle(tmp_path)
+    async with serve_in_background(config) as base:
+        run = await run_session(
+            url=base.replace("http://", "ws://", 1),
+            sources=("system",),
+            # 60 s of audio as fast as the server takes it
+            capture_factory=FakeCaptureFactory(
+                frames=tone_frames(600, ms=100), interval=0, end=True
+            ),
+            permission_gate=FakePermissionGate(),
+            json_mode=True,
+            bundle=bundle,
+        )
+    assert run.exit_code == 0 and run.summary is not None
+    assert run.summary.get("truncated") is True and run.summary["omitted_finals"] > 0
+    assert bundle.path is not None
+    receipt = json.loads((bundle.path / "receipt.json").read_text())
+    finals = receipt["finals"]
+    assert finals["summary"] == "truncated"
+    assert finals["summary_omitted"] == run.summary["omitted_finals"]
+    assert finals["kept"] == finals["received"] == len(run.finals) > finals["in_summary"]
+    transcript = json.loads((bundle.path / "transcript.json").read_text())
+    assert [f["segment_id"] for f in transcript["finals"]] == [
+        f["segment_id"] for f in sorted(run.finals, key=lambda f: f["t0"])
+    ]
