@@ -3,7 +3,7 @@
 ::
 
     echopanel listen --url ws://127.0.0.1:8765 --source system
-    echopanel listen --url ws://host:8765/ws/live-listener --token T --source both --json
+    ECHOPANEL_TOKEN=T echopanel listen --url ws://host:8765/ws/live-listener --source both --json
     echopanel listen --url ws://127.0.0.1:8765 --source file:meeting.flac
 
 ``--source file:PATH`` plays a file as the system source and ends the session at the end of
