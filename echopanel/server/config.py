@@ -34,6 +34,8 @@ ENV_VARS: Final[dict[str, str]] = {
     "compute_type": "ECHOPANEL_COMPUTE_TYPE",
     "threads": "ECHOPANEL_THREADS",
     "max_batch": "ECHOPANEL_MAX_BATCH",
+    "idle_timeout": "ECHOPANEL_IDLE_TIMEOUT",
+    "max_audio_rate": "ECHOPANEL_MAX_AUDIO_RATE",
 }
 
 
@@ -108,6 +110,15 @@ class ServerConfig:
     compute_type: str = attrs.field(default="int8", validator=v.min_len(1))
     threads: int = attrs.field(default=0, validator=v.ge(0))
     max_batch: int = attrs.field(default=8, validator=[v.ge(1), v.le(64)])
+    #: a started session with no audio for this many seconds ends with ``idle_timeout``
+    #: (0: never)
+    idle_timeout: float = attrs.field(default=60.0, validator=v.ge(0))
+    #: per source, audio beyond this many seconds per second (after ``audio_burst`` seconds)
+    #: is dropped, counted and reported (0: unbounded)
+    max_audio_rate: float = attrs.field(default=2.0, validator=v.ge(0))
+    audio_burst: float = attrs.field(default=10.0, validator=v.gt(0))
+    #: the encoded ``final_summary`` stays below this many bytes (oldest finals left out)
+    max_summary_bytes: int = attrs.field(default=2 * 1024 * 1024, validator=v.ge(4096))
 
     def __attrs_post_init__(self) -> None:
         if self.token is not None and not self.token:
@@ -130,6 +141,8 @@ class ServerConfig:
             "start_timeout": float,
             "threads": int,
             "max_batch": int,
+            "idle_timeout": float,
+            "max_audio_rate": float,
         }
         for field, var in ENV_VARS.items():
             raw = env.get(var)
