@@ -337,12 +337,17 @@ class DecodeEngine:
                 if self._closed:
                     return
                 jobs = self._admit(urgent_only=False)
-            if not jobs:
-                continue
+                if not jobs:  # lingering: until the deadline or the next submission
+                    deadline = self.scheduler.deadline
+                    wait = 0.01 if deadline is None else deadline - self._clock()
+                    self._cond.wait(timeout=max(0.001, wait))
+                    continue
             try:
                 self._round(jobs, nested=False)
             except Exception:  # never lose the engine thread
                 log.exception("decode engine round failed")
+            with self._cond:
+                self.scheduler.round_done(self._clock())
 
     def _admit(self, *, urgent_only: bool) -> list[_Job]:
         """Take the scheduler's next batch and let its members start (under the lock)."""

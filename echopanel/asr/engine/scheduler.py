@@ -25,6 +25,12 @@ It owns no thread and reads no clock, so its rules are tested by driving time as
   Under load requests accumulate while a batch runs, so batches grow by themselves, and each
   stream's partial cadence stretches (its next partial decode waits for its turn, stalest
   first) before any stream's final is delayed.
+* **Lingering a little.** Work conserving alone keeps streams out of phase: while one
+  stream's decode runs the next one's request arrives and runs alone after it, and so on.
+  So right after a round (:meth:`DecodeScheduler.round_done`), when only partials wait and
+  fewer streams wait than were active in the last ``active_window`` seconds, the scheduler
+  holds them up to ``linger`` seconds (:attr:`DecodeScheduler.deadline`) for the streams
+  just served to submit again; once in phase they stay in phase. Finals never linger.
 * **Stretching partials first.** :func:`partial_stretch` turns the engine's busy fraction
   into a factor on every stream's partial decode interval: past ``start`` busy the streams
   decode partials less often (up to ``max_stretch`` times the interval at ``full``), so a
@@ -77,6 +83,11 @@ class SchedulerConfig:
     max_pad_frames: int = attrs.field(default=500, validator=attrs.validators.ge(0))
     #: a partial waiting this long is served with the finals' urgency.
     starve_after: float = attrs.field(default=3.0, validator=attrs.validators.gt(0))
+    #: after a round, partials wait up to this long for the streams just served to submit
+    #: again (audio arrives in frames of up to 100 ms, so streams drift that much).
+    linger: float = attrs.field(default=0.1, validator=attrs.validators.ge(0))
+    #: streams that submitted within this many seconds count as active (for ``linger``).
+    active_window: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
 
 
 @attrs.frozen(kw_only=True)
@@ -99,6 +110,8 @@ class DecodeScheduler:
         self.config = config if config is not None else SchedulerConfig()
         self._waiting: dict[int, tuple[int, DecodeRequest]] = {}
         self._seq = 0
+        self._active: dict[str, float] = {}  # stream -> its last submission
+        self._idle_since: float | None = None  # end of the last round, while lingering
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -114,6 +127,32 @@ class DecodeScheduler:
             raise ValueError(f"decode request {request.id} is already waiting")
         self._waiting[request.id] = (self._seq, request)
         self._seq += 1
+        self._active[request.stream] = max(
+            request.submitted, self._active.get(request.stream, request.submitted)
+        )
+
+    def round_done(self, now: float) -> None:
+        """The executor finished a round at ``now`` (the linger window starts)."""
+        self._idle_since = now
+        cutoff = now - self.config.active_window
+        self._active = {k: t for k, t in self._active.items() if t >= cutoff}
+
+    @property
+    def deadline(self) -> float | None:
+        """When a lingering scheduler gives its batch anyway (None: not lingering)."""
+        if self._idle_since is None or not self._waiting:
+            return None
+        return self._idle_since + self.config.linger
+
+    def _lingers(self, leader: DecodeRequest, now: float) -> bool:
+        if self._idle_since is None or self.urgent(leader, now):
+            return False
+        if now >= self._idle_since + self.config.linger:
+            return False
+        cutoff = now - self.config.active_window
+        active = sum(1 for t in self._active.values() if t >= cutoff)
+        waiting = len({r.stream for _, r in self._waiting.values()})
+        return waiting < active
 
     def cancel(self, request_id: int) -> bool:
         """Forget a waiting request (its caller gave up); False when it was not waiting."""
@@ -134,7 +173,8 @@ class DecodeScheduler:
         return [r for _, r in items]
 
     def next_batch(self, now: float, *, urgent_only: bool = False) -> Batch | None:
-        """Remove and return the next batch to decode; None when nothing waits.
+        """Remove and return the next batch to decode; None when nothing waits or while
+        lingering (ask again at :attr:`deadline` or when a request arrives).
 
         ``urgent_only`` returns a batch only when the most urgent request is in tier 0 (the
         executor asks so between the steps of a round of partials, to let finals in).
@@ -146,6 +186,9 @@ class DecodeScheduler:
         tier = self.urgent(leader, now)
         if urgent_only and not tier:
             return None
+        if self._lingers(leader, now):
+            return None
+        self._idle_since = None
         members = [leader]
         lo = hi = leader.frames
         cfg = self.config

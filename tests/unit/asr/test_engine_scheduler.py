@@ -86,6 +86,7 @@ configs = st.builds(
     max_batch_frames=st.integers(1000, 24000),
     max_pad_frames=st.integers(0, 1500),
     starve_after=st.floats(0.5, 5.0),
+    linger=st.floats(0.0, 0.1),
 )
 arrivals = st.lists(
     st.tuples(
@@ -136,7 +137,7 @@ def test_simulated_load_respects_limits_urgency_and_never_starves(
         arrival_time += gap
         r = DecodeRequest(
             id=i,
-            stream=f"s{i}",
+            stream=f"s{i % 5}",
             final=final,
             frames=frames,
             group=group,
@@ -146,28 +147,48 @@ def test_simulated_load_respects_limits_urgency_and_never_starves(
         timeline.append((arrival_time, r))
         requests[i] = r
     steps = 0
-    while (timeline or len(s)) and steps < 10_000:
+    running = False
+
+    def arrive() -> None:
+        nonlocal now
+        t, r = timeline.pop(0)
+        now = max(now, t)
+        s.submit(r)
+
+    while (timeline or len(s) or running) and steps < 10_000:
         steps += 1
         next_arrival = timeline[0][0] if timeline else float("inf")
-        if len(s) and busy_until <= next_arrival:
-            now = max(now, busy_until)
-            waiting = list(s.waiting)
-            order = s.ordered(now)
-            batch = s.next_batch(now)
-            assert batch is not None
-            assert batch.requests[0] == order[0]
-            _check_batch(s, batch, waiting, now)
-            for r in batch.requests:
-                served[r.id] = now
-            busy_until = now + cost
-        else:
-            now = max(now, next_arrival)
-            _, r = timeline.pop(0)
-            s.submit(r)
+        if running:
+            if busy_until <= next_arrival:
+                now, running = busy_until, False
+                s.round_done(now)
+            else:
+                arrive()
+            continue
+        if not len(s):
+            arrive()
+            continue
+        waiting = list(s.waiting)
+        order = s.ordered(now)
+        batch = s.next_batch(now)
+        if batch is None:  # lingering: never for a final, never past the deadline
+            assert not any(s.urgent(r, now) for r in waiting)
+            deadline = s.deadline
+            assert deadline is not None and now < deadline <= now + config.linger + 1e-9
+            if next_arrival < deadline:
+                arrive()
+            else:
+                now = deadline
+            continue
+        assert batch.requests[0] == order[0]
+        _check_batch(s, batch, waiting, now)
+        for r in batch.requests:
+            served[r.id] = now
+        busy_until, running = now + cost, True
     assert set(served) == set(requests)  # nobody starves
     for i, r in requests.items():
         earlier = sum(1 for o in requests.values() if o.submitted <= r.submitted)
-        bound = (0.0 if r.final else config.starve_after) + (earlier + 1) * cost
+        bound = (0.0 if r.final else config.starve_after) + (earlier + 1) * (cost + config.linger)
         assert served[i] - r.submitted <= bound + 1e-9
 
 
@@ -249,3 +270,27 @@ def test_urgent_only_batches_are_urgent(
     else:
         assert batch is not None and batch.urgent
         assert all(s.urgent(r, now) for r in batch.requests)
+
+
+def test_streams_served_together_are_waited_for_briefly() -> None:
+    """Two streams out of phase: after a round, the one just served gets ``linger`` to join."""
+    s = DecodeScheduler(SchedulerConfig(linger=0.05))
+    s.submit(req(1, at=0.0))  # stream s1
+    s.submit(req(2, at=0.0))  # stream s2
+    first = s.next_batch(0.0)
+    assert first is not None and first.ids == (1, 2)
+    s.round_done(0.3)
+    s.submit(attrs.evolve(req(3, at=0.31), stream="s1"))
+    assert s.next_batch(0.31) is None and s.deadline == pytest.approx(0.35)
+    s.submit(attrs.evolve(req(4, at=0.32), stream="s2"))
+    both = s.next_batch(0.32)  # every active stream waits: no need to linger further
+    assert both is not None and both.ids == (3, 4)
+    s.round_done(0.6)
+    s.submit(attrs.evolve(req(5, at=0.61), stream="s1"))
+    assert s.next_batch(0.61) is None
+    late = s.next_batch(0.66)  # the deadline passed: it runs alone
+    assert late is not None and late.ids == (5,)
+    s.round_done(0.9)
+    s.submit(attrs.evolve(req(6, final=True, at=0.91), stream="s2"))
+    final = s.next_batch(0.91)  # finals never linger
+    assert final is not None and final.ids == (6,)
