@@ -1,8 +1,9 @@
 """``create_app``: the Starlette application of the backend (the composition root).
 
 Endpoints: ``/ws/live-listener`` (one :class:`~echopanel.server.connection.LiveConnection`
-per WebSocket), ``/health`` (503 while the model loads or when it failed, 200 with model and
-capacity info when ready; no token needed, no secrets shown) and ``/metrics`` (Prometheus
+per WebSocket), ``/health`` (503 while the model loads or when it failed, 200 when ready; without the token
+only status, readiness and capacity, with it — ``Authorization: Bearer`` — also the model,
+the connection count and the load error; no secrets either way) and ``/metrics`` (Prometheus
 text; needs the token when one is configured). The lifespan loads and warms the shared ASR
 once, in the background, so ``/health`` can answer while it loads.
 """
@@ -57,6 +58,11 @@ def build_asr(config: ServerConfig) -> AsrBackend:
     return backend
 
 
+#: What clients are told when the model failed to load (the cause, maybe with paths, is logged
+#: and shown by ``/health`` to token holders only).
+_ASR_LOAD_FAILED = "the speech model could not be loaded (see the server log)"
+
+
 def server_state(app: Starlette) -> ServerState:
     """The :class:`ServerState` of an app made by :func:`create_app`."""
     state: ServerState = app.state.echopanel
@@ -70,10 +76,12 @@ async def _load_asr(state: ServerState) -> None:
             await state.asr.load()
         log.info("ASR ready: %s", dict(state.asr.describe()))
     except AsrError as exc:
-        state.asr_error = exc.message
+        state.asr_error = _ASR_LOAD_FAILED
+        state.asr_error_detail = exc.message
         log.error("ASR unavailable: %s", exc.message)
     except Exception as exc:  # a broken backend must not take the server down
-        state.asr_error = repr(exc)
+        state.asr_error = _ASR_LOAD_FAILED
+        state.asr_error_detail = f"{type(exc).__name__}: {exc}"
         log.exception("ASR load failed")
     finally:
         loaded.set()
@@ -119,18 +127,20 @@ def create_app(
     async def health(request: Request) -> Response:
         ready = state.asr.ready
         status = "ok" if ready else ("unavailable" if state.asr_error else "loading")
-        body = {
+        body: dict[str, object] = {
             "status": status,
-            "asr": {**dict(state.asr.describe()), "ready": ready},
+            "ready": ready,
             "sessions": {
                 "active": len(state.sessions),
                 "max": state.slots.capacity,
                 "available": max(0, state.slots.capacity - state.slots.in_use),
             },
-            "connections": state.open_connections,
         }
-        if state.asr_error:
-            body["error"] = state.asr_error
+        if check_token(config.token, request.headers):  # detail for token holders only
+            body["asr"] = {**dict(state.asr.describe()), "ready": ready}
+            body["connections"] = state.open_connections
+            if state.asr_error:
+                body["error"] = state.asr_error_detail or state.asr_error
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:

@@ -42,7 +42,10 @@ class ServerState:
     metrics: ServerMetrics = attrs.field(init=False)
     sessions: set[LiveSessionView] = attrs.field(factory=set)
     open_connections: int = 0
+    #: why the ASR is unavailable, for clients (no paths, no exception reprs)
     asr_error: str | None = None
+    #: the same with the cause (may name paths): the log and ``/health`` with the token
+    asr_error_detail: str | None = None
     asr_loaded: anyio.Event | None = None
     owns_asr: bool = False
 
