@@ -26,13 +26,18 @@ import uvicorn
 from starlette.applications import Starlette
 
 from echopanel.ports import AsrBackend
+from echopanel.protocol import MAX_FRAME_BYTES
 from echopanel.server.analysis import Analyzer
 from echopanel.server.app import create_app
 from echopanel.server.config import ServerConfig
 
-__all__ = ["run_server", "serve_in_background", "serve_in_thread", "uvicorn_config"]
+__all__ = ["WS_MAX_SIZE", "run_server", "serve_in_background", "serve_in_thread", "uvicorn_config"]
 
-_WS_MAX_SIZE = 1024 * 1024  # frames above 64 KiB get frame_too_large; far larger: 1009 by uvicorn
+#: Largest WebSocket message uvicorn buffers: the protocol's largest message (a text ``audio``
+#: message of a full frame, ``2 * MAX_FRAME_BYTES``) plus a margin. Up to it the connection
+#: answers with ``frame_too_large`` itself; beyond, uvicorn closes 1009 without reading more.
+#: Per-message deflate is off: a compressed "bomb" would inflate before any limit applies.
+WS_MAX_SIZE = 2 * MAX_FRAME_BYTES + 16 * 1024
 
 
 def uvicorn_config(
@@ -44,7 +49,8 @@ def uvicorn_config(
         host=config.host,
         port=config.port,
         ws="wsproto",
-        ws_max_size=_WS_MAX_SIZE,
+        ws_max_size=WS_MAX_SIZE,
+        ws_per_message_deflate=False,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         lifespan="on",
