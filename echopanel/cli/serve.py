@@ -41,6 +41,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--model", dest="model_path", help="CTranslate2 Whisper model directory")
     parser.add_argument("--record-dir", help="write every received frame to per-source WAVs")
     parser.add_argument(
+        "--allow-origin",
+        action="append",
+        dest="allow_origins",
+        metavar="ORIGIN",
+        help="a browser origin (scheme://host[:port]) allowed to open the WebSocket besides "
+        "the server's own; repeatable (or ECHOPANEL_ALLOW_ORIGINS, space/comma separated)",
+    )
+    parser.add_argument(
+        "--max-pending",
+        type=int,
+        help="sockets without a session (before start) at once; more get HTTP 503 "
+        "(default 32)",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
     )
     return parser
@@ -67,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
             asr=args.asr,
             model_path=args.model_path,
             record_dir=args.record_dir,
+            allow_origins=tuple(args.allow_origins) if args.allow_origins else None,
+            max_pending=args.max_pending,
         )
     except (ValueError, TypeError) as exc:
         print(f"echopanel serve: invalid configuration: {exc}", file=sys.stderr)

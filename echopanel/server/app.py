@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -27,6 +28,7 @@ from echopanel.protocol import ENDPOINT_PATH
 from echopanel.server.analysis import Analyzer, KeywordAnalyzer
 from echopanel.server.config import ServerConfig
 from echopanel.server.connection import LiveConnection, check_token
+from echopanel.server.guards import RequestGuard
 from echopanel.server.metrics import CONTENT_TYPE_LATEST
 from echopanel.server.slots import LocalSlotController, SlotController
 from echopanel.server.state import ServerState
@@ -159,6 +161,7 @@ def create_app(
             Route("/metrics", metrics),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(RequestGuard, state=state)],  # Host, Origin, admission
     )
     app.state.echopanel = state
     return app

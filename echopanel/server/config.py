@@ -10,12 +10,13 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Final, Literal
 
 import attrs
 from attrs import validators as v
 
-__all__ = ["ENV_VARS", "DegradeConfig", "ServerConfig", "is_loopback"]
+__all__ = ["ENV_VARS", "DegradeConfig", "ServerConfig", "is_loopback", "normalize_origin"]
 
 AsrName = Literal["whisper", "fake"]
 
@@ -30,7 +31,44 @@ ENV_VARS: Final[dict[str, str]] = {
     "asr": "ECHOPANEL_ASR",
     "model_path": "ECHOPANEL_MODEL",
     "record_dir": "ECHOPANEL_RECORD_DIR",
+    "allow_origins": "ECHOPANEL_ALLOW_ORIGINS",
+    "max_pending": "ECHOPANEL_MAX_PENDING",
 }
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def normalize_origin(origin: str) -> str | None:
+    """``scheme://host[:port]`` in lower case, default port dropped; None when malformed.
+
+    ``null`` (sandboxed pages, ``file:``) stays ``null`` so it can be allowed explicitly.
+    """
+    origin = origin.strip()
+    if origin.lower() == "null":
+        return "null"
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if (
+        scheme not in _DEFAULT_PORTS
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.username is not None
+        or parts.query
+        or parts.fragment
+    ):
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}"
+
 
 
 def is_loopback(host: str) -> bool:
@@ -98,10 +136,21 @@ class ServerConfig:
     max_invalid_messages: int = attrs.field(default=20, validator=v.ge(0))
     send_timeout: float = attrs.field(default=10.0, validator=v.gt(0))
     degrade: DegradeConfig = attrs.field(factory=DegradeConfig)
+    #: browser origins (``scheme://host[:port]``) allowed to open the WebSocket besides the
+    #: server's own; an upgrade with any other ``Origin`` header gets HTTP 403
+    allow_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: live-listener sockets without a session (before ``start`` or waiting for a slot);
+    #: one more is refused with HTTP 503 before the upgrade
+    max_pending: int = attrs.field(default=32, validator=v.ge(1))
 
     def __attrs_post_init__(self) -> None:
         if self.token is not None and not self.token:
             raise ValueError("token must not be empty")
+        for origin in self.allow_origins:
+            if normalize_origin(origin) is None:
+                raise ValueError(
+                    f"allowed origin {origin!r} is not scheme://host[:port] (or null)"
+                )
 
     @property
     def exposed_without_token(self) -> bool:
@@ -118,6 +167,8 @@ class ServerConfig:
             "max_sessions": int,
             "slot_timeout": float,
             "start_timeout": float,
+            "allow_origins": lambda raw: tuple(o for o in raw.replace(",", " ").split() if o),
+            "max_pending": int,
         }
         for field, var in ENV_VARS.items():
             raw = env.get(var)

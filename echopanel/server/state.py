@@ -48,6 +48,10 @@ class ServerState:
     asr_error_detail: str | None = None
     asr_loaded: anyio.Event | None = None
     owns_asr: bool = False
+    #: set on the first SIGTERM/SIGINT: new sessions are refused while live ones finish
+    draining: bool = False
+    #: live-listener sockets let through by the request guard and not yet ended
+    ws_open: int = 0
 
     def __attrs_post_init__(self) -> None:
         self.metrics = ServerMetrics(
@@ -59,6 +63,11 @@ class ServerState:
                 max((lv for s in self.sessions for lv in s.degrade_levels()), default=0)
             ),
         )
+
+    @property
+    def pending_connections(self) -> int:
+        """Sockets holding no session yet (before ``start``, or waiting for a slot)."""
+        return max(0, self.ws_open - len(self.sessions))
 
     def loaded_event(self) -> anyio.Event:
         """The load-finished event (made in the running event loop on first use)."""
