@@ -3,8 +3,10 @@
 Every option has an environment variable (``ECHOPANEL_HOST``, ``ECHOPANEL_PORT``,
 ``ECHOPANEL_TOKEN``, ``ECHOPANEL_MAX_SESSIONS``, ``ECHOPANEL_SLOT_TIMEOUT``,
 ``ECHOPANEL_START_TIMEOUT``, ``ECHOPANEL_ASR``, ``ECHOPANEL_MODEL``,
-``ECHOPANEL_RECORD_DIR``); options win. Listening off loopback without a token is refused
-(exit 2). SIGINT/SIGTERM shut down gracefully (exit 0).
+``ECHOPANEL_RECORD_DIR``, …); options win. Listening off loopback without a token is refused
+(exit 2). ``--token`` is visible in ``ps``: prefer ``ECHOPANEL_TOKEN`` (a warning says so).
+``--ssl-certfile``/``--ssl-keyfile`` serve ``wss://``/``https://`` for off-loopback use.
+SIGINT/SIGTERM shut down gracefully (exit 0).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import ssl
 import sys
 from typing import Any
 
@@ -27,7 +30,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8765)")
-    parser.add_argument("--token", help="shared secret clients must send (or ECHOPANEL_TOKEN)")
+    parser.add_argument(
+        "--token",
+        help="shared secret clients must send; prefer ECHOPANEL_TOKEN: a command-line "
+        "argument is visible to every user of the machine (ps)",
+    )
     parser.add_argument("--max-sessions", type=int, help="concurrent sessions (default 8)")
     parser.add_argument(
         "--slot-timeout", type=float, help="seconds a start waits for a free slot (default 5)"
@@ -55,6 +62,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(default 32)",
     )
     parser.add_argument(
+        "--ssl-certfile", help="TLS certificate (PEM) for wss:// and https:// (with --ssl-keyfile)"
+    )
+    parser.add_argument("--ssl-keyfile", help="TLS private key (PEM) for --ssl-certfile")
+    parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error")
     )
     return parser
@@ -63,7 +74,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from echopanel.errors import AsrError
     from echopanel.server.app import create_app
-    from echopanel.server.config import ServerConfig
+    from echopanel.server.config import ServerConfig, is_loopback
     from echopanel.server.runner import run_server
 
     logging.basicConfig(
@@ -83,10 +94,26 @@ def run(args: argparse.Namespace) -> int:
             record_dir=args.record_dir,
             allow_origins=tuple(args.allow_origins) if args.allow_origins else None,
             max_pending=args.max_pending,
+            ssl_certfile=args.ssl_certfile,
+            ssl_keyfile=args.ssl_keyfile,
         )
     except (ValueError, TypeError) as exc:
         print(f"echopanel serve: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    if args.token:
+        print(
+            "echopanel serve: warning: --token is visible to every user of this machine "
+            "(ps, /proc); set ECHOPANEL_TOKEN instead",
+            file=sys.stderr,
+        )
+    if config.ssl_certfile is not None and config.ssl_keyfile is not None:
+        try:  # a bad certificate is a usage error, not a traceback at startup
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+                config.ssl_certfile, config.ssl_keyfile
+            )
+        except (OSError, ssl.SSLError) as exc:
+            print(f"echopanel serve: cannot use the TLS certificate/key: {exc}", file=sys.stderr)
+            return 2
     if config.exposed_without_token:
         print(
             f"echopanel serve: refusing to listen on {config.host} without a token; "
@@ -94,6 +121,13 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if not config.tls and not is_loopback(config.host):
+        print(
+            f"echopanel serve: warning: listening on {config.host} without TLS; the token "
+            "and the audio cross the network in clear (use --ssl-certfile/--ssl-keyfile or "
+            "a TLS-terminating proxy)",
+            file=sys.stderr,
+        )
     try:
         app = create_app(config)
     except AsrError as exc:

@@ -33,6 +33,8 @@ ENV_VARS: Final[dict[str, str]] = {
     "record_dir": "ECHOPANEL_RECORD_DIR",
     "allow_origins": "ECHOPANEL_ALLOW_ORIGINS",
     "max_pending": "ECHOPANEL_MAX_PENDING",
+    "ssl_certfile": "ECHOPANEL_SSL_CERTFILE",
+    "ssl_keyfile": "ECHOPANEL_SSL_KEYFILE",
 }
 
 
@@ -142,15 +144,27 @@ class ServerConfig:
     #: live-listener sockets without a session (before ``start`` or waiting for a slot);
     #: one more is refused with HTTP 503 before the upgrade
     max_pending: int = attrs.field(default=32, validator=v.ge(1))
+    #: TLS for off-loopback use: PEM certificate (chain) and private key, both or neither
+    ssl_certfile: Path | None = attrs.field(
+        default=None, converter=attrs.converters.optional(Path)
+    )
+    ssl_keyfile: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
 
     def __attrs_post_init__(self) -> None:
         if self.token is not None and not self.token:
             raise ValueError("token must not be empty")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("TLS needs both ssl_certfile and ssl_keyfile")
         for origin in self.allow_origins:
             if normalize_origin(origin) is None:
                 raise ValueError(
                     f"allowed origin {origin!r} is not scheme://host[:port] (or null)"
                 )
+
+    @property
+    def tls(self) -> bool:
+        """True when the server speaks TLS (``https://`` / ``wss://``)."""
+        return self.ssl_certfile is not None
 
     @property
     def exposed_without_token(self) -> bool:

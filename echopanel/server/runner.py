@@ -57,6 +57,8 @@ def uvicorn_config(
         log_level=log_level,
         timeout_graceful_shutdown=int(max(5.0, config.flush_timeout + 2)),
         access_log=False,
+        ssl_certfile=str(config.ssl_certfile) if config.ssl_certfile else None,
+        ssl_keyfile=str(config.ssl_keyfile) if config.ssl_keyfile else None,
     )
 
 
