@@ -62,6 +62,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(default 32)",
     )
     parser.add_argument(
+        "--decode-timeout",
+        type=float,
+        help="seconds one speech decode may take before the session gets asr_unavailable "
+        "and the ASR is marked unhealthy (default 30)",
+    )
+    parser.add_argument(
         "--ssl-certfile", help="TLS certificate (PEM) for wss:// and https:// (with --ssl-keyfile)"
     )
     parser.add_argument("--ssl-keyfile", help="TLS private key (PEM) for --ssl-certfile")
@@ -94,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             record_dir=args.record_dir,
             allow_origins=tuple(args.allow_origins) if args.allow_origins else None,
             max_pending=args.max_pending,
+            decode_timeout=args.decode_timeout,
             ssl_certfile=args.ssl_certfile,
             ssl_keyfile=args.ssl_keyfile,
         )

@@ -26,6 +26,7 @@ from echopanel.errors import AsrError
 from echopanel.ports import AsrBackend
 from echopanel.protocol import ENDPOINT_PATH
 from echopanel.server.analysis import Analyzer, KeywordAnalyzer
+from echopanel.server.asr_guard import GuardedAsrBackend
 from echopanel.server.config import ServerConfig
 from echopanel.server.connection import LiveConnection, check_token
 from echopanel.server.guards import RequestGuard
@@ -102,22 +103,32 @@ def create_app(
     """
     config = config or ServerConfig()
     owns_asr = asr is None
+    guarded = GuardedAsrBackend(
+        asr if asr is not None else build_asr(config), decode_timeout=config.decode_timeout
+    )
     state = ServerState(
         config=config,
-        asr=asr if asr is not None else build_asr(config),
+        asr=guarded,
         analyzer=analyzer or KeywordAnalyzer(),
         slots=slots or LocalSlotController(config.max_sessions),
         owns_asr=owns_asr,
     )
 
+    def on_asr_health(problem: str | None) -> None:  # a decode past its deadline, or over
+        state.asr_error = state.asr_error_detail = problem
+
+    guarded.on_health = on_asr_health
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.asr_loaded = None
         async with anyio.create_task_group() as tg:
+            guarded.attach(tg)  # decodes run here, so a hung one can be abandoned
             tg.start_soon(_load_asr, state)
             try:
                 yield
             finally:
+                guarded.attach(None)
                 tg.cancel_scope.cancel()
                 if state.owns_asr:
                     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):

@@ -33,6 +33,7 @@ ENV_VARS: Final[dict[str, str]] = {
     "record_dir": "ECHOPANEL_RECORD_DIR",
     "allow_origins": "ECHOPANEL_ALLOW_ORIGINS",
     "max_pending": "ECHOPANEL_MAX_PENDING",
+    "decode_timeout": "ECHOPANEL_DECODE_TIMEOUT",
     "ssl_certfile": "ECHOPANEL_SSL_CERTFILE",
     "ssl_keyfile": "ECHOPANEL_SSL_KEYFILE",
 }
@@ -144,6 +145,9 @@ class ServerConfig:
     #: live-listener sockets without a session (before ``start`` or waiting for a slot);
     #: one more is refused with HTTP 503 before the upgrade
     max_pending: int = attrs.field(default=32, validator=v.ge(1))
+    #: seconds one decode (feed or flush) may take; past it the session gets asr_unavailable,
+    #: its slot is released and the ASR is unhealthy until the stuck decode returns
+    decode_timeout: float = attrs.field(default=30.0, validator=v.gt(0))
     #: TLS for off-loopback use: PEM certificate (chain) and private key, both or neither
     ssl_certfile: Path | None = attrs.field(
         default=None, converter=attrs.converters.optional(Path)
@@ -183,6 +187,7 @@ class ServerConfig:
             "start_timeout": float,
             "allow_origins": lambda raw: tuple(o for o in raw.replace(",", " ").split() if o),
             "max_pending": int,
+            "decode_timeout": float,
         }
         for field, var in ENV_VARS.items():
             raw = env.get(var)
