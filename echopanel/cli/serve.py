@@ -6,7 +6,8 @@ Every option has an environment variable (``ECHOPANEL_HOST``, ``ECHOPANEL_PORT``
 ``ECHOPANEL_RECORD_DIR``, …); options win. Listening off loopback without a token is refused
 (exit 2). ``--token`` is visible in ``ps``: prefer ``ECHOPANEL_TOKEN`` (a warning says so).
 ``--ssl-certfile``/``--ssl-keyfile`` serve ``wss://``/``https://`` for off-loopback use.
-SIGINT/SIGTERM shut down gracefully (exit 0).
+The first SIGINT/SIGTERM drains (no new sessions, live ones finish within ``--drain-timeout``,
+the rest are closed with 1001) and exits 0; a second one forces the exit.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "and the ASR is marked unhealthy (default 30)",
     )
     parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        help="on SIGTERM/SIGINT, seconds live sessions get to finish (flush, final summary) "
+        "before the rest are closed with 1001; a second signal forces (default 10)",
+    )
+    parser.add_argument(
         "--ssl-certfile", help="TLS certificate (PEM) for wss:// and https:// (with --ssl-keyfile)"
     )
     parser.add_argument("--ssl-keyfile", help="TLS private key (PEM) for --ssl-certfile")
@@ -101,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             allow_origins=tuple(args.allow_origins) if args.allow_origins else None,
             max_pending=args.max_pending,
             decode_timeout=args.decode_timeout,
+            drain_timeout=args.drain_timeout,
             ssl_certfile=args.ssl_certfile,
             ssl_keyfile=args.ssl_keyfile,
         )

@@ -135,7 +135,12 @@ def create_app(
                         await state.asr.aclose()
 
     async def live_listener(websocket: WebSocket) -> None:
-        await LiveConnection(websocket, state).run()
+        connection = LiveConnection(websocket, state)
+        state.connections.add(connection)  # for the drain on SIGTERM
+        try:
+            await connection.run()
+        finally:
+            state.connections.discard(connection)
 
     async def health(request: Request) -> Response:
         ready = state.asr.ready

@@ -34,6 +34,7 @@ ENV_VARS: Final[dict[str, str]] = {
     "allow_origins": "ECHOPANEL_ALLOW_ORIGINS",
     "max_pending": "ECHOPANEL_MAX_PENDING",
     "decode_timeout": "ECHOPANEL_DECODE_TIMEOUT",
+    "drain_timeout": "ECHOPANEL_DRAIN_TIMEOUT",
     "ssl_certfile": "ECHOPANEL_SSL_CERTFILE",
     "ssl_keyfile": "ECHOPANEL_SSL_KEYFILE",
 }
@@ -148,6 +149,9 @@ class ServerConfig:
     #: seconds one decode (feed or flush) may take; past it the session gets asr_unavailable,
     #: its slot is released and the ASR is unhealthy until the stuck decode returns
     decode_timeout: float = attrs.field(default=30.0, validator=v.gt(0))
+    #: seconds the first SIGTERM/SIGINT waits for live sessions to drain (flush, summary)
+    #: before closing the rest with 1001; a second signal forces the exit
+    drain_timeout: float = attrs.field(default=10.0, validator=v.ge(0))
     #: TLS for off-loopback use: PEM certificate (chain) and private key, both or neither
     ssl_certfile: Path | None = attrs.field(
         default=None, converter=attrs.converters.optional(Path)
@@ -188,6 +192,7 @@ class ServerConfig:
             "allow_origins": lambda raw: tuple(o for o in raw.replace(",", " ").split() if o),
             "max_pending": int,
             "decode_timeout": float,
+            "drain_timeout": float,
         }
         for field, var in ENV_VARS.items():
             raw = env.get(var)
