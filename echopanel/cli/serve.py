@@ -59,8 +59,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-pending",
         type=int,
-        help="sockets without a session (before start) at once; more get HTTP 503 "
-        "(default 32)",
+        help="sockets without a session (before start) at once; more get HTTP 503 (default 32)",
     )
     parser.add_argument(
         "--decode-timeout",

@@ -1,11 +1,11 @@
 """``create_app``: the Starlette application of the backend (the composition root).
 
 Endpoints: ``/ws/live-listener`` (one :class:`~echopanel.server.connection.LiveConnection`
-per WebSocket), ``/health`` (503 while the model loads or when it failed, 200 when ready; without the token
-only status, readiness and capacity, with it — ``Authorization: Bearer`` — also the model,
-the connection count and the load error; no secrets either way) and ``/metrics`` (Prometheus
-text; needs the token when one is configured). The lifespan loads and warms the shared ASR
-once, in the background, so ``/health`` can answer while it loads.
+per WebSocket), ``/health`` (503 while the model loads or when it failed, 200 when ready;
+without the token only status, readiness and capacity, with it — ``Authorization: Bearer`` —
+also the model, the connection count and the load error; no secrets either way) and
+``/metrics`` (Prometheus text; needs the token when one is configured). The lifespan loads
+and warms the shared ASR once, in the background, so ``/health`` can answer while it loads.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 import attrs
 from attrs import validators as v
@@ -72,7 +72,6 @@ def normalize_origin(origin: str) -> str | None:
     if port is not None and port != _DEFAULT_PORTS[scheme]:
         host = f"{host}:{port}"
     return f"{scheme}://{host}"
-
 
 
 def is_loopback(host: str) -> bool:
@@ -153,9 +152,7 @@ class ServerConfig:
     #: before closing the rest with 1001; a second signal forces the exit
     drain_timeout: float = attrs.field(default=10.0, validator=v.ge(0))
     #: TLS for off-loopback use: PEM certificate (chain) and private key, both or neither
-    ssl_certfile: Path | None = attrs.field(
-        default=None, converter=attrs.converters.optional(Path)
-    )
+    ssl_certfile: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     ssl_keyfile: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
 
     def __attrs_post_init__(self) -> None:
@@ -165,9 +162,7 @@ class ServerConfig:
             raise ValueError("TLS needs both ssl_certfile and ssl_keyfile")
         for origin in self.allow_origins:
             if normalize_origin(origin) is None:
-                raise ValueError(
-                    f"allowed origin {origin!r} is not scheme://host[:port] (or null)"
-                )
+                raise ValueError(f"allowed origin {origin!r} is not scheme://host[:port] (or null)")
 
     @property
     def tls(self) -> bool:

@@ -170,7 +170,7 @@ class SessionRecorder:
                 path = self.directory / f"{self._stem}-{source}.wav"
                 # "x": never truncate an existing file, even if two names ever collided
                 file = open(path, "xb")  # noqa: SIM115 - closed in aclose()
-                writer = wave.open(file, "wb")
+                writer = wave.open(file, "wb")  # noqa: SIM115 - closed in aclose()
                 writer.setnchannels(1)
                 writer.setsampwidth(2)
                 writer.setframerate(SAMPLE_RATE)

@@ -34,7 +34,14 @@ from echopanel.server.app import create_app, server_state
 from echopanel.server.config import ServerConfig
 from echopanel.server.state import ServerState
 
-__all__ = ["WS_MAX_SIZE", "DrainingServer", "run_server", "serve_in_background", "serve_in_thread", "uvicorn_config"]
+__all__ = [
+    "WS_MAX_SIZE",
+    "DrainingServer",
+    "run_server",
+    "serve_in_background",
+    "serve_in_thread",
+    "uvicorn_config",
+]
 
 #: Largest WebSocket message uvicorn buffers: the protocol's largest message (a text ``audio``
 #: message of a full frame, ``2 * MAX_FRAME_BYTES``) plus a margin. Up to it the connection

@@ -75,23 +75,23 @@ class ServerState:
         """Sockets holding no session yet (before ``start``, or waiting for a slot)."""
         return max(0, self.ws_open - len(self.sessions))
 
-    async def drain_all(self, timeout: float) -> int:
-        """Drain every live connection; after ``timeout`` close the rest with 1001.
+    async def drain_all(self, within: float) -> int:
+        """Drain every live connection; after ``within`` seconds close the rest with 1001.
 
         Sets ``draining`` (the request guard then refuses new sockets), calls ``drain()`` on
         each live connection that has it (flush, ``final_summary``, close) and waits until
-        every connection has ended or ``timeout`` passed. Returns how many were still open
+        every connection has ended or ``within`` seconds passed. Returns how many were still open
         and got closed with 1001.
         """
         self.draining = True
-        log.info("Draining %d connection(s) (at most %g s)", len(self.connections), timeout)
-        with anyio.move_on_after(timeout):
+        log.info("Draining %d connection(s) (at most %g s)", len(self.connections), within)
+        with anyio.move_on_after(within):
             async with anyio.create_task_group() as tg:
                 for conn in list(self.connections):
                     drain = getattr(conn, "drain", None)
                     if drain is not None:
                         tg.start_soon(_drain_one, conn, drain)
-                while self.connections:
+                while self.connections:  # noqa: ASYNC110 - a shutdown-only poll, 20 Hz
                     await anyio.sleep(0.05)
         remaining = list(self.connections)
         if remaining:

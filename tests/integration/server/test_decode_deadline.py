@@ -56,7 +56,7 @@ async def test_a_hung_decode_releases_the_slot_and_marks_the_asr_unhealthy(conne
 
             asr.unblock()  # the stuck decode returns: healthy again
             with anyio.fail_after(5):
-                while (await _health(url)).status_code != 200:
+                while (await _health(url)).status_code != 200:  # noqa: ASYNC110
                     await anyio.sleep(0.05)
             assert asr.streams[0].closed
             again = await _streaming(connect, url, "again")

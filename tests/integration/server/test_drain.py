@@ -105,7 +105,7 @@ async def test_drain_refuses_new_sockets_and_lets_live_sessions_finish(connect):
         await client.audio(0.1, count=20)
         proc.send_signal(signal.SIGTERM)
         with anyio.fail_after(10):
-            while (refused := await _upgrade_status(url))[0] == 101:
+            while (refused := await _upgrade_status(url))[0] == 101:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
         status, body = refused
         assert status == 503 and body["error"] == "server_draining"
@@ -140,7 +140,7 @@ async def test_a_second_signal_forces_the_exit(connect):
         await idle.recv()
         proc.send_signal(signal.SIGTERM)
         with anyio.fail_after(10):
-            while (await _upgrade_status(url))[0] != 503:
+            while (await _upgrade_status(url))[0] != 503:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)

@@ -105,10 +105,14 @@ async def test_a_rebinding_host_gets_421_on_http_and_websocket(server, host):
     assert status == 421 and body is not None and body["error"] == "misdirected_request"
 
 
-@pytest.mark.parametrize("host", ["localhost:{port}", "127.0.0.1:{port}", "127.8.9.10", "[::1]:{port}"])
+@pytest.mark.parametrize(
+    "host", ["localhost:{port}", "127.0.0.1:{port}", "127.8.9.10", "[::1]:{port}"]
+)
 async def test_loopback_hosts_are_served(server, host):
     async with httpx.AsyncClient(timeout=5) as http:
-        response = await http.get(f"{server}/health", headers={"host": host.format(port=_port(server))})
+        response = await http.get(
+            f"{server}/health", headers={"host": host.format(port=_port(server))}
+        )
     assert response.status_code == 200 and response.json()["status"] == "ok"
 
 
@@ -121,7 +125,9 @@ async def test_the_host_check_is_for_loopback_binds_only(h):
     assert response.status_code == 200
     # the Origin check still applies
     async with serve_in_background(config, asr=FakeAsrBackend()) as url:
-        status, _ = await _upgrade(url, {"origin": "https://evil.example", "authorization": "Bearer t"})
+        status, _ = await _upgrade(
+            url, {"origin": "https://evil.example", "authorization": "Bearer t"}
+        )
     assert status == 403
 
 
@@ -142,7 +148,7 @@ async def test_pending_connections_are_capped_with_503(h, connect):
         # a pending connection that leaves frees its place too
         await second.aclose()
         with anyio.fail_after(5):
-            while (await _upgrade(url, {}))[0] != 101:
+            while (await _upgrade(url, {}))[0] != 101:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
         await first.send({"type": "stop", "session_id": "s1"})
         await first.expect("final_summary")

@@ -20,7 +20,7 @@ class _CrashingLoad(FakeAsrBackend):
 
 async def _settled(http: httpx.AsyncClient, url: str) -> httpx.Response:
     with anyio.fail_after(5):
-        while (response := await http.get(f"{url}/health")).json()["status"] == "loading":
+        while (response := await http.get(f"{url}/health")).json()["status"] == "loading":  # noqa: ASYNC110
             await anyio.sleep(0.02)
     return response
 

@@ -10,6 +10,7 @@ payload inflates to hundreds of megabytes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -138,10 +139,8 @@ class RawClient:
         return "permessage-deflate" in self.response
 
     def send(self, data: bytes) -> None:
-        try:
+        with contextlib.suppress(OSError):  # the server may close while we still write
             self.sock.sendall(data)
-        except OSError:  # the server may close while we still write: that is its right
-            pass
 
     def read_until_closed(self, limit: float = 10.0) -> bytes:
         """Everything the server sends until it closes the TCP connection (bounded).

@@ -17,7 +17,10 @@ def test_allowed_origins_come_from_the_environment_and_options_win():
     assert ServerConfig().max_pending == 32 and ServerConfig().allow_origins == ()
 
 
-@pytest.mark.parametrize("origin", ["evil.example", "https://a.example/path", "ftp://x", "", "http://user@host", "http://h?q"])
+@pytest.mark.parametrize(
+    "origin",
+    ["evil.example", "https://a.example/path", "ftp://x", "", "http://user@host", "http://h?q"],
+)
 def test_a_malformed_allowed_origin_is_a_configuration_error(origin):
     with pytest.raises(ValueError, match="allowed origin"):
         ServerConfig(allow_origins=(origin,))
