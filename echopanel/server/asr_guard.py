@@ -12,6 +12,9 @@ session's task waits for it at most ``decode_timeout`` seconds. Past the deadlin
   new sessions get ``asr_unavailable``) and every later call fails fast;
 * when every abandoned call has returned, the backend is healthy again (logged).
 
+Any other failure of the inner backend reaches the session as an ``AsrError`` with a fixed
+message; the backend's own message (which may name paths or quote an exception) is logged.
+
 A stream closed while one of its calls is still running is closed when that call returns, so
 its state is never torn down under a running decode. Without a task group (no lifespan) the
 calls run inline with the same deadline (only cancellable backends honour it then).
@@ -69,7 +72,11 @@ class GuardedAsrBackend(AsrBackend):
     def open_stream(self, source: Source, *, tuning: AsrTuning | None = None) -> AsrStream:
         if self.unhealthy is not None:
             raise AsrError(self.unhealthy)
-        return GuardedAsrStream(self.inner.open_stream(source, tuning=tuning), self)
+        try:
+            stream = self.inner.open_stream(source, tuning=tuning)
+        except Exception as exc:
+            raise _for_clients(exc, f"opening a stream for {source}") from None
+        return GuardedAsrStream(stream, self)
 
     def describe(self) -> Mapping[str, str]:
         return {**dict(self.inner.describe()), "decode_timeout": f"{self.decode_timeout:g}"}
@@ -92,6 +99,8 @@ class GuardedAsrBackend(AsrBackend):
             except TimeoutError:
                 self._hung()
                 raise AsrError(self._message()) from None
+            except Exception as exc:
+                raise _for_clients(exc, "a decode") from None
         done = anyio.Event()
         scope = anyio.CancelScope()
         outcome: list[Any] = []
@@ -124,7 +133,7 @@ class GuardedAsrBackend(AsrBackend):
             raise AsrError("speech recognition was stopped")
         result = outcome[0]
         if isinstance(result, Exception):
-            raise result
+            raise _for_clients(result, "a decode") from None
         updates: list[AsrUpdate] = result
         return updates
 
@@ -148,6 +157,14 @@ class GuardedAsrBackend(AsrBackend):
             log.warning("ASR healthy again: every decode past its deadline has returned")
             if self.on_health is not None:
                 self.on_health(None)
+
+
+def _for_clients(exc: Exception, what: str) -> AsrError:
+    """The error a client may see: the backend's own message can name paths or carry an
+    exception's text, so it goes to the server log and the client gets a fixed sentence."""
+    detail = exc.message if isinstance(exc, AsrError) else f"{type(exc).__name__}: {exc}"
+    log.error("ASR failure in %s: %s", what, detail)
+    return AsrError("the speech recognizer failed (details are in the server log)")
 
 
 class GuardedAsrStream(AsrStream):

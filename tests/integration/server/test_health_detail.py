@@ -6,7 +6,8 @@ import anyio
 import httpx
 
 from echopanel.server import serve_in_background
-from echopanel.testing.asr import FakeAsrBackend
+from echopanel.errors import AsrError
+from echopanel.testing.asr import FakeAsrBackend, FakeAsrStream
 
 BEARER = {"authorization": "Bearer s3cret"}
 
@@ -56,3 +57,31 @@ async def test_clients_get_a_human_message_not_the_path_or_the_repr(connect, h):
         assert "/opt/secret" not in error["message"] and "RuntimeError" not in error["message"]
         assert "could not be loaded" in error["message"]
         assert (await client.expect_close()).close_code == 1011
+
+
+class _LeakyStream(FakeAsrStream):
+    async def feed(self, pcm: bytes):
+        raise AsrError("CUDA failed loading /usr/lib/secret/libcublas.so.12")
+
+
+class _LeakyBackend(FakeAsrBackend):
+    def open_stream(self, source, *, tuning=None):
+        stream = super().open_stream(source, tuning=tuning)
+        return _LeakyStream(self, source, stream.tuning)
+
+
+async def test_a_recognition_failure_mid_session_reaches_the_client_without_its_detail(
+    connect, h, caplog
+):
+    async with serve_in_background(h.fast_config(), asr=_LeakyBackend()) as url:
+        client = await connect(url)
+        await client.recv()
+        await client.start(sources=["mic"])
+        await client.expect("status", state="streaming")
+        await client.audio(0.1, source="mic", count=3)
+        error = await client.expect("error")
+        assert error["code"] == "asr_unavailable" and "mic" in error["message"]
+        assert "/usr/lib" not in error["message"] and "CUDA" not in error["message"]
+        assert (await client.expect_close()).close_code == 1011
+        await h.wait_idle(url)
+    assert "/usr/lib/secret/libcublas.so.12" in caplog.text  # the operator sees it
