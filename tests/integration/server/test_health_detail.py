@@ -5,8 +5,8 @@ from __future__ import annotations
 import anyio
 import httpx
 
-from echopanel.server import serve_in_background
 from echopanel.errors import AsrError
+from echopanel.server import serve_in_background
 from echopanel.testing.asr import FakeAsrBackend, FakeAsrStream
 
 BEARER = {"authorization": "Bearer s3cret"}
