@@ -19,7 +19,6 @@ import anyio.to_thread
 import httpx
 import pytest
 
-from echopanel.errors import TransportError
 from echopanel.testing.asr import DEFAULT_WORDS
 
 
@@ -34,6 +33,37 @@ def _serve(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "echopanel", "serve", "--asr", "fake", "--port", str(port), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ),
+    )
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+#: ``run_server`` (the code ``echopanel serve`` runs) with a fake ASR whose flush takes 100 s,
+#: so a streaming session holds the drain open for as long as a test needs
+_SLOW_FLUSH_SERVER = """
+import logging, sys
+logging.basicConfig(level="INFO")
+from echopanel.server import ServerConfig, create_app
+from echopanel.server.runner import run_server
+from echopanel.testing.asr import FakeAsrBackend
+config = ServerConfig(asr="fake", port=int(sys.argv[1]), flush_timeout=100, drain_timeout=120)
+run_server(config, app=create_app(config, asr=FakeAsrBackend(flush_delay=100)))
+"""
+
+
+@contextlib.contextmanager
+def _serve_slow_flush() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_FLUSH_SERVER, str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -98,25 +128,24 @@ async def test_sigterm_mid_utterance_loses_no_final(connect):
         assert await _exit_status(proc, 15) == 0
 
 
-async def test_drain_refuses_new_sockets_and_lets_live_sessions_finish(connect):
-    with _serve("--drain-timeout", "30") as (proc, url):
+async def test_while_draining_new_sockets_get_503_and_a_second_signal_forces_the_exit(connect):
+    with _serve_slow_flush() as (proc, url):
         await _ready(proc, url)
-        client = await _streaming(connect, url, "live")
-        await client.audio(0.1, count=20)
+        client = await _streaming(connect, url, "held")  # its flush holds the drain open
+        await client.audio(0.1, count=10)
         proc.send_signal(signal.SIGTERM)
         with anyio.fail_after(10):
             while (refused := await _upgrade_status(url))[0] == 101:  # noqa: ASYNC110
                 await anyio.sleep(0.05)
         status, body = refused
         assert status == 503 and body["error"] == "server_draining"
-        assert proc.poll() is None  # still serving the live session
-        with contextlib.suppress(TransportError):  # the server may have drained it already
-            await client.send({"type": "stop", "session_id": "live"})
-        summary = await client.expect("final_summary", limit=15)
-        assert summary["transcript"]
-        assert await _exit_status(proc, 20) == 0  # once the last session ended
+        async with httpx.AsyncClient(timeout=5) as http:  # HTTP still answers meanwhile
+            assert (await http.get(f"{url}/health")).status_code == 200
+        assert proc.poll() is None  # the drain waits (up to 120 s) for the live session
+        proc.send_signal(signal.SIGINT)
+        await _exit_status(proc, 20)  # far less than the drain timeout: forced
         out, _ = proc.communicate(timeout=5)
-    assert "Traceback" not in out and "Draining" in out
+    assert "Draining" in out and "forcing the exit" in out
 
 
 async def test_sessions_still_open_at_the_drain_timeout_are_closed_1001_not_1012(connect):
@@ -131,17 +160,3 @@ async def test_sessions_still_open_at_the_drain_timeout_are_closed_1001_not_1012
         assert closed.close_code in (1000, 1001), closed.close_code
         assert (await idle.expect_close(limit=20)).close_code == 1001
         assert await _exit_status(proc, 20) == 0
-
-
-async def test_a_second_signal_forces_the_exit(connect):
-    with _serve("--drain-timeout", "120") as (proc, url):
-        await _ready(proc, url)
-        idle = await connect(url)  # holds the drain for its whole timeout
-        await idle.recv()
-        proc.send_signal(signal.SIGTERM)
-        with anyio.fail_after(10):
-            while (await _upgrade_status(url))[0] != 503:  # noqa: ASYNC110
-                await anyio.sleep(0.05)
-        assert proc.poll() is None
-        proc.send_signal(signal.SIGINT)
-        await _exit_status(proc, 20)  # far less than the 120 s drain timeout
