@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.log_level != "debug":  # the state machines log every callback at INFO
+        logging.getLogger("transitions").setLevel(logging.WARNING)
     try:
         config = ServerConfig.from_env(
             os.environ,

@@ -160,3 +160,6 @@ async def test_sessions_still_open_at_the_drain_timeout_are_closed_1001_not_1012
         assert closed.close_code in (1000, 1001), closed.close_code
         assert (await idle.expect_close(limit=20)).close_code == 1001
         assert await _exit_status(proc, 20) == 0
+        out, _ = proc.communicate(timeout=5)
+    assert "Draining 2 connection(s)" in out
+    assert "Executed callback" not in out  # serve's INFO log is not the state machines' trace
