@@ -80,9 +80,14 @@ def _wait_health(url: str, proc: subprocess.Popen[str], verify: ssl.SSLContext |
     raise AssertionError("server did not become healthy")
 
 
-async def _session(url: str, client: httpx.AsyncClient, token: str) -> dict:
+async def _session(
+    url: str, client: httpx.AsyncClient, token: str, origin: str | None = None
+) -> dict:
     transport = WebSocketTransport(client=client, ping_interval=None)
-    await transport.connect(url, {"authorization": f"Bearer {token}"})
+    headers = {"authorization": f"Bearer {token}"}
+    if origin is not None:
+        headers["origin"] = origin
+    await transport.connect(url, headers)
     try:
         with anyio.fail_after(10):
             assert json.loads(await transport.receive())["state"] == "connected"
@@ -115,6 +120,13 @@ def test_wss_with_a_self_signed_certificate_and_the_token_from_the_environment(c
             async with httpx.AsyncClient(verify=trusted) as client:
                 summary = await _session(f"wss://127.0.0.1:{port}", client, "tls-token")
                 assert summary["transcript"] and summary["session_id"] == "tls"
+                # a page served over https by this server is its own origin; http is not
+                own = f"https://127.0.0.1:{port}"
+                assert await _session(f"wss://127.0.0.1:{port}", client, "tls-token", own)
+                with pytest.raises(TransportError, match="403"):
+                    await _session(
+                        f"wss://127.0.0.1:{port}", client, "tls-token", f"http://127.0.0.1:{port}"
+                    )
             # a client that does not trust the certificate cannot connect
             async with httpx.AsyncClient() as untrusting:
                 with pytest.raises(TransportError):
