@@ -8,6 +8,8 @@ need=()
 for pkg in libportaudio2 libsndfile1 pulseaudio pulseaudio-utils espeak-ng sox openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+# the load-balancer end-to-end test (tests/e2e/test_haproxy.py)
+dpkg -s haproxy >/dev/null 2>&1 || need+=(haproxy)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
   SUDO=""

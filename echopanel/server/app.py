@@ -31,6 +31,7 @@ from echopanel.server.config import ServerConfig
 from echopanel.server.connection import LiveConnection, check_token
 from echopanel.server.guards import RequestGuard
 from echopanel.server.metrics import CONTENT_TYPE_LATEST
+from echopanel.server.readiness import ready_endpoint
 from echopanel.server.slots import LocalSlotController, SlotController
 from echopanel.server.state import ServerState
 
@@ -174,6 +175,7 @@ def create_app(
         routes=[
             WebSocketRoute(WS_PATH, live_listener),
             Route("/health", health),
+            Route("/ready", ready_endpoint),  # readiness: see echopanel.server.readiness
             Route("/metrics", metrics),
         ],
         lifespan=lifespan,

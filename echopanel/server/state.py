@@ -52,7 +52,8 @@ class ServerState:
     asr_error_detail: str | None = None
     asr_loaded: anyio.Event | None = None
     owns_asr: bool = False
-    #: set on the first SIGTERM/SIGINT: new sessions are refused while live ones finish
+    #: set on the first SIGTERM/SIGINT: ``/ready`` answers 503 and the request guard refuses
+    #: new sockets (HTTP 503 ``server_draining``) while live sessions finish
     draining: bool = False
     #: live-listener sockets let through by the request guard and not yet ended
     ws_open: int = 0
