@@ -46,6 +46,9 @@ async def test_a_hung_decode_releases_the_slot_and_marks_the_asr_unhealthy(conne
             assert health.status_code == 503 and health.json()["status"] == "unavailable"
             assert health.json()["sessions"]["available"] == 1
             assert "did not finish within 0.5 s" in health.json()["error"]
+            async with httpx.AsyncClient() as http:  # a balancer routes new sessions away
+                ready = await http.get(f"{url}/ready")
+            assert ready.status_code == 503 and ready.json()["reason"] == "asr_unavailable"
 
             refused = await connect(url)
             await refused.recv()

@@ -141,6 +141,8 @@ async def test_while_draining_new_sockets_get_503_and_a_second_signal_forces_the
         assert status == 503 and body["error"] == "server_draining"
         async with httpx.AsyncClient(timeout=5) as http:  # HTTP still answers meanwhile
             assert (await http.get(f"{url}/health")).status_code == 200
+            ready = await http.get(f"{url}/ready")
+            assert ready.status_code == 503 and ready.json()["reason"] == "draining"
         assert proc.poll() is None  # the drain waits (up to 120 s) for the live session
         proc.send_signal(signal.SIGINT)
         await _exit_status(proc, 20)  # far less than the drain timeout: forced
