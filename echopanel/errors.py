@@ -53,6 +53,8 @@ class ErrorCode(enum.StrEnum):
     MICROPHONE_CAPTURE_FAILED = "microphone_capture_failed"
     CONNECTION_FAILED = "connection_failed"
     BACKEND_START_TIMEOUT = "backend_start_timeout"
+    IDLE_TIMEOUT = "idle_timeout"
+    INTERNAL_ERROR = "internal_error"
 
 
 _MESSAGES: dict[ErrorCode, str] = {
@@ -71,6 +73,8 @@ _MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.MICROPHONE_CAPTURE_FAILED: "Microphone capture failed",
     ErrorCode.CONNECTION_FAILED: "Could not connect to the backend",
     ErrorCode.BACKEND_START_TIMEOUT: "Backend did not start streaming within 5 seconds",
+    ErrorCode.IDLE_TIMEOUT: "No audio received for too long: the server ended the session",
+    ErrorCode.INTERNAL_ERROR: "The server hit an internal error and ended the session",
 }
 
 #: WebSocket close code the server uses when it closes because of an error.
@@ -81,6 +85,8 @@ CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.INVALID_MESSAGE: 1007,
     ErrorCode.START_TIMEOUT: 1008,
     ErrorCode.FRAME_TOO_LARGE: 1009,
+    ErrorCode.IDLE_TIMEOUT: 4408,  # application range: its own code (cf. HTTP 408)
+    ErrorCode.INTERNAL_ERROR: 1011,  # before asr_unavailable: a bare 1011 maps to that
     ErrorCode.ASR_UNAVAILABLE: 1011,
 }
 
@@ -95,6 +101,8 @@ EXIT_CODES: dict[ErrorCode, int] = {
     ErrorCode.ASR_UNAVAILABLE: 3,
     ErrorCode.CONNECTION_FAILED: 3,
     ErrorCode.BACKEND_START_TIMEOUT: 3,
+    ErrorCode.IDLE_TIMEOUT: 3,
+    ErrorCode.INTERNAL_ERROR: 3,
     ErrorCode.SCREEN_RECORDING_PERMISSION_REQUIRED: 4,
     ErrorCode.MICROPHONE_PERMISSION_REQUIRED: 4,
     ErrorCode.SYSTEM_CAPTURE_FAILED: 4,

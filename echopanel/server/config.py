@@ -37,6 +37,8 @@ ENV_VARS: Final[dict[str, str]] = {
     "drain_timeout": "ECHOPANEL_DRAIN_TIMEOUT",
     "ssl_certfile": "ECHOPANEL_SSL_CERTFILE",
     "ssl_keyfile": "ECHOPANEL_SSL_KEYFILE",
+    "idle_timeout": "ECHOPANEL_IDLE_TIMEOUT",
+    "max_audio_rate": "ECHOPANEL_MAX_AUDIO_RATE",
 }
 
 
@@ -154,6 +156,15 @@ class ServerConfig:
     #: TLS for off-loopback use: PEM certificate (chain) and private key, both or neither
     ssl_certfile: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     ssl_keyfile: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    #: a started session with no audio for this many seconds ends with ``idle_timeout``
+    #: (0: never)
+    idle_timeout: float = attrs.field(default=60.0, validator=v.ge(0))
+    #: per source, audio beyond this many seconds per second (after ``audio_burst`` seconds)
+    #: is dropped, counted and reported (0: unbounded)
+    max_audio_rate: float = attrs.field(default=2.0, validator=v.ge(0))
+    audio_burst: float = attrs.field(default=10.0, validator=v.gt(0))
+    #: the encoded ``final_summary`` stays below this many bytes (oldest finals left out)
+    max_summary_bytes: int = attrs.field(default=2 * 1024 * 1024, validator=v.ge(4096))
 
     def __attrs_post_init__(self) -> None:
         if self.token is not None and not self.token:
@@ -188,6 +199,8 @@ class ServerConfig:
             "max_pending": int,
             "decode_timeout": float,
             "drain_timeout": float,
+            "idle_timeout": float,
+            "max_audio_rate": float,
         }
         for field, var in ENV_VARS.items():
             raw = env.get(var)

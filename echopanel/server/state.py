@@ -45,6 +45,9 @@ class ServerState:
     slots: SlotController
     metrics: ServerMetrics = attrs.field(init=False)
     sessions: set[LiveSessionView] = attrs.field(factory=set)
+    #: every open connection (``LiveConnection``), started session or not; each has
+    #: ``async drain()`` for a graceful shutdown
+    connections: set[Any] = attrs.field(factory=set)
     open_connections: int = 0
     #: why the ASR is unavailable, for clients (no paths, no exception reprs)
     asr_error: str | None = None
@@ -57,8 +60,6 @@ class ServerState:
     draining: bool = False
     #: live-listener sockets let through by the request guard and not yet ended
     ws_open: int = 0
-    #: every live connection (a ``LiveConnection``), registered by the endpoint for drain
-    connections: set[Any] = attrs.field(factory=set)
 
     def __attrs_post_init__(self) -> None:
         self.metrics = ServerMetrics(

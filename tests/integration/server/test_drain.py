@@ -17,7 +17,6 @@ from collections.abc import Iterator
 import anyio
 import anyio.to_thread
 import httpx
-import pytest
 
 from echopanel.testing.asr import DEFAULT_WORDS
 
@@ -112,7 +111,6 @@ async def _upgrade_status(url: str) -> tuple[int, dict]:
     return response.status_code, response.json() if response.status_code != 101 else {}
 
 
-@pytest.mark.xfail(strict=True, reason="needs LiveConnection.drain from #14/#10")
 async def test_sigterm_mid_utterance_loses_no_final(connect):
     with _serve("--drain-timeout", "10") as (proc, url):
         await _ready(proc, url)

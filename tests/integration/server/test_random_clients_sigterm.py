@@ -178,7 +178,6 @@ async def test_random_clients_under_sigterm_end_cleanly(seed):
     await _run(seed)
 
 
-@pytest.mark.xfail(strict=True, reason="needs LiveConnection.drain from #14/#10")
 @pytest.mark.parametrize("seed", [11, 12])
 async def test_random_clients_under_sigterm_all_get_their_summary(seed):
     outcomes = await _run(seed, keep_one_live=True)
