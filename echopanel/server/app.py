@@ -136,12 +136,7 @@ def create_app(
                         await state.asr.aclose()
 
     async def live_listener(websocket: WebSocket) -> None:
-        connection = LiveConnection(websocket, state)
-        state.connections.add(connection)  # for the drain on SIGTERM
-        try:
-            await connection.run()
-        finally:
-            state.connections.discard(connection)
+        await LiveConnection(websocket, state).run()
 
     async def health(request: Request) -> Response:
         ready = state.asr.ready
