@@ -11,7 +11,6 @@ import collections
 from typing import Any
 
 import attrs
-import pytest
 
 from echopanel.errors import CLOSE_CODES, ErrorCode
 from echopanel.ports import AsrFinalUpdate
@@ -335,11 +334,6 @@ def test_server_drain_mid_session_sends_everything_then_closes_1001():
     assert link.server_closes() == [1001] and link.released()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client side of #10 item 6: SessionMachine has no `summary` row from `listening`, "
-    "so a drained session (summary without a stop) ends as error:connection_failed",
-)
 def test_server_drain_mid_session_completes_the_client_with_its_summary():
     end = _drained().outcome()
     assert end.outcome == "completed" and end.summary is not None
