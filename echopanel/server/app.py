@@ -1,6 +1,7 @@
 """``create_app``: the Starlette application of the backend (the composition root).
 
-Endpoints: ``/ws/live-listener`` (one :class:`~echopanel.server.connection.LiveConnection`
+Endpoints: ``/`` (the browser page, ``/static/*`` and ``POST /session-ticket``: see
+:mod:`echopanel.server.webui`), ``/ws/live-listener`` (one :class:`~echopanel.server.connection.LiveConnection`
 per WebSocket), ``/health`` (503 while the model loads or when it failed, 200 with model and
 capacity info when ready; no token needed, no secrets shown) and ``/metrics`` (Prometheus
 text; needs the token when one is configured). The lifespan loads and warms the shared ASR
@@ -29,6 +30,7 @@ from echopanel.server.connection import LiveConnection, check_token
 from echopanel.server.metrics import CONTENT_TYPE_LATEST
 from echopanel.server.slots import LocalSlotController, SlotController
 from echopanel.server.state import ServerState
+from echopanel.server.webui import web_routes
 
 __all__ = ["WS_PATH", "build_asr", "create_app", "server_state"]
 
@@ -147,6 +149,7 @@ def create_app(
             WebSocketRoute(WS_PATH, live_listener),
             Route("/health", health),
             Route("/metrics", metrics),
+            *web_routes(config.token, state.tickets),  # the page at /, /session-ticket
         ],
         lifespan=lifespan,
     )

@@ -57,6 +57,7 @@ from echopanel.server.degrade import LevelPlan
 from echopanel.server.pipeline import SourcePipeline
 from echopanel.server.recorder import SessionRecorder
 from echopanel.server.state import ServerState
+from echopanel.server.tickets import TICKET_PARAM
 
 __all__ = ["LiveConnection", "check_token", "render_markdown"]
 
@@ -144,7 +145,10 @@ class LiveConnection:
             self.server.open_connections -= 1
 
     async def _serve(self) -> None:
-        if not check_token(self.config.token, self.ws.headers):
+        if not (
+            check_token(self.config.token, self.ws.headers)
+            or self.server.tickets.redeem(self.ws.query_params.get(TICKET_PARAM))
+        ):  # a browser cannot set headers: it sends a ticket (echopanel.server.tickets)
             await self._fail(ErrorCode.UNAUTHORIZED)
         await self._send(
             StatusMessage(state="connected", message="send start", connection_id=self.connection_id)

@@ -16,6 +16,7 @@ from echopanel.server.analysis import Analyzer
 from echopanel.server.config import ServerConfig
 from echopanel.server.metrics import ServerMetrics
 from echopanel.server.slots import SlotController
+from echopanel.server.tickets import TicketStore
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -45,6 +46,7 @@ class ServerState:
     asr_error: str | None = None
     asr_loaded: anyio.Event | None = None
     owns_asr: bool = False
+    tickets: TicketStore = attrs.field(factory=TicketStore)  # browser tickets (webui)
 
     def __attrs_post_init__(self) -> None:
         self.metrics = ServerMetrics(
