@@ -1,11 +1,11 @@
 """``create_app``: the Starlette application of the backend (the composition root).
 
-Endpoints: ``/`` (the browser page, ``/static/*`` and ``POST /session-ticket``: see
-:mod:`echopanel.server.webui`), ``/ws/live-listener`` (one :class:`~echopanel.server.connection.LiveConnection`
+Endpoints: ``/ws/live-listener`` (one :class:`~echopanel.server.connection.LiveConnection`
 per WebSocket), ``/health`` (503 while the model loads or when it failed, 200 with model and
 capacity info when ready; no token needed, no secrets shown) and ``/metrics`` (Prometheus
 text; needs the token when one is configured). The lifespan loads and warms the shared ASR
-once, in the background, so ``/health`` can answer while it loads.
+once, in the background, so ``/health`` can answer while it loads. The browser page (``/``,
+``/static/*``, ``POST /session-ticket``) comes from :mod:`echopanel.server.webui`.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def create_app(
             WebSocketRoute(WS_PATH, live_listener),
             Route("/health", health),
             Route("/metrics", metrics),
-            *web_routes(config.token, state.tickets),  # the page at /, /session-ticket
+            *web_routes(state),  # the page at /, /session-ticket
         ],
         lifespan=lifespan,
     )

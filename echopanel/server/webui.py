@@ -18,16 +18,16 @@ checks it is current.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from echopanel.errors import CLOSE_CODES, ErrorCode, default_message
-from echopanel.server.tickets import TICKET_PARAM, TicketStore, TicketStoreFull
+from echopanel.server.state import ServerState
+from echopanel.server.tickets import TICKET_PARAM, TicketStoreFull
 
 __all__ = ["WEB_DIR", "render_wire_module", "web_routes", "write_wire_module"]
 
@@ -65,11 +65,12 @@ def _headers(request: Request) -> dict[str, str]:
     }
 
 
-Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
+def web_routes(state: ServerState) -> list[BaseRoute]:
+    """The page's routes, for :func:`~echopanel.server.app.create_app`.
 
-
-def web_routes(token: str | None, tickets: TicketStore) -> list[BaseRoute]:
-    """The page's routes, for :func:`~echopanel.server.app.create_app`."""
+    The token comes from ``state.config``; tickets go to ``state.tickets``, the store the
+    WebSocket endpoint redeems them from.
+    """
     from echopanel.server.connection import check_token  # the one token check of the server
 
     files = _static_files()
@@ -86,6 +87,7 @@ def web_routes(token: str | None, tickets: TicketStore) -> list[BaseRoute]:
         return FileResponse(path, media_type=_MEDIA_TYPES[path.suffix], headers=_headers(request))
 
     async def session_ticket(request: Request) -> Response:
+        token, tickets = state.config.token, state.tickets
         if token is None:
             return JSONResponse({"token_required": False, "ticket": None}, headers=_NO_STORE)
         if not check_token(token, request.headers):
@@ -158,7 +160,7 @@ def render_wire_module() -> str:
         f"export const ERROR_MESSAGES = {js({c.value: default_message(c) for c in ErrorCode})};",
         "",
         "/** Close code -> error code when the server closes without an error message",
-        " * (1008 is shared by unauthorized and start_timeout: without a message, unauthorized). */",
+        " * (1008 is shared by unauthorized and start_timeout; alone it means unauthorized). */",
         "export const CLOSE_TO_CODE = "
         + js(
             {

@@ -42,7 +42,7 @@ export const ERROR_MESSAGES = {
 };
 
 /** Close code -> error code when the server closes without an error message
- * (1008 is shared by unauthorized and start_timeout: without a message, unauthorized). */
+ * (1008 is shared by unauthorized and start_timeout; alone it means unauthorized). */
 export const CLOSE_TO_CODE = {
   "1008": "unauthorized",
   "1013": "server_at_capacity",
