@@ -1,0 +1,232 @@
+"""The page at ``/`` in a real Chromium against a real ``echopanel serve`` with Whisper.
+
+Chromium's fake microphone plays the bundled JFK recording (it loops the file; the test stops
+once the phrase is there). Covers the full flow (token -> ticket -> connect -> start -> ack
+-> partials and finals -> stop -> summary -> downloads) and the error paths a person meets:
+a wrong token, a server at capacity, and the server going away mid-session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from httpx_ws import connect_ws
+
+from echopanel.errors import ErrorCode, default_message
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+TOKEN = "browser-test-token-5f1c"
+PHRASE = "ask not what your country can do for you"
+SHOTS = Path(os.environ.get("ECHOPANEL_SCREENSHOT_DIR", "")) if os.environ.get(
+    "ECHOPANEL_SCREENSHOT_DIR"
+) else None
+
+# Records, from the page's first paint, whether a partial or a final appeared first.
+ORDER_PROBE = """
+window.__epOrder = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const note = (kind) => { if (window.__epOrder.length < 20) window.__epOrder.push(kind); };
+  new MutationObserver(() => {
+    if (document.querySelector("#partials .text")?.textContent) note("partial");
+  }).observe(document.getElementById("partials"), {subtree: true, childList: true, characterData: true});
+  new MutationObserver(() => note("final"))
+    .observe(document.getElementById("finals"), {childList: true});
+});
+"""
+
+
+def words(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z' ]", " ", text.lower()).split())
+
+
+def transcript_lines(markdown: str) -> str:
+    """The text of the ``- **[mm:ss] Who:** text`` lines, joined."""
+    return " ".join(m.group(1) for m in re.finditer(r"^- \*\*\[[\d:]+\] [^*]+:\*\* (.*)$", markdown, re.M))
+
+
+@pytest.fixture(scope="module")
+def server(serve: Any) -> Any:
+    """Whisper, a token, one session slot with a short wait (capacity shows fast)."""
+    return serve(
+        "--asr", "whisper", "--token", TOKEN, "--max-sessions", "1", "--slot-timeout", "1"
+    )
+
+
+def open_page(browser: Any, url: str) -> tuple[Any, list[str]]:
+    page = browser.new_page()
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.add_init_script(ORDER_PROBE)
+    page.goto(url + "/")
+    page.wait_for_selector("#token-field:not([hidden])")  # the page found out a token is needed
+    assert not errors, errors
+    return page, urls
+
+
+def expect_error(page: Any, code: ErrorCode, timeout: float = 30_000) -> str:
+    page.wait_for_selector("#error:not([hidden])", timeout=timeout)
+    assert page.inner_text("#error-code") == code.value
+    headline = page.inner_text("#error-headline")
+    assert headline == default_message(code)
+    assert page.get_attribute("#status", "data-state") == "error"
+    assert page.is_enabled("#start") and page.is_disabled("#stop")
+    return page.inner_text("#error")
+
+
+def test_live_transcription_in_the_browser(server: Any, browser: Any, tmp_path: Path) -> None:
+    page, urls = open_page(browser, server.url)
+    assert page.get_attribute("#finals", "aria-live") == "polite"
+    page.fill("#token", TOKEN)
+    page.focus("#start")
+    page.keyboard.press("Enter")  # keyboard-operable: Enter on the focused Start button
+    page.wait_for_selector('#status[data-state="listening"]', timeout=60_000)
+    assert page.evaluate("document.activeElement.id") == "stop"  # focus moved to Stop
+
+    page.wait_for_function(
+        "() => document.querySelector('#finals li') !== null", timeout=120_000, polling=200
+    )
+    order = page.evaluate("window.__epOrder")
+    assert order and order[0] == "partial", order  # a partial came before the first final
+
+    phrase_seen = f"""() => {{
+        const text = [...document.querySelectorAll('#finals .text')].map(e => e.textContent).join(' ');
+        return text.toLowerCase().replace(/[^a-z' ]/g, ' ').split(/\\s+/).join(' ').includes({json.dumps(PHRASE)});
+    }}"""
+    page.wait_for_function(phrase_seen, timeout=240_000, polling=250)  # shared CPU: slow
+    shot = tmp_path / "browser.png"
+    page.screenshot(path=str(shot))
+    if SHOTS is not None:
+        page.screenshot(path=str(SHOTS / "browser.png"))
+    assert shot.stat().st_size > 10_000
+    assert page.inner_text("#finals li .who") == "You"
+    assert re.fullmatch(r"\[\d\d:\d\d\]", page.inner_text("#finals li time"))
+    status = page.inner_text("#status")
+    assert re.search(r"backlog \d+\.\d s", status) and re.search(r"level \d", status), status
+    assert page.inner_text("#status-elapsed") != "00:00"
+
+    page.keyboard.press("Enter")  # Stop
+    page.wait_for_selector("#summary:not([hidden])", timeout=30_000)
+    page.wait_for_selector('#status[data-state="idle"]')
+    assert "Session finished" in page.inner_text("#summary")
+    assert page.is_visible("#error") is False
+
+    with page.expect_download() as download:
+        page.click("#download-md")
+    markdown = Path(download.value.path()).read_text(encoding="utf-8")
+    assert download.value.suggested_filename.endswith(".md")
+    assert markdown.startswith("# Transcript")
+    assert PHRASE in words(transcript_lines(markdown)), markdown
+    assert "** You:**" not in markdown and "] You:**" in markdown
+
+    with page.expect_download() as download:
+        page.click("#download-json")
+    data = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    assert data["complete"] is True and data["labels"] == {"mic": "You", "system": "Them"}
+    assert data["transcript"] and {e["source"] for e in data["transcript"]} == {"mic"}
+    assert PHRASE in words(" ".join(e["text"] for e in data["transcript"]))
+    assert data["sources"]["mic"]["audio_seconds"] > 5
+
+    # the long-lived token never left the page in a URL, nor reached the server's log
+    sockets = [u for u in urls if u.startswith("ws://")]
+    assert len(sockets) == 1 and "?ticket=" in sockets[0], urls
+    assert not [u for u in urls if TOKEN in u]
+    assert TOKEN not in server.log_text()
+    assert httpx.get(f"{server.url}/health").json()["sessions"]["active"] == 0
+
+
+def test_a_wrong_token_shows_unauthorized(server: Any, browser: Any) -> None:
+    page, _ = open_page(browser, server.url)
+    page.fill("#token", "not-the-token")
+    page.click("#start")
+    expect_error(page, ErrorCode.UNAUTHORIZED)
+    assert page.evaluate("document.activeElement.id") == "token"  # ready to be corrected
+    assert "token" in page.inner_text("#error-hint").lower()
+
+
+def test_a_full_server_shows_server_at_capacity(server: Any, browser: Any) -> None:
+    """Another client holds the only slot: the page says the server is at capacity."""
+    ws_url = server.url.replace("http://", "ws://") + "/ws/live-listener"
+    with httpx.Client() as http, connect_ws(
+        ws_url, http, headers={"authorization": f"Bearer {TOKEN}"}
+    ) as holder:
+        assert holder.receive_json(timeout=10)["state"] == "connected"
+        holder.send_json({"type": "start", "session_id": "holder", "attempt_id": "h1"})
+        for _ in range(10):
+            if holder.receive_json(timeout=10).get("state") == "streaming":
+                break
+        else:
+            pytest.fail("the holder never got its slot")
+        page, _ = open_page(browser, server.url)
+        page.fill("#token", TOKEN)
+        page.click("#start")
+        expect_error(page, ErrorCode.SERVER_AT_CAPACITY)
+        assert "busy" in page.inner_text("#error-hint")
+
+
+def test_the_server_stopping_mid_session_shows_connection_failed(serve: Any, browser: Any) -> None:
+    doomed = serve("--asr", "whisper")
+    page = browser.new_page()
+    page.goto(doomed.url + "/")
+    page.wait_for_function("() => document.getElementById('token-field').hidden === true")
+    page.click("#start")
+    page.wait_for_selector('#status[data-state="listening"]', timeout=60_000)
+    page.wait_for_selector("#partials .text, #finals li", timeout=60_000)
+    doomed.kill()
+    text = expect_error(page, ErrorCode.CONNECTION_FAILED)
+    assert "connection lost" in page.inner_text("#error-detail"), text
+    # what arrived before the drop can still be downloaded, and a new start is possible
+    assert page.is_enabled("#start")
+
+
+def test_the_worklet_resampler_keeps_speech_and_removes_what_16_khz_cannot_carry(
+    server: Any, browser: Any
+) -> None:
+    """dsp.js in the browser: 48 kHz and 44.1 kHz tones to 16 kHz: length, gain, anti-aliasing."""
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    result = page.evaluate(
+        """async () => {
+        const { Resampler, Framer } = await import('/static/dsp.js');
+        const run = (rate, freq) => {
+          const r = new Resampler(rate, 16000);
+          const n = rate;  // one second, fed in 128-sample render quanta
+          const out = [];
+          for (let i = 0; i < n; i += 128) {
+            const q = new Float32Array(Math.min(128, n - i));
+            for (let j = 0; j < q.length; j++) q[j] = 0.5 * Math.sin(2 * Math.PI * freq * (i + j) / rate);
+            out.push(...r.process(q));
+          }
+          const mid = out.slice(2000, 14000);
+          const rms = Math.sqrt(mid.reduce((s, x) => s + x * x, 0) / mid.length);
+          return { length: out.length, rms };
+        };
+        const frames = [];
+        const framer = new Framer(1, 640, (f) => frames.push(new Uint8Array(f)));
+        framer.push(new Float32Array(700).fill(0.25));
+        framer.flush();
+        return {
+          speech48: run(48000, 440), speech44: run(44100, 1000), alias48: run(48000, 11000),
+          alias44: run(44100, 9000), same: run(16000, 440),
+          frames: frames.map((f) => ({ length: f.length, head: Array.from(f.slice(0, 6)) })),
+        };
+    }"""
+    )
+    tone = 0.5 / 2**0.5
+    for key in ("speech48", "speech44", "same"):
+        assert 15_900 <= result[key]["length"] <= 16_000, result
+        assert abs(result[key]["rms"] - tone) < 0.02 * tone, result
+    for key in ("alias48", "alias44"):  # above 8 kHz: would fold back as noise; >= 40 dB down
+        assert result[key]["rms"] < tone / 100, result
+    # EP frame: "EP", version 1, source byte 1 (mic), then s16le: 0.25 -> 8192 (0x2000)
+    assert result["frames"][0] == {"length": 4 + 1280, "head": [69, 80, 1, 1, 0, 32]}
+    assert result["frames"][1]["length"] == 4 + 2 * 60
