@@ -24,9 +24,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 TOKEN = "browser-test-token-5f1c"
 PHRASE = "ask not what your country can do for you"
-SHOTS = Path(os.environ.get("ECHOPANEL_SCREENSHOT_DIR", "")) if os.environ.get(
-    "ECHOPANEL_SCREENSHOT_DIR"
-) else None
+#: also save the mid-session screenshot there (how docs/img/browser.png is made)
+SHOTS = os.environ.get("ECHOPANEL_SCREENSHOT_DIR")
 
 # Records, from the page's first paint, whether a partial or a final appeared first.
 ORDER_PROBE = """
@@ -35,7 +34,8 @@ document.addEventListener("DOMContentLoaded", () => {
   const note = (kind) => { if (window.__epOrder.length < 20) window.__epOrder.push(kind); };
   new MutationObserver(() => {
     if (document.querySelector("#partials .text")?.textContent) note("partial");
-  }).observe(document.getElementById("partials"), {subtree: true, childList: true, characterData: true});
+  }).observe(document.getElementById("partials"),
+             {subtree: true, childList: true, characterData: true});
   new MutationObserver(() => note("final"))
     .observe(document.getElementById("finals"), {childList: true});
 });
@@ -48,15 +48,14 @@ def words(text: str) -> str:
 
 def transcript_lines(markdown: str) -> str:
     """The text of the ``- **[mm:ss] Who:** text`` lines, joined."""
-    return " ".join(m.group(1) for m in re.finditer(r"^- \*\*\[[\d:]+\] [^*]+:\*\* (.*)$", markdown, re.M))
+    line = re.compile(r"^- \*\*\[[\d:]+\] [^*]+:\*\* (.*)$", re.M)
+    return " ".join(m.group(1) for m in line.finditer(markdown))
 
 
 @pytest.fixture(scope="module")
 def server(serve: Any) -> Any:
     """Whisper, a token, one session slot with a short wait (capacity shows fast)."""
-    return serve(
-        "--asr", "whisper", "--token", TOKEN, "--max-sessions", "1", "--slot-timeout", "1"
-    )
+    return serve("--asr", "whisper", "--token", TOKEN, "--max-sessions", "1", "--slot-timeout", "1")
 
 
 def open_page(browser: Any, url: str) -> tuple[Any, list[str]]:
@@ -99,14 +98,15 @@ def test_live_transcription_in_the_browser(server: Any, browser: Any, tmp_path: 
     assert order and order[0] == "partial", order  # a partial came before the first final
 
     phrase_seen = f"""() => {{
-        const text = [...document.querySelectorAll('#finals .text')].map(e => e.textContent).join(' ');
-        return text.toLowerCase().replace(/[^a-z' ]/g, ' ').split(/\\s+/).join(' ').includes({json.dumps(PHRASE)});
+        const text = [...document.querySelectorAll('#finals .text')]
+          .map(e => e.textContent).join(' ').toLowerCase().replace(/[^a-z' ]/g, ' ');
+        return text.split(/\\s+/).join(' ').includes({json.dumps(PHRASE)});
     }}"""
     page.wait_for_function(phrase_seen, timeout=240_000, polling=250)  # shared CPU: slow
     shot = tmp_path / "browser.png"
     page.screenshot(path=str(shot))
-    if SHOTS is not None:
-        page.screenshot(path=str(SHOTS / "browser.png"))
+    if SHOTS:
+        page.screenshot(path=str(Path(SHOTS) / "browser.png"))
     assert shot.stat().st_size > 10_000
     assert page.inner_text("#finals li .who") == "You"
     assert re.fullmatch(r"\[\d\d:\d\d\]", page.inner_text("#finals li time"))
@@ -156,9 +156,10 @@ def test_a_wrong_token_shows_unauthorized(server: Any, browser: Any) -> None:
 def test_a_full_server_shows_server_at_capacity(server: Any, browser: Any) -> None:
     """Another client holds the only slot: the page says the server is at capacity."""
     ws_url = server.url.replace("http://", "ws://") + "/ws/live-listener"
-    with httpx.Client() as http, connect_ws(
-        ws_url, http, headers={"authorization": f"Bearer {TOKEN}"}
-    ) as holder:
+    with (
+        httpx.Client() as http,
+        connect_ws(ws_url, http, headers={"authorization": f"Bearer {TOKEN}"}) as holder,
+    ):
         assert holder.receive_json(timeout=10)["state"] == "connected"
         holder.send_json({"type": "start", "session_id": "holder", "attempt_id": "h1"})
         for _ in range(10):
@@ -203,7 +204,9 @@ def test_the_worklet_resampler_keeps_speech_and_removes_what_16_khz_cannot_carry
           const out = [];
           for (let i = 0; i < n; i += 128) {
             const q = new Float32Array(Math.min(128, n - i));
-            for (let j = 0; j < q.length; j++) q[j] = 0.5 * Math.sin(2 * Math.PI * freq * (i + j) / rate);
+            for (let j = 0; j < q.length; j++) {
+              q[j] = 0.5 * Math.sin(2 * Math.PI * freq * (i + j) / rate);
+            }
             out.push(...r.process(q));
           }
           const mid = out.slice(2000, 14000);
