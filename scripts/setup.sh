@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libportaudio2 libsndfile1 pulseaudio pulseaudio-utils espeak-ng sox; do
+# chromium: the browser tests drive Debian's build through Playwright (never `playwright install`)
+for pkg in libportaudio2 libsndfile1 pulseaudio pulseaudio-utils espeak-ng sox chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -18,6 +18,8 @@ checks it is current.
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 from typing import Final
 
@@ -39,6 +41,31 @@ _MEDIA_TYPES: Final = {
     ".svg": "image/svg+xml",
 }
 _NO_STORE: Final = {"cache-control": "no-store"}
+_TICKET_IN_TEXT: Final = re.compile(rf"({TICKET_PARAM}=)[^&\s\"']+")
+
+
+class _RedactTickets(logging.Filter):
+    """Masks ``ticket=…`` in log records (uvicorn logs each WebSocket's path and query)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(
+                _TICKET_IN_TEXT.sub(r"\1[redacted]", a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        if isinstance(record.msg, str) and f"{TICKET_PARAM}=" in record.msg:
+            record.msg = _TICKET_IN_TEXT.sub(r"\1[redacted]", record.msg)
+        return True
+
+
+_REDACT: Final = _RedactTickets()
+
+
+def _redact_uvicorn_logs() -> None:
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if _REDACT not in logger.filters:
+            logger.addFilter(_REDACT)
 
 
 def _static_files() -> dict[str, Path]:
@@ -69,11 +96,12 @@ def web_routes(state: ServerState) -> list[BaseRoute]:
     """The page's routes, for :func:`~echopanel.server.app.create_app`.
 
     The token comes from ``state.config``; tickets go to ``state.tickets``, the store the
-    WebSocket endpoint redeems them from.
+    WebSocket endpoint redeems them from. uvicorn's log lines get tickets masked.
     """
     from echopanel.server.connection import check_token  # the one token check of the server
 
     files = _static_files()
+    _redact_uvicorn_logs()
 
     async def index(request: Request) -> Response:
         return FileResponse(

@@ -140,7 +140,10 @@ def test_live_transcription_in_the_browser(server: Any, browser: Any, tmp_path: 
     sockets = [u for u in urls if u.startswith("ws://")]
     assert len(sockets) == 1 and "?ticket=" in sockets[0], urls
     assert not [u for u in urls if TOKEN in u]
-    assert TOKEN not in server.log_text()
+    log = server.log_text()
+    assert TOKEN not in log
+    ticket = sockets[0].split("?ticket=")[1]
+    assert ticket not in log and "?ticket=[redacted]" in log
     assert httpx.get(f"{server.url}/health").json()["sessions"]["active"] == 0
 
 

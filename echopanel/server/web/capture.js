@@ -85,11 +85,13 @@ async function openStream(source, micDeviceId) {
  * The sources of one session attempt. `begin()` must run inside the click handler (it makes
  * the AudioContext while the page has the user's gesture); `acquire()` asks for the
  * permissions (screen first, then microphone, as the Python client does); `start()` builds
- * the audio graph; `send()` opens the gate after the acknowledgment; `flush()` pushes out
+ * the audio graph (frames wait in the worklet, up to `bufferSeconds`); `send()` releases
+ * them and lets the rest flow after the acknowledgment; `flush()` pushes out
  * the last partial frames; `close()` releases everything and is safe to call twice.
  */
 export class Capture {
-  constructor({ sources, micDeviceId = "", frameMs = 40, onFrame, onLevel, onEnded }) {
+  constructor({ sources, micDeviceId = "", frameMs = 40, bufferSeconds = 5, onFrame, onLevel, onEnded }) {
+    this.bufferSeconds = bufferSeconds;
     this.sources = sources;
     this.micDeviceId = micDeviceId;
     this.frameMs = frameMs;
@@ -148,7 +150,11 @@ export class Capture {
           numberOfInputs: 1,
           numberOfOutputs: 1,
           outputChannelCount: [1],
-          processorOptions: { sourceByte: SOURCE_BYTES[source], frameMs: this.frameMs },
+          processorOptions: {
+            sourceByte: SOURCE_BYTES[source],
+            frameMs: this.frameMs,
+            bufferSeconds: this.bufferSeconds,
+          },
         });
         node.port.onmessage = (event) => this.fromWorklet(source, event.data);
         input.connect(node);

@@ -131,6 +131,7 @@ export class LiveSession extends EventTarget {
       sources: this.sources,
       micDeviceId: this.micDeviceId,
       frameMs: this.frameMs,
+      bufferSeconds: this.startTimeout, // as the Python client: the start timeout's worth
       onFrame: (source, frame) => this.sendFrame(frame),
       onLevel: (source, peak) => this.emit("level", { source, peak }),
       onEnded: (source) => this.captureEnded(attempt, source),

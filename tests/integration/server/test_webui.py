@@ -3,6 +3,7 @@ tickets opening the WebSocket (once, before they expire)."""
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from echopanel.errors import ErrorCode
-from echopanel.server import create_app, serve_in_background, server_state
+from echopanel.server import ServerConfig, create_app, serve_in_background, server_state
 from echopanel.server.tickets import TicketStore
 from echopanel.server.webui import WEB_DIR, render_wire_module
 from echopanel.testing.asr import FakeAsrBackend
@@ -159,3 +160,17 @@ def test_the_page_is_shipped_as_package_data() -> None:
     pyproject = tomllib.loads((Path(__file__).parents[3] / "pyproject.toml").read_text())
     assert "server/web/*" in pyproject["tool"]["setuptools"]["package-data"]["echopanel"]
     assert not any(p.is_dir() for p in WEB_DIR.iterdir())  # "*" does not recurse
+
+
+def test_uvicorn_log_lines_mask_tickets() -> None:
+    """uvicorn logs every WebSocket's path with its query; the ticket is masked."""
+    app = create_app(ServerConfig(asr="fake", token="s3cret"), asr=FakeAsrBackend())
+    assert app is not None
+    record = logging.LogRecord(
+        "uvicorn.error", logging.INFO, __file__, 1, '%s - "WebSocket %s" [accepted]',
+        ("127.0.0.1:5000", "/ws/live-listener?ticket=abcDEF-123_x&x=1"), None,
+    )  # fmt: skip
+    for handler_filter in logging.getLogger("uvicorn.error").filters:
+        assert handler_filter.filter(record)  # type: ignore[union-attr]
+    message = record.getMessage()
+    assert "abcDEF" not in message and "ticket=[redacted]&x=1" in message
