@@ -135,6 +135,8 @@ def browser(playwright: Any, jfk_wav: Path, tmp_path: Path) -> Iterator[Any]:
             "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={jfk_wav}",
+            # getDisplayMedia picks the (fake) screen, which comes with audio, without a picker
+            "--auto-select-desktop-capture-source=Entire screen",
         ],
     )
     context.set_default_timeout(30_000)

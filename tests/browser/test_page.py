@@ -192,6 +192,42 @@ def test_the_server_stopping_mid_session_shows_connection_failed(serve: Any, bro
     assert page.is_enabled("#start")
 
 
+def test_both_sources_with_custom_labels(serve: Any, browser: Any) -> None:
+    """Mic and screen audio in one session (the protocol's two sources), labels as chosen.
+
+    The fake ASR answers for any audio: this checks the page's two-source path, not Whisper.
+    """
+    fake = serve("--asr", "fake")
+    page = browser.new_page()
+    page.goto(fake.url + "/")
+    page.check('input[name="source"][value="both"]')
+    page.fill("#label-mic", "Me")
+    page.fill("#label-system", "Guest")
+    page.click("#start")
+    page.wait_for_selector('#status[data-state="listening"]', timeout=60_000)
+    page.wait_for_function(
+        """() => {
+            const who = [...document.querySelectorAll('#finals .who')].map(e => e.textContent);
+            return who.includes('Me') && who.includes('Guest');
+        }""",
+        timeout=60_000,
+    )
+    assert page.is_disabled("#label-mic")  # settings are fixed while a session runs
+    page.click("#stop")
+    page.wait_for_selector("#summary:not([hidden])", timeout=30_000)
+    with page.expect_download() as download:
+        page.click("#download-json")
+    data = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    assert data["labels"] == {"mic": "Me", "system": "Guest"}
+    assert {e["source"] for e in data["transcript"]} == {"mic", "system"}
+    assert {e["label"] for e in data["transcript"]} == {"Me", "Guest"}
+    assert all(data["sources"][s]["audio_seconds"] > 1 for s in ("mic", "system")), data
+    with page.expect_download() as download:
+        page.click("#download-md")
+    markdown = Path(download.value.path()).read_text(encoding="utf-8")
+    assert "] Me:**" in markdown and "] Guest:**" in markdown
+
+
 def test_the_worklet_resampler_keeps_speech_and_removes_what_16_khz_cannot_carry(
     server: Any, browser: Any
 ) -> None:
