@@ -7,7 +7,8 @@ same protocol as the Python client over ``/ws/live-listener``.
 ``POST /session-ticket`` trades the server token (``Authorization: Bearer``) for a
 short-lived single-use ticket (:mod:`echopanel.server.tickets`) that the page puts in the
 WebSocket URL, so the long-lived token never appears in a URL. Without a configured token it
-answers ``{"token_required": false}`` and no ticket is needed.
+answers ``{"token_required": false}`` and no ticket is needed. ``GET /session-ticket`` only
+says whether a token is required (so the page knows to ask for it).
 
 ``web/wire.js`` (codes, messages, close codes, frame constants) is generated from the Python
 sources by :func:`render_wire_module`; :func:`write_wire_module` rewrites it
@@ -116,6 +117,8 @@ def web_routes(state: ServerState) -> list[BaseRoute]:
 
     async def session_ticket(request: Request) -> Response:
         token, tickets = state.config.token, state.tickets
+        if request.method == "GET":  # the page asks whether to show the token field
+            return JSONResponse({"token_required": token is not None}, headers=_NO_STORE)
         if token is None:
             return JSONResponse({"token_required": False, "ticket": None}, headers=_NO_STORE)
         if not check_token(token, request.headers):
@@ -143,7 +146,7 @@ def web_routes(state: ServerState) -> list[BaseRoute]:
     return [
         Route("/", index, methods=["GET", "HEAD"]),
         Route("/static/{name}", static, methods=["GET", "HEAD"]),
-        Route("/session-ticket", session_ticket, methods=["POST"]),
+        Route("/session-ticket", session_ticket, methods=["GET", "POST"]),
     ]
 
 

@@ -88,8 +88,8 @@ function chosenSources() {
 
 async function probeToken() {
   try {
-    const response = await fetch("/session-ticket", { method: "POST", cache: "no-store" });
-    state.tokenRequired = response.status === 401;
+    const response = await fetch("/session-ticket", { cache: "no-store" });
+    state.tokenRequired = response.ok && (await response.json()).token_required === true;
   } catch {
     state.tokenRequired = false; // the start will report the connection failure
   }

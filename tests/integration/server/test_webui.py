@@ -82,8 +82,10 @@ async def test_without_a_token_no_ticket_is_needed(h, connect) -> None:
     async with serve_in_background(h.fast_config(), asr=FakeAsrBackend()) as url:
         async with httpx.AsyncClient(base_url=url) as http:
             response = await http.post("/session-ticket")
+            probe = await http.get("/session-ticket")
         assert response.status_code == 200
         assert response.json() == {"token_required": False, "ticket": None}
+        assert probe.json() == {"token_required": False}
         client = await connect(url + WS)
         assert (await client.recv())["state"] == "connected"
 
@@ -96,7 +98,8 @@ async def test_the_ticket_endpoint_wants_the_token(h) -> None:
                 assert response.status_code == 401, headers
                 assert response.headers["www-authenticate"] == "Bearer"
                 assert response.json()["error"] == "unauthorized"
-            assert (await http.get("/session-ticket")).status_code == 405
+            probe = await http.get("/session-ticket")  # whether to ask: creates no ticket
+            assert probe.status_code == 200 and probe.json() == {"token_required": True}
             ok = await http.post("/session-ticket", headers={"authorization": "Bearer s3cret"})
             assert ok.status_code == 200 and ok.headers["cache-control"] == "no-store"
             body = ok.json()
