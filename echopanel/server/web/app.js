@@ -69,7 +69,8 @@ const state = {
   clock: null,
   metrics: new Map(), // source -> latest metrics
   partialRows: new Map(), // source -> <p>
-  levels: new Map(),
+  levels: new Map(), // source -> loudest peak since the meters were last drawn
+  meterTimer: null,
 };
 
 function labels() {
@@ -239,9 +240,32 @@ function showSummary(summary) {
   ui.summary.hidden = false;
 }
 
+// Levels arrive with every frame (25 per second per source); the bars are redrawn at most
+// 8 times a second, and only when a value changed: a meter must not cost the CPU that
+// recognition needs when browser and server share a machine.
+const METER_INTERVAL_MS = 125;
+
+function noteLevel(source, peak) {
+  const previous = state.levels.get(source) || 0;
+  state.levels.set(source, Math.max(previous, peak)); // the loudest since the last redraw
+  if (!state.meterTimer) state.meterTimer = setTimeout(drawLevels, METER_INTERVAL_MS);
+}
+
+function drawLevels() {
+  state.meterTimer = null;
+  for (const [source, peak] of state.levels) {
+    renderLevel(source, peak);
+    state.levels.set(source, 0);
+  }
+}
+
 function renderLevel(source, peak) {
   const bar = ui.meters.querySelector(`[data-source="${source}"] .bar > span`);
-  if (bar) bar.style.width = `${Math.min(100, Math.round(Math.sqrt(peak) * 100))}%`;
+  const scale = (Math.min(20, Math.round(Math.sqrt(peak) * 20)) / 20).toFixed(2);
+  if (bar && bar.dataset.scale !== scale) {
+    bar.dataset.scale = scale;
+    bar.style.transform = `scaleX(${scale})`;
+  }
 }
 
 function updateSourceFields() {
@@ -302,13 +326,16 @@ function start() {
     if (detail.state === "listening") {
       transcript.begin(session.sessionId);
       state.listeningSince = performance.now();
-      state.clock = setInterval(renderClock, 250);
+      state.clock = setInterval(renderClock, 500);
       refreshDevices();
     } else if (detail.state !== "finalizing") {
       clearInterval(state.clock);
       state.clock = null;
     }
     if (detail.state === "idle" || detail.state === "error") {
+      clearTimeout(state.meterTimer);
+      state.meterTimer = null;
+      state.levels.clear();
       for (const source of ["mic", "system"]) renderLevel(source, 0);
     }
   });
@@ -329,7 +356,7 @@ function start() {
     showError(detail);
     if (detail.code === "unauthorized" && state.tokenRequired) ui.token.focus();
   });
-  session.addEventListener("level", ({ detail }) => renderLevel(detail.source, detail.peak));
+  session.addEventListener("level", ({ detail }) => noteLevel(detail.source, detail.peak));
   session.start();
 }
 
