@@ -113,10 +113,8 @@ def playwright() -> Iterator[Any]:
         yield pw
 
 
-@pytest.fixture
-def browser(playwright: Any, jfk_wav: Path, tmp_path: Path) -> Iterator[Any]:
-    """A fresh Chromium profile whose fake microphone plays ``jfk_wav`` (looping)."""
-    profile = tmp_path / "profile"
+def _launch(playwright: Any, profile: Path, wav: Path, *, allow_media: bool) -> Any:
+    media = ["--use-fake-ui-for-media-stream"] if allow_media else ["--deny-permission-prompts"]
     context = playwright.chromium.launch_persistent_context(
         str(profile),
         executable_path=str(CHROMIUM),
@@ -132,16 +130,34 @@ def browser(playwright: Any, jfk_wav: Path, tmp_path: Path) -> Iterator[Any]:
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            "--use-fake-ui-for-media-stream",
+            *media,
             "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={jfk_wav}",
+            f"--use-file-for-fake-audio-capture={wav}",
             # getDisplayMedia picks the (fake) screen, which comes with audio, without a picker
             "--auto-select-desktop-capture-source=Entire screen",
         ],
     )
     context.set_default_timeout(30_000)
+    return context
+
+
+@pytest.fixture
+def browser(playwright: Any, jfk_wav: Path, tmp_path: Path) -> Iterator[Any]:
+    """A fresh Chromium profile whose fake microphone plays ``jfk_wav`` (looping)."""
+    context = _launch(playwright, tmp_path / "profile", jfk_wav, allow_media=True)
     try:
         yield context
     finally:
         context.close()
-        shutil.rmtree(profile, ignore_errors=True)
+        shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+@pytest.fixture
+def denying_browser(playwright: Any, jfk_wav: Path, tmp_path: Path) -> Iterator[Any]:
+    """Like ``browser``, but every permission prompt is answered "block"."""
+    context = _launch(playwright, tmp_path / "profile-deny", jfk_wav, allow_media=False)
+    try:
+        yield context
+    finally:
+        context.close()
+        shutil.rmtree(tmp_path / "profile-deny", ignore_errors=True)

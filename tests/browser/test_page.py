@@ -102,7 +102,13 @@ def test_live_transcription_in_the_browser(server: Any, browser: Any, tmp_path: 
           .map(e => e.textContent).join(' ').toLowerCase().replace(/[^a-z' ]/g, ' ');
         return text.split(/\\s+/).join(' ').includes({json.dumps(PHRASE)});
     }}"""
-    page.wait_for_function(phrase_seen, timeout=240_000, polling=250)  # shared CPU: slow
+    try:
+        page.wait_for_function(phrase_seen, timeout=240_000, polling=250)  # shared CPU: slow
+    except Exception as exc:
+        raise AssertionError(
+            f"phrase not in the finals: {page.inner_text('#finals')!r}; "
+            f"status {page.inner_text('#status')!r}; notice {page.inner_text('#notice')!r}"
+        ) from exc
     shot = tmp_path / "browser.png"
     page.screenshot(path=str(shot))
     if SHOTS:
@@ -190,6 +196,33 @@ def test_the_server_stopping_mid_session_shows_connection_failed(serve: Any, bro
     assert "connection lost" in page.inner_text("#error-detail"), text
     # what arrived before the drop can still be downloaded, and a new start is possible
     assert page.is_enabled("#start")
+
+
+def test_a_server_that_never_acknowledges_shows_the_start_timeout(serve: Any, browser: Any) -> None:
+    """The slot wait (10 s) outlasts the page's start timeout (5 s): backend_start_timeout."""
+    slow = serve("--asr", "fake", "--max-sessions", "1", "--slot-timeout", "10")
+    ws_url = slow.url.replace("http://", "ws://") + "/ws/live-listener"
+    with httpx.Client() as http, connect_ws(ws_url, http) as holder:
+        assert holder.receive_json(timeout=10)["state"] == "connected"
+        holder.send_json({"type": "start", "session_id": "holder", "attempt_id": "h1"})
+        assert holder.receive_json(timeout=10)["state"] == "streaming"
+        page = browser.new_page()
+        page.goto(slow.url + "/")
+        page.click("#start")
+        page.wait_for_selector('#status[data-state="starting"]')
+        expect_error(page, ErrorCode.BACKEND_START_TIMEOUT, timeout=20_000)
+
+
+def test_a_refused_microphone_shows_the_permission_message(
+    serve: Any, denying_browser: Any
+) -> None:
+    fake = serve("--asr", "fake")
+    page = denying_browser.new_page()
+    page.goto(fake.url + "/")
+    page.click("#start")
+    expect_error(page, ErrorCode.MICROPHONE_PERMISSION_REQUIRED)
+    assert "refused" in page.inner_text("#error-detail")
+    assert httpx.get(f"{fake.url}/health").json()["connections"] == 0  # never connected
 
 
 def test_both_sources_with_custom_labels(serve: Any, browser: Any) -> None:
