@@ -28,6 +28,7 @@ from echopanel.server.analysis import Analyzer, KeywordAnalyzer
 from echopanel.server.config import ServerConfig
 from echopanel.server.connection import LiveConnection, check_token
 from echopanel.server.metrics import CONTENT_TYPE_LATEST
+from echopanel.server.readiness import ready_endpoint
 from echopanel.server.slots import LocalSlotController, SlotController
 from echopanel.server.state import ServerState
 from echopanel.server.webui import web_routes
@@ -148,6 +149,7 @@ def create_app(
         routes=[
             WebSocketRoute(WS_PATH, live_listener),
             Route("/health", health),
+            Route("/ready", ready_endpoint),  # readiness: see echopanel.server.readiness
             Route("/metrics", metrics),
             *web_routes(state),  # the page at /, /session-ticket
         ],

@@ -26,6 +26,11 @@ class SlotController(abc.ABC):
     @abc.abstractmethod
     def in_use(self) -> int: ...
 
+    @property
+    def available(self) -> int:
+        """Slots free right now (read-only; what ``/ready`` looks at)."""
+        return max(0, self.capacity - self.in_use)
+
     @abc.abstractmethod
     async def acquire(self, key: str, timeout: float) -> bool:  # noqa: ASYNC109
         """Take a slot for ``key``, waiting up to ``timeout`` seconds; False if none freed."""

@@ -46,6 +46,8 @@ class ServerState:
     asr_error: str | None = None
     asr_loaded: anyio.Event | None = None
     owns_asr: bool = False
+    #: Set when the process starts draining (SIGTERM): ``/ready`` answers 503 from then on.
+    draining: bool = False
     tickets: TicketStore = attrs.field(factory=TicketStore)  # browser tickets (webui)
 
     def __attrs_post_init__(self) -> None:

@@ -99,7 +99,7 @@ def web_routes(state: ServerState) -> list[BaseRoute]:
     The token comes from ``state.config``; tickets go to ``state.tickets``, the store the
     WebSocket endpoint redeems them from. uvicorn's log lines get tickets masked.
     """
-    from echopanel.server.connection import check_token  # the one token check of the server
+    from echopanel.server.core.auth import check_token  # the one token check of the server
 
     files = _static_files()
     _redact_uvicorn_logs()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 
@@ -20,10 +20,12 @@ __all__ = [
     "DEFAULT_STOP_TIMEOUT",
     "ENDPOINT_PATH",
     "PERMISSION_FOR",
+    "ROUTING_KEY_PARAM",
     "SessionConfig",
     "auth_headers",
     "normalize_sources",
     "normalize_url",
+    "with_routing_key",
 ]
 
 DEFAULT_START_TIMEOUT: Final = 5.0
@@ -34,6 +36,10 @@ PERMISSION_FOR: Final[Mapping[Source, PermissionKind]] = {
     "mic": PermissionKind.MICROPHONE,
 }
 _SCHEMES: Final = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
+#: Query parameter of the WebSocket URL carrying the session id, so that a load balancer
+#: can hash on it and send every attempt of one session to the same replica. The server
+#: ignores it.
+ROUTING_KEY_PARAM: Final = "session"
 
 
 def normalize_url(url: str) -> str:
@@ -52,6 +58,16 @@ def normalize_url(url: str) -> str:
         raise ValueError(f"not a WebSocket URL: {url!r} (no host; expected ws://host:port)")
     path = parts.path if parts.path not in ("", "/") else ENDPOINT_PATH
     return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def with_routing_key(url: str, session_id: str) -> str:
+    """``url`` with ``?session=<session_id>`` (percent-encoded; replaces an earlier one)."""
+    parts = urlsplit(url)
+    query = [
+        (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != ROUTING_KEY_PARAM
+    ]
+    query.append((ROUTING_KEY_PARAM, session_id))
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def normalize_sources(value: Any) -> tuple[Source, ...]:

@@ -39,7 +39,7 @@ from echopanel.protocol.messages import (
     StatusMessage,
     StopMessage,
 )
-from echopanel.session.config import SessionConfig, auth_headers
+from echopanel.session.config import SessionConfig, auth_headers, with_routing_key
 from echopanel.session.effects import (
     AnnounceState,
     CancelTimer,
@@ -233,7 +233,9 @@ class _Attempt:
 
     def connect(self, ed: EventData) -> None:
         self.connect_issued = True
-        self.effects.append(Connect(url=self.config.url, headers=auth_headers(self.config.token)))
+        assert self.session_id is not None
+        url = with_routing_key(self.config.url, self.session_id)  # a load balancer hashes on it
+        self.effects.append(Connect(url=url, headers=auth_headers(self.config.token)))
 
     def send_start(self, ed: EventData) -> None:
         assert self.session_id is not None and self.attempt_id is not None

@@ -101,7 +101,7 @@ async def test_full_session_start_listen_stop(caplog):
         assert s.state == "listening"
         assert (s.session_id, s.attempt_id, s.connection_id) == ("id-1", "id-2", "conn-fake")
         t = rig.transports.last
-        assert t.url == URL + "/ws/live-listener"
+        assert t.url == URL + "/ws/live-listener?session=id-1"  # the routing key
         assert t.headers == {"Authorization": "Bearer tok", "x-echopanel-token": "tok"}
         (start,) = t.sent_of(StartMessage)
         assert (start.session_id, start.attempt_id, start.sources) == (

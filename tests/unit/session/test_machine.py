@@ -72,7 +72,7 @@ def test_happy_path_effects_in_order(drive):
     ]
     out = d.feed(CaptureStarted(attempt_id="id-2", source="mic"))
     assert out[-1] == Connect(
-        url="ws://127.0.0.1:8765/ws/live-listener",
+        url="ws://127.0.0.1:8765/ws/live-listener?session=id-1",
         headers={"Authorization": "Bearer s3cret", "x-echopanel-token": "s3cret"},
     )
     out = d.feed(Connected(attempt_id="id-2"))

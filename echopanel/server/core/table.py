@@ -1,0 +1,144 @@
+"""The server session's phases as data: states and transitions.
+
+This table is the single source of truth: :class:`~echopanel.server.core.ServerSession`
+feeds it to ``transitions.Machine`` and :mod:`echopanel.server.core.diagram` renders it as
+the Mermaid diagram in ``docs/architecture.md``.
+
+Phases: ``accepted`` (the socket is open, the token not yet judged) → ``awaiting_start``
+(bounded by the start timeout) → ``admitting`` (a valid ``start``: wait for the shared ASR,
+a slot, the declared sources' streams) → ``streaming`` → ``finalizing`` (``stop``: bounded
+flush) → ``closed``. A row's ``dest`` of ``None`` is an *internal* transition. A (phase,
+trigger) pair with no row is dropped by the machine, which records why
+(:attr:`ServerSession.dropped`): late facts are expected in an async world.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from echopanel.session.table import Row
+
+__all__ = [
+    "ADMITTING",
+    "AWAITING_START",
+    "CLOSED",
+    "FINALIZING",
+    "INITIAL",
+    "LIVE_PHASES",
+    "PHASES",
+    "STREAMING",
+    "TRANSITIONS",
+    "TRIGGERS",
+    "Row",
+]
+
+ACCEPTED: Final = "accepted"
+AWAITING_START: Final = "awaiting_start"
+ADMITTING: Final = "admitting"
+STREAMING: Final = "streaming"
+FINALIZING: Final = "finalizing"
+CLOSED: Final = "closed"
+
+INITIAL: Final = ACCEPTED
+PHASES: Final[tuple[str, ...]] = (
+    ACCEPTED,
+    AWAITING_START,
+    ADMITTING,
+    STREAMING,
+    FINALIZING,
+    CLOSED,
+)
+#: Every phase but ``closed``: the connection may still send and hold resources.
+LIVE_PHASES: Final[tuple[str, ...]] = PHASES[:-1]
+_READING: Final = (AWAITING_START, STREAMING)  # phases that judge incoming frames
+_STARTED: Final = (STREAMING, FINALIZING)
+
+
+def _row(
+    trigger: str,
+    source: str | tuple[str, ...],
+    dest: str | None,
+    *,
+    after: str | None = None,
+    conditions: tuple[str, ...] = (),
+    unless: tuple[str, ...] = (),
+) -> Row:
+    sources = (source,) if isinstance(source, str) else source
+    return Row(
+        trigger=trigger,
+        source=sources,
+        dest=dest,
+        conditions=conditions,
+        unless=unless,
+        after=after,
+    )
+
+
+TRANSITIONS: Final[tuple[Row, ...]] = (
+    # --- the upgrade's token decides: connected, or unauthorized (1008)
+    _row("opened", ACCEPTED, AWAITING_START, conditions=("authorized",), after="greet"),
+    _row("opened", ACCEPTED, CLOSED, unless=("authorized",), after="fail"),
+    # --- frames: judged in awaiting_start and streaming, ignored after stop
+    _row("start", AWAITING_START, ADMITTING, after="begin"),
+    _row("invalid", _READING, None, unless=("over_invalid_budget",), after="report_invalid"),
+    _row("invalid", _READING, CLOSED, conditions=("over_invalid_budget",), after="fail"),
+    _row("fatal", _READING, CLOSED, after="fail"),
+    _row("timeout", AWAITING_START, CLOSED, after="fail"),
+    # --- admission: shared ASR ready → slot → the declared sources' streams → streaming
+    _row("asr_ready", ADMITTING, None, after="acquire_slot"),
+    _row("asr_unavailable", ADMITTING, CLOSED, after="fail"),
+    _row("slot_refused", ADMITTING, CLOSED, after="fail"),
+    _row(
+        "slot_acquired",
+        ADMITTING,
+        None,
+        unless=("all_streams_open",),
+        after="open_next_stream",
+    ),
+    _row(
+        "slot_acquired",
+        ADMITTING,
+        STREAMING,
+        conditions=("all_streams_open",),
+        after="enter_streaming",
+    ),
+    _row(
+        "stream_opened",
+        ADMITTING,
+        None,
+        unless=("all_streams_open",),
+        after="open_next_stream",
+    ),
+    _row(
+        "stream_opened",
+        ADMITTING,
+        STREAMING,
+        conditions=("all_streams_open",),
+        after="enter_streaming",
+    ),
+    _row("stream_opened", STREAMING, None, after="feed_pending"),
+    _row("stream_failed", (ADMITTING, STREAMING), CLOSED, after="fail"),
+    # --- streaming
+    _row("audio", STREAMING, None, after="accept_audio"),
+    _row("asr_output", _STARTED, None, after="emit_updates"),
+    _row("asr_failed", STREAMING, CLOSED, after="fail"),
+    _row("audio_queued", _STARTED, None, after="report_queue"),
+    _row("level_changed", _STARTED, None, after="report_level"),
+    _row("metrics_tick", _STARTED, None, after="report_metrics"),
+    _row("analysis_tick", STREAMING, None, after="analyze"),
+    _row("analysis_done", _STARTED, None, after="send_analysis"),
+    _row("recording_failed", _STARTED, None, after="warn_recording"),
+    # --- stop: bounded flush, then final_summary and close 1000
+    _row("stop", STREAMING, FINALIZING, after="begin_flush"),
+    _row("asr_done", FINALIZING, None),
+    _row("asr_failed", FINALIZING, None),
+    _row("flushed", FINALIZING, CLOSED, conditions=("all_flushed",), after="summarize"),
+    _row("timeout", FINALIZING, CLOSED, after="summarize"),
+    # --- every path out releases what it holds
+    _row("slot_acquired", CLOSED, None, after="release_late_slot"),
+    _row("peer_gone", LIVE_PHASES, CLOSED, after="abandon"),
+    _row("fault", LIVE_PHASES, CLOSED, after="crash"),
+)
+
+#: Every trigger the table knows, in first-use order.
+TRIGGERS: Final[tuple[str, ...]] = tuple(dict.fromkeys(row.trigger for row in TRANSITIONS))
