@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,32 @@ document.addEventListener("DOMContentLoaded", () => {
 
 def words(text: str) -> str:
     return " ".join(re.sub(r"[^a-z' ]", " ", text.lower()).split())
+
+
+def has_phrase(text: str, slack: int = 2) -> bool:
+    """PHRASE's words in order, with at most ``slack`` extra words among them.
+
+    Whisper on a loaded machine may put a filler word at a final's boundary ("ask not.
+    Thank | what your country can do for you"); every word of the phrase is still required.
+    """
+    want, have = PHRASE.split(), words(text).split()
+    for start, word in enumerate(have):
+        if word != want[0]:
+            continue
+        window, found = have[start : start + len(want) + slack], 0
+        for candidate in window:
+            if found < len(want) and candidate == want[found]:
+                found += 1
+        if found == len(want):
+            return True
+    return False
+
+
+def finals_text(page: Any) -> str:
+    texts: list[str] = page.eval_on_selector_all(
+        "#finals .text", "els => els.map(e => e.textContent)"
+    )
+    return " ".join(texts)
 
 
 def transcript_lines(markdown: str) -> str:
@@ -97,18 +124,14 @@ def test_live_transcription_in_the_browser(server: Any, browser: Any, tmp_path: 
     order = page.evaluate("window.__epOrder")
     assert order and order[0] == "partial", order  # a partial came before the first final
 
-    phrase_seen = f"""() => {{
-        const text = [...document.querySelectorAll('#finals .text')]
-          .map(e => e.textContent).join(' ').toLowerCase().replace(/[^a-z' ]/g, ' ');
-        return text.split(/\\s+/).join(' ').includes({json.dumps(PHRASE)});
-    }}"""
-    try:
-        page.wait_for_function(phrase_seen, timeout=240_000, polling=250)  # shared CPU: slow
-    except Exception as exc:
-        raise AssertionError(
-            f"phrase not in the finals: {page.inner_text('#finals')!r}; "
-            f"status {page.inner_text('#status')!r}; notice {page.inner_text('#notice')!r}"
-        ) from exc
+    deadline = time.monotonic() + 240  # the shared CPU can make Whisper slow: the file loops
+    while not has_phrase(finals_text(page)):
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"phrase not in the finals: {page.inner_text('#finals')!r}; "
+                f"status {page.inner_text('#status')!r}; notice {page.inner_text('#notice')!r}"
+            )
+        page.wait_for_timeout(250)
     shot = tmp_path / "browser.png"
     page.screenshot(path=str(shot))
     if SHOTS:
@@ -131,7 +154,7 @@ def test_live_transcription_in_the_browser(server: Any, browser: Any, tmp_path: 
     markdown = Path(download.value.path()).read_text(encoding="utf-8")
     assert download.value.suggested_filename.endswith(".md")
     assert markdown.startswith("# Transcript")
-    assert PHRASE in words(transcript_lines(markdown)), markdown
+    assert has_phrase(transcript_lines(markdown)), markdown
     assert "** You:**" not in markdown and "] You:**" in markdown
 
     with page.expect_download() as download:
@@ -139,7 +162,7 @@ def test_live_transcription_in_the_browser(server: Any, browser: Any, tmp_path: 
     data = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
     assert data["complete"] is True and data["labels"] == {"mic": "You", "system": "Them"}
     assert data["transcript"] and {e["source"] for e in data["transcript"]} == {"mic"}
-    assert PHRASE in words(" ".join(e["text"] for e in data["transcript"]))
+    assert has_phrase(" ".join(e["text"] for e in data["transcript"]))
     assert data["sources"]["mic"]["audio_seconds"] > 5
 
     # the long-lived token never left the page in a URL, nor reached the server's log
@@ -223,6 +246,14 @@ def test_a_refused_microphone_shows_the_permission_message(
     expect_error(page, ErrorCode.MICROPHONE_PERMISSION_REQUIRED)
     assert "refused" in page.inner_text("#error-detail")
     assert httpx.get(f"{fake.url}/health").json()["connections"] == 0  # never connected
+
+
+def test_the_phrase_matcher_allows_a_filler_word_but_no_missing_word() -> None:
+    assert has_phrase("And so. Ask not. Thank | What your country can do for you.")
+    assert has_phrase("ask not what your country can do for you")
+    assert not has_phrase("What your country can do for you. Ask not.")
+    assert not has_phrase("ask what your country can do for you")
+    assert not has_phrase("ask not uh um er what your country can do for you")
 
 
 def test_both_sources_with_custom_labels(serve: Any, browser: Any) -> None:
