@@ -91,14 +91,23 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Se
         server.close()
 
 
+def jfk_16k_mono() -> Any:
+    """The bundled JFK recording (44.1 kHz stereo FLAC) as 16 kHz mono float32 samples."""
+    import soundfile
+    import soxr
+
+    stereo, rate = soundfile.read(str(JFK), dtype="float32", always_2d=True)
+    return soxr.resample(stereo.mean(axis=1), rate, 16_000, "VHQ")
+
+
 @pytest.fixture(scope="session")
 def jfk_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled JFK recording as 16-bit WAV, the format Chromium's fake capture reads."""
+    """The JFK recording as a 16 kHz mono 16-bit WAV, which Chromium's fake capture reads
+    (and plays at its device rate: the page's worklet resamples it back to 16 kHz)."""
     import soundfile
 
-    data, rate = soundfile.read(str(JFK), dtype="int16")
     path = tmp_path_factory.mktemp("audio") / "jfk.wav"
-    soundfile.write(str(path), data, rate, subtype="PCM_16")
+    soundfile.write(str(path), jfk_16k_mono(), 16_000, subtype="PCM_16")
     return path
 
 

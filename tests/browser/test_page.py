@@ -21,6 +21,8 @@ from httpx_ws import connect_ws
 
 from echopanel.errors import ErrorCode, default_message
 
+from .conftest import jfk_16k_mono
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 TOKEN = "browser-test-token-5f1c"
@@ -290,6 +292,72 @@ def test_both_sources_with_custom_labels(serve: Any, browser: Any) -> None:
         page.click("#download-md")
     markdown = Path(download.value.path()).read_text(encoding="utf-8")
     assert "] Me:**" in markdown and "] Guest:**" in markdown
+
+
+def test_the_audio_the_server_receives_is_the_recording(
+    serve: Any, browser: Any, tmp_path: Path
+) -> None:
+    """What the page sends (device rate -> worklet -> 16 kHz EP frames) is the JFK recording:
+    aligned, at the right speed and clean, as the server's --record-dir wrote it.
+
+    Independent of recognition (fake ASR), so it holds however loaded the machine is.
+    """
+    import numpy as np
+    import soundfile
+
+    record_dir = tmp_path / "recorded"
+    fake = serve("--asr", "fake", "--record-dir", str(record_dir))
+    page = browser.new_page()
+    page.goto(fake.url + "/")
+    page.click("#start")
+    page.wait_for_selector('#status[data-state="listening"]', timeout=60_000)
+    page.wait_for_timeout(9_000)
+    page.click("#stop")
+    page.wait_for_selector("#summary:not([hidden])", timeout=30_000)
+    (wav,) = record_dir.glob("*-mic.wav")
+    got, rate = soundfile.read(str(wav), dtype="float32")
+    assert rate == 16_000 and got.ndim == 1 and len(got) > 9 * rate
+    original = jfk_16k_mono()  # what the fake microphone plays
+    looped = np.concatenate([original, original, original])  # Chromium loops the file
+
+    def locate(start: float, seconds: float = 4.0) -> tuple[int, Any, Any]:
+        """Where ``seconds`` of the recording from ``start`` s sit in the original (sample
+        lag), and per frequency the gain and the coherence between the two."""
+        piece = got[int(start * rate) : int((start + seconds) * rate)]
+        span = looped[: len(original) + len(piece)]
+        size = 1 << (len(span) + len(piece)).bit_length()
+        corr = np.fft.irfft(np.fft.rfft(span, size) * np.conj(np.fft.rfft(piece, size)), size)
+        lag = int(np.argmax(corr[: len(original)]))  # cross-correlation by FFT
+        ref = looped[lag : lag + len(piece)]
+        n, window = 512, np.hanning(512)
+        cross, pxx, pyy = np.zeros(n // 2 + 1, complex), np.zeros(n // 2 + 1), np.zeros(n // 2 + 1)
+        for i in range(0, len(piece) - n, n // 2):  # Welch averages
+            x, y = np.fft.rfft(ref[i : i + n] * window), np.fft.rfft(piece[i : i + n] * window)
+            cross += np.conj(x) * y
+            pxx += abs(x) ** 2
+            pyy += abs(y) ** 2
+        band = slice(int(100 / 16_000 * n), int(6_000 / 16_000 * n))  # speech, below the filters
+        gain_db = 20 * np.log10(abs(cross[band]) / pxx[band])
+        coherence = abs(cross[band]) ** 2 / (pxx[band] * pyy[band])
+        return lag, gain_db, coherence
+
+    lag1, gain1, coherence1 = locate(1.0)
+    lag2, gain2, coherence2 = locate(5.0)
+    print(
+        "AUDIO",
+        np.mean(coherence1),
+        np.min(coherence1),
+        np.ptp(gain1),
+        np.mean(coherence2),
+        np.ptp(gain2),
+    )
+    # the same signal, linearly: no aliasing, gaps, clicks or distortion (a fraction of a
+    # sample of delay from the filters is allowed) and a flat response across speech
+    for coherence in (coherence1, coherence2):
+        assert np.mean(coherence) > 0.995 and np.min(coherence) > 0.98, coherence
+    assert np.ptp(gain1) < 1 and np.ptp(gain2) < 1, (gain1, gain2)  # within 1 dB
+    drift = (lag2 - lag1) % len(original) - 4 * rate  # 4 s apart in both
+    assert abs(drift) <= 16, drift  # the same speed: at most 1 ms off over 4 s
 
 
 def test_the_worklet_resampler_keeps_speech_and_removes_what_16_khz_cannot_carry(
