@@ -4,9 +4,10 @@ Both sides of the wire use the same machine-readable codes (``ErrorCode``); each
 one default human message, one WebSocket close code when the server closes because of it,
 and one CLI exit class.
 
-Exception tree::
+Exception tree (errors have a direction: a failure of the peer or of the environment,
+which carries a code, or local misuse, which is a bug in the caller)::
 
-    EchoPanelError                 base of everything the library raises on purpose
+    EchoPanelError                 base of every failure the library raises on purpose
     ├── ProtocolError              a message or frame broke the wire protocol (remote misbehaviour)
     ├── TransportError             the connection failed or was closed
     ├── CaptureError               an audio source could not start or died
@@ -14,7 +15,13 @@ Exception tree::
     ├── AsrError                   the speech model could not be loaded or run
     └── SessionError               a session ended in ``error``; carries the code and message
 
-Each carries ``code`` (an ``ErrorCode``) and ``message`` (for people).
+    RuntimeError
+    └── SessionStateError          local misuse: a call not allowed in the session's state
+                                   (start while active, a call outside ``async with``)
+
+Each ``EchoPanelError`` carries ``code`` (an ``ErrorCode``) and ``message`` (for people).
+``SessionStateError`` carries ``state`` and ``what`` and no code: it never reaches the wire;
+it stays a ``RuntimeError`` so code written against earlier versions keeps working.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ __all__ = [
     "PermissionDeniedError",
     "ProtocolError",
     "SessionError",
+    "SessionStateError",
     "TransportError",
     "default_message",
     "exit_code_for",
@@ -53,6 +61,11 @@ class ErrorCode(enum.StrEnum):
     MICROPHONE_CAPTURE_FAILED = "microphone_capture_failed"
     CONNECTION_FAILED = "connection_failed"
     BACKEND_START_TIMEOUT = "backend_start_timeout"
+    IDLE_TIMEOUT = "idle_timeout"
+    INTERNAL_ERROR = "internal_error"
+    # client-side outcomes of a session that was streaming (never sent by the server)
+    CONNECTION_LOST = "connection_lost"
+    SUMMARY_MISSING = "summary_missing"
 
 
 _MESSAGES: dict[ErrorCode, str] = {
@@ -71,6 +84,10 @@ _MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.MICROPHONE_CAPTURE_FAILED: "Microphone capture failed",
     ErrorCode.CONNECTION_FAILED: "Could not connect to the backend",
     ErrorCode.BACKEND_START_TIMEOUT: "Backend did not start streaming within 5 seconds",
+    ErrorCode.IDLE_TIMEOUT: "No audio received for too long: the server ended the session",
+    ErrorCode.INTERNAL_ERROR: "The server hit an internal error and ended the session",
+    ErrorCode.CONNECTION_LOST: "Connection to the backend lost",
+    ErrorCode.SUMMARY_MISSING: "No final summary from the backend",
 }
 
 #: WebSocket close code the server uses when it closes because of an error.
@@ -81,10 +98,13 @@ CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.INVALID_MESSAGE: 1007,
     ErrorCode.START_TIMEOUT: 1008,
     ErrorCode.FRAME_TOO_LARGE: 1009,
+    ErrorCode.IDLE_TIMEOUT: 4408,  # application range: its own code (cf. HTTP 408)
+    ErrorCode.INTERNAL_ERROR: 1011,  # before asr_unavailable: a bare 1011 maps to that
     ErrorCode.ASR_UNAVAILABLE: 1011,
 }
 
-#: CLI exit status per error code: 3 backend refused or unreachable, 4 permission or capture.
+#: CLI exit status per error code: 3 backend refused or unreachable, 4 permission or capture,
+#: 5 the session streamed but ended incomplete (connection lost, no final summary).
 EXIT_CODES: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHORIZED: 3,
     ErrorCode.SERVER_AT_CAPACITY: 3,
@@ -95,10 +115,14 @@ EXIT_CODES: dict[ErrorCode, int] = {
     ErrorCode.ASR_UNAVAILABLE: 3,
     ErrorCode.CONNECTION_FAILED: 3,
     ErrorCode.BACKEND_START_TIMEOUT: 3,
+    ErrorCode.IDLE_TIMEOUT: 3,
+    ErrorCode.INTERNAL_ERROR: 3,
     ErrorCode.SCREEN_RECORDING_PERMISSION_REQUIRED: 4,
     ErrorCode.MICROPHONE_PERMISSION_REQUIRED: 4,
     ErrorCode.SYSTEM_CAPTURE_FAILED: 4,
     ErrorCode.MICROPHONE_CAPTURE_FAILED: 4,
+    ErrorCode.CONNECTION_LOST: 5,
+    ErrorCode.SUMMARY_MISSING: 5,
 }
 
 
@@ -159,3 +183,12 @@ class AsrError(EchoPanelError):
 
 class SessionError(EchoPanelError):
     """A session attempt ended in the ``error`` state."""
+
+
+class SessionStateError(RuntimeError):
+    """Local misuse: the call is not allowed in the session's current state."""
+
+    def __init__(self, state: str, what: str) -> None:
+        super().__init__(f"cannot {what} in state {state!r}")
+        self.state = state
+        self.what = what

@@ -28,7 +28,7 @@ from echopanel.cli.listen import (
     run_session,
 )
 from echopanel.cli.render import print_error_line
-from echopanel.errors import AsrError, ErrorCode, exit_code_for
+from echopanel.errors import AsrError, ErrorCode, SessionStateError, exit_code_for
 
 __all__ = ["add_parser", "run", "sample_path"]
 
@@ -117,6 +117,8 @@ async def _main(args: argparse.Namespace, path: Path, speed: float) -> int:
     except AsrError as exc:
         print_error_line(f"the speech model could not be loaded: {exc.message}")
         return exit_code_for(ErrorCode.ASR_UNAVAILABLE)
+    except SessionStateError:  # local misuse is a bug, not a server that did not start
+        raise
     except (OSError, RuntimeError, TimeoutError) as exc:
         print_error_line(f"the embedded server did not start: {exc}")
         return exit_code_for(ErrorCode.CONNECTION_FAILED)

@@ -3,13 +3,15 @@
 ::
 
     echopanel listen --url ws://127.0.0.1:8765 --source system
-    echopanel listen --url ws://host:8765/ws/live-listener --token T --source both --json
+    ECHOPANEL_TOKEN=T echopanel listen --url ws://host:8765/ws/live-listener --source both --json
     echopanel listen --url ws://127.0.0.1:8765 --source file:meeting.flac
 
 ``--source file:PATH`` plays a file as the system source and ends the session at the end of
 the file. Ctrl-C stops gracefully (the server flushes and sends its summary); a second
 Ctrl-C aborts. Exit status: 0 done, 130 stopped by Ctrl-C, 2 usage, 3 backend refused or
-unreachable, 4 permission or capture failure. Errors are one line on stderr.
+unreachable, 4 permission or capture failure, 5 the session streamed but ended incomplete
+(connection lost, or no final summary; the bundle keeps every final received). Errors are
+one line on stderr.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ import attrs
 
 from echopanel.cli.render import JsonPrinter, LiveView, format_summary, print_error_line
 from echopanel.client.bundle import event_name, event_record
-from echopanel.errors import EchoPanelError, ErrorCode, SessionError, exit_code_for
+from echopanel.errors import (
+    EchoPanelError,
+    ErrorCode,
+    SessionError,
+    SessionStateError,
+    exit_code_for,
+)
 from echopanel.protocol.messages import Source
 
 __all__ = [
@@ -129,7 +137,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Run one live transcription session against a backend and show the "
         "transcript (partials update in place, finals scroll).",
         epilog="exit status: 0 done, 130 Ctrl-C, 2 usage, 3 backend refused/unreachable, "
-        "4 permission or capture failure",
+        "4 permission or capture failure, 5 connection lost or no final summary",
     )
     add_session_arguments(parser)
     parser.add_argument(
@@ -140,8 +148,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--token",
-        default=os.environ.get("ECHOPANEL_TOKEN"),
-        help="auth token (default: $ECHOPANEL_TOKEN)",
+        default=None,
+        help="auth token (default: $ECHOPANEL_TOKEN, which is better: a command-line "
+        "argument is visible to other users in `ps`)",
     )
     parser.add_argument(
         "--source",
@@ -316,9 +325,11 @@ async def run_session(
 
     if bundle is not None:
         outcome.bundle_path = bundle.path
-    if outcome.error is not None and not outcome.interrupted:
+    if outcome.error is not None:
         code, message = outcome.error
-        outcome.exit_code = exit_code_for(code)
+        # after Ctrl-C the status stays 130, but a failure of the graceful stop (no summary)
+        # is still said
+        outcome.exit_code = EXIT_INTERRUPTED if outcome.interrupted else exit_code_for(code)
         print_error_line(f"{message} [{code.value}]")
     elif outcome.interrupted:
         outcome.exit_code = EXIT_INTERRUPTED
@@ -330,13 +341,31 @@ async def run_session(
 
 
 async def _stop_quietly(session: Any) -> None:
-    # RuntimeError: SessionStateError, the session already closed on its own
-    with contextlib.suppress(EchoPanelError, RuntimeError):
+    # SessionStateError: the session already closed on its own (outside its ``async with``)
+    with contextlib.suppress(EchoPanelError, SessionStateError):
         await session.stop()
+
+
+TOKEN_ENV = "ECHOPANEL_TOKEN"
+
+
+def resolve_token(args: argparse.Namespace) -> str | None:
+    """``--token``, else ``$ECHOPANEL_TOKEN``. A token on the command line is visible to
+    every user of the machine (``ps``, ``/proc/PID/cmdline``): say so, once, on stderr."""
+    if args.token is not None:
+        print(
+            f"echopanel: warning: --token is visible to other users in `ps`; "
+            f"set {TOKEN_ENV} instead",
+            file=sys.stderr,
+        )
+        token: str | None = args.token
+        return token
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.verbose)
+    token = resolve_token(args)
     spec: SourceSpec = args.source
     try:
         devices = parse_devices(args.device, spec.sources)
@@ -366,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
             sources=spec.sources,
             capture_factory=factory,
             permission_gate=gate,
-            token=args.token,
+            token=token,
             json_mode=args.json,
             bundle=make_bundle(args),
             start_timeout=args.start_timeout,

@@ -2,7 +2,8 @@
 
 Each subcommand module exposes ``add_parser(subparsers)`` and ``run(args) -> int``.
 Exit codes (DESIGN.md): 0 done, 130 stopped by Ctrl-C, 2 usage, 3 backend refused or
-unreachable, 4 permission or capture failure.
+unreachable, 4 permission or capture failure, 5 the session streamed but ended incomplete
+(connection lost, or no final summary).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 __all__ = ["build_parser", "main"]
 
-_SUBCOMMANDS = ("serve", "listen", "demo")
+_SUBCOMMANDS = ("serve", "listen", "demo", "bundle")
 
 
 def build_parser() -> argparse.ArgumentParser:

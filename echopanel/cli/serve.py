@@ -3,7 +3,8 @@
 Every option has an environment variable (``ECHOPANEL_HOST``, ``ECHOPANEL_PORT``,
 ``ECHOPANEL_TOKEN``, ``ECHOPANEL_MAX_SESSIONS``, ``ECHOPANEL_SLOT_TIMEOUT``,
 ``ECHOPANEL_START_TIMEOUT``, ``ECHOPANEL_ASR``, ``ECHOPANEL_MODEL``,
-``ECHOPANEL_RECORD_DIR``); options win. Listening off loopback without a token is refused
+``ECHOPANEL_RECORD_DIR``, ``ECHOPANEL_IDLE_TIMEOUT``, ``ECHOPANEL_MAX_AUDIO_RATE``); options
+win. Listening off loopback without a token is refused
 (exit 2). SIGINT/SIGTERM shut down gracefully (exit 0).
 """
 
@@ -36,6 +37,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--start-timeout", type=float, help="seconds a client has to send start (default 10)"
     )
     parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        help="seconds a started session may send no audio before idle_timeout (default 60; "
+        "0: never)",
+    )
+    parser.add_argument(
+        "--max-audio-rate",
+        type=float,
+        help="per source, audio faster than this many times real time is dropped after a "
+        "10 s burst (default 2; 0: unbounded)",
+    )
+    parser.add_argument(
         "--asr", choices=("whisper", "fake"), help="speech backend (default whisper)"
     )
     parser.add_argument("--model", dest="model_path", help="CTranslate2 Whisper model directory")
@@ -64,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
             max_sessions=args.max_sessions,
             slot_timeout=args.slot_timeout,
             start_timeout=args.start_timeout,
+            idle_timeout=args.idle_timeout,
+            max_audio_rate=args.max_audio_rate,
             asr=args.asr,
             model_path=args.model_path,
             record_dir=args.record_dir,

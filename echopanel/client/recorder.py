@@ -15,7 +15,10 @@ class Recorder(Protocol):
 
     ``started_at`` / ``at`` / ``ended_at`` are wall-clock seconds (``time.time()``);
     ``outcome`` is ``completed``, ``cancelled`` or ``error:<code>``. Must not raise; the
-    session logs and ignores recorder errors.
+    session logs and ignores recorder errors. The session calls ``open`` and ``close`` in a
+    worker thread (they may do blocking file work) and ``record`` on the event loop (it must
+    not block: hand slow work to a thread of your own, as ``SessionBundle`` does); the calls
+    never overlap.
     """
 
     def open(

@@ -5,10 +5,22 @@ under one lock (``_dispatch``): commands (start/stop) are dispatched by the call
 facts by the tasks that observe them — the driver task feeds timer expiries and the events
 posted (never blocking) by the operation tasks: a permission request, a capture (start, then
 pump its frames), a connection (connect, then receive, and finally close: the transport is
-closed by the task that connected it, as the ``Transport`` port requires). Effects run in
-order, inline; teardown effects cancel and await the matching task, so when an attempt ends
+closed by the task that connected it, as the ``Transport`` port requires), the ``start`` and
+``stop`` messages (sent by a task of their own, so that a connection that cannot take them
+never holds the machine: the start and stop deadlines fire whatever the socket does; every
+send is also bounded by ``send_timeout``). Effects run in order, inline, and every one is
+bounded; teardown effects cancel and await the matching task, so when an attempt ends
 nothing of it is left running. Leaving the ``async with`` (also on cancellation) aborts
 whatever is active in a shielded scope.
+
+The channel from the operation tasks to the driver is bounded (:data:`EVENT_CHANNEL_LIMIT`
+facts). A task posting to a full channel waits: the receiver then stops reading the
+transport, whose own inbox is bounded too, so a flood of server messages ends up as TCP
+backpressure on the server and nothing is dropped. The few facts found by effects the driver
+itself runs (a failed send while flushing audio) can never wait for the driver: they go to a
+small side queue the driver reads first. The recorder's ``open`` and ``close`` (files,
+zipping) run in a worker thread; ``record`` is called on the loop and must not block (the
+session bundle hands its writes to a writer thread).
 
 Audio captured before the backend's ``streaming`` acknowledgment is buffered (bounded by the
 start timeout's worth of audio; the oldest frames are dropped and counted beyond that) and
@@ -18,8 +30,10 @@ sent right after it, in order. Frames above 64 KiB are split.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,7 +53,14 @@ from echopanel.client.events import (
     event_for_message,
 )
 from echopanel.client.recorder import Recorder
-from echopanel.errors import EchoPanelError, ErrorCode, ProtocolError, SessionError, TransportError
+from echopanel.errors import (
+    EchoPanelError,
+    ErrorCode,
+    ProtocolError,
+    SessionError,
+    SessionStateError,
+    TransportError,
+)
 from echopanel.ports import Capture, PermissionGate, PermissionKind, Transport
 from echopanel.protocol.frames import HEADER_BYTES, MAX_FRAME_BYTES, encode_audio_frame
 from echopanel.protocol.messages import FinalSummary, Source, decode_server, encode
@@ -76,25 +97,19 @@ from echopanel.session import (
 )
 from echopanel.session.config import SessionConfig
 
-__all__ = ["HISTORY_LIMIT", "Session", "SessionStateError"]
+# SessionStateError lives in echopanel.errors; re-exported here for older imports
+__all__ = ["EVENT_CHANNEL_LIMIT", "HISTORY_LIMIT", "Session", "SessionStateError"]
 
 logger = logging.getLogger("echopanel.session")
 
 _CLEANUP_TIMEOUT = 2.0
 #: events a session keeps for its iterators (about an hour of partials and metrics)
 HISTORY_LIMIT = 20_000
+#: facts waiting for the driver at most; a task posting to a full channel waits
+EVENT_CHANNEL_LIMIT = 256
 _MAX_PCM = MAX_FRAME_BYTES - HEADER_BYTES  # 65532, even
 _BYTES_PER_SECOND = 32_000
 _MIN_BUFFER = 4 * MAX_FRAME_BYTES
-
-
-class SessionStateError(RuntimeError):
-    """Local misuse: the call is not allowed in the session's current state."""
-
-    def __init__(self, state: str, what: str) -> None:
-        super().__init__(f"cannot {what} in state {state!r}")
-        self.state = state
-        self.what = what
 
 
 @attrs.define(eq=False)
@@ -166,6 +181,8 @@ class Session:
         self._audio_lock: anyio.Lock | None = None
         self._send: MemoryObjectSendStream[Event | None] | None = None
         self._receive: MemoryObjectReceiveStream[Event | None] | None = None
+        # facts posted by effects the driver runs itself: never wait for the driver
+        self._side: deque[Event] = deque()
         self._attempt: _Attempt | None = None
         # the most recent events, for iterators that fall behind or start late; bounded
         self._history: deque[SessionEvent] = deque(maxlen=HISTORY_LIMIT)
@@ -210,10 +227,12 @@ class Session:
 
     async def __aenter__(self) -> Self:
         if self._tg is not None or self._closed:
-            raise RuntimeError("a Session can be entered only once")
+            raise SessionStateError(self.state, "enter a Session twice (it runs once)")
         self._lock = anyio.Lock()
         self._audio_lock = anyio.Lock()
-        self._send, self._receive = anyio.create_memory_object_stream[Event | None](math.inf)
+        self._send, self._receive = anyio.create_memory_object_stream[Event | None](
+            EVENT_CHANNEL_LIMIT
+        )
         self._history_changed = anyio.Event()
         tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -283,8 +302,9 @@ class Session:
     async def stop(self) -> FinalSummary | None:
         """Stop gracefully: ``stop`` message, bounded wait for the final summary, ``idle``.
 
-        Returns the summary (``None`` if the backend sent none in time). Raises
-        ``SessionError`` if the session failed while stopping. Harmless when not active.
+        Returns the summary. Raises ``SessionError`` if the session failed while stopping —
+        with code ``summary_missing`` when the connection closed or the stop timeout passed
+        before the summary (the finals already received stand). Harmless when not active.
         """
         self._require_open("stop")
         attempt = self._attempt
@@ -325,37 +345,58 @@ class Session:
 
     # ------------------------------------------------------------------ the driver
 
-    def _post(self, event: Event | None) -> None:
+    def _now(self) -> float:
+        """The session's clock (anyio's monotonic time): the ``now`` of every machine step."""
+        return anyio.current_time()
+
+    async def _post(self, event: Event) -> None:
+        """Hand a fact to the driver; waits while the channel is full (backpressure)."""
         if self._send is not None:
             with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                self._send.send_nowait(event)
+                await self._send.send(event)
+
+    def _post_soon(self, event: Event) -> None:
+        """Hand a fact to the driver without waiting (from code the driver may be running)."""
+        self._side.append(event)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Make the driver look again (its deadline may have moved); never waits."""
+        if self._send is not None:
+            with contextlib.suppress(
+                anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError
+            ):
+                self._send.send_nowait(None)
 
     async def _drive(self) -> None:
         """Feed posted facts and timer expiries to the machine, one at a time."""
         assert self._receive is not None
         while True:
+            while self._side:
+                await self._dispatch(self._side.popleft())
             deadline = self._machine.deadline
             item: Event | None = None
             timed_out = True
-            with anyio.move_on_after(
-                math.inf if deadline is None else deadline - anyio.current_time()
-            ):
+            with anyio.move_on_at(math.inf if deadline is None else deadline):
                 item = await self._receive.receive()
                 timed_out = False
             if timed_out:
-                await self._dispatch(TimerFired())
+                assert deadline is not None
+                # a timer may wake a hair early: clamp to the deadline slept for (aioquic)
+                await self._dispatch(TimerFired(), at_least=deadline)
             elif item is not None:
                 await self._dispatch(item)
 
-    async def _dispatch(self, event: Event) -> list[Effect]:
+    async def _dispatch(self, event: Event, *, at_least: float = -math.inf) -> list[Effect]:
         assert self._lock is not None
         async with self._lock:
-            effects = self._machine.handle(event, anyio.current_time())
-            if not effects:
-                logger.debug("ignored %s in %s", type(event).__name__, self._machine.node)
+            machine = self._machine
+            effects = machine.handle(event, max(at_least, self._now()))
+            if machine.last_drop is not None:
+                logger.debug("%s", machine.last_drop)
             for effect in effects:
                 await self._run(effect)
-        self._post(None)  # the deadline may have moved: wake the driver
+        self._wake()  # the deadline may have moved
         return effects
 
     # ------------------------------------------------------------------ effects
@@ -366,7 +407,7 @@ class Session:
             case AnnounceState(state=state, previous=previous, step=step):
                 self._emit(StateChanged(state=state, previous=previous, step=step))
             case CreateBundle():
-                self._begin_attempt(effect)
+                await self._begin_attempt(effect)
             case RequestPermission(kind=kind):
                 assert attempt is not None
                 attempt.others.append(self._spawn(f"permission {kind}", self._ask, attempt, kind))
@@ -388,7 +429,11 @@ class Session:
                 assert attempt is not None
                 if isinstance(effect, SendStop):
                     self._log(logging.INFO, "Session stopping")
-                await self._send_text(attempt, encode(message))
+                # not inline: a send blocked on a full socket must not hold the machine (the
+                # deadlines need it); a failure comes back as TransportClosed
+                attempt.others.append(
+                    self._spawn(f"send {message.type}", self._send_text, attempt, encode(message))
+                )
             case EnterListening():
                 assert attempt is not None
                 await self._flush_audio(attempt)
@@ -410,18 +455,22 @@ class Session:
                 assert attempt is not None
                 await self._end_attempt(attempt, outcome, summary)
             case _:
-                pass  # StartTimer / CancelTimer / RejectStart: the machine's deadline is the timer
+                pass  # RejectStart: start() raises SessionStateError
 
-    def _begin_attempt(self, effect: CreateBundle) -> None:
+    async def _begin_attempt(self, effect: CreateBundle) -> None:
         self._attempt = _Attempt(attempt_id=effect.attempt_id)
         self._log(logging.INFO, "Session starting", sources=list(effect.sources))
-        if self._recorder is not None:
-            try:
-                self._recorder.open(
-                    session_id=effect.session_id,
-                    attempt_id=effect.attempt_id,
-                    sources=effect.sources,
-                    started_at=time.time(),
+        recorder = self._recorder
+        if recorder is not None:
+            try:  # files: off the event loop
+                await anyio.to_thread.run_sync(
+                    functools.partial(
+                        recorder.open,
+                        session_id=effect.session_id,
+                        attempt_id=effect.attempt_id,
+                        sources=effect.sources,
+                        started_at=time.time(),
+                    )
                 )
             except Exception:
                 logger.exception("recorder.open failed")
@@ -434,13 +483,17 @@ class Session:
             self._emit(SummaryEvent(summary=summary))
         attempt.outcome = outcome
         self._log(logging.INFO, "Session ended", outcome=outcome)
-        if self._recorder is not None:
-            try:
-                self._recorder.close(
-                    outcome=outcome,
-                    ended_at=time.time(),
-                    summary=summary,
-                    client_dropped_frames=attempt.dropped_frames,
+        recorder = self._recorder
+        if recorder is not None:
+            try:  # files and zipping: off the event loop
+                await anyio.to_thread.run_sync(
+                    functools.partial(
+                        recorder.close,
+                        outcome=outcome,
+                        ended_at=time.time(),
+                        summary=summary,
+                        client_dropped_frames=attempt.dropped_frames,
+                    )
                 )
             except Exception:
                 logger.exception("recorder.close failed")
@@ -520,7 +573,7 @@ class Session:
             granted, detail = answer.granted, answer.detail
         except EchoPanelError as exc:
             granted, detail = False, exc.message
-        self._post(
+        await self._post(
             PermissionAnswered(
                 attempt_id=attempt.attempt_id, kind=kind, granted=granted, detail=detail
             )
@@ -539,19 +592,19 @@ class Session:
             attempt.captures[source] = capture
             await capture.start()
         except EchoPanelError as exc:
-            self._post(CaptureFailed(attempt_id=aid, source=source, message=exc.message))
+            await self._post(CaptureFailed(attempt_id=aid, source=source, message=exc.message))
             return
         except Exception as exc:  # an adapter that broke its contract
-            self._post(CaptureFailed(attempt_id=aid, source=source, message=repr(exc)))
+            await self._post(CaptureFailed(attempt_id=aid, source=source, message=repr(exc)))
             return
-        self._post(CaptureStarted(attempt_id=aid, source=source))
+        await self._post(CaptureStarted(attempt_id=aid, source=source))
         try:
             async for pcm in capture.frames():
                 await self._on_frame(attempt, source, pcm)
         except EchoPanelError as exc:
-            self._post(CaptureFailed(attempt_id=aid, source=source, message=exc.message))
+            await self._post(CaptureFailed(attempt_id=aid, source=source, message=exc.message))
             return
-        self._post(CaptureEnded(attempt_id=aid, source=source))
+        await self._post(CaptureEnded(attempt_id=aid, source=source))
 
     async def _stop_capture(self, attempt: _Attempt, source: Source) -> None:
         with anyio.CancelScope(shield=True):
@@ -602,24 +655,26 @@ class Session:
                 from echopanel.client.transport import WebSocketTransport
 
                 transport: Transport = WebSocketTransport(
-                    connect_timeout=self.config.start_timeout, task_group=self._tg
+                    connect_timeout=self.config.start_timeout,
+                    send_timeout=self.config.send_timeout,
+                    task_group=self._tg,
                 )
             else:
                 transport = factory()
             attempt.transport = transport
             await transport.connect(url, headers)
         except EchoPanelError as exc:
-            self._post(ConnectFailed(attempt_id=aid, message=exc.message))
+            await self._post(ConnectFailed(attempt_id=aid, message=exc.message))
             return
         except Exception as exc:
-            self._post(ConnectFailed(attempt_id=aid, message=repr(exc)))
+            await self._post(ConnectFailed(attempt_id=aid, message=repr(exc)))
             return
-        self._post(Connected(attempt_id=aid))
+        await self._post(Connected(attempt_id=aid))
         while True:
             try:
                 data = await transport.receive()
             except TransportError as exc:
-                self._post(_closed_event(aid, exc))
+                await self._post(_closed_event(aid, exc))
                 return
             if isinstance(data, bytes):
                 continue
@@ -628,7 +683,7 @@ class Session:
             except ProtocolError as exc:
                 self._log(logging.WARNING, "Undecodable server message dropped", reason=exc.message)
                 continue
-            self._post(MessageReceived(attempt_id=aid, message=message))
+            await self._post(MessageReceived(attempt_id=aid, message=message))
 
     async def _send_text(self, attempt: _Attempt, text: str) -> None:
         transport = attempt.transport
@@ -637,7 +692,7 @@ class Session:
         try:
             await transport.send_text(text)
         except TransportError as exc:
-            self._post(_closed_event(attempt.attempt_id, exc))
+            await self._post(_closed_event(attempt.attempt_id, exc))
 
     async def _close_transport(self, attempt: _Attempt, code: int) -> None:
         """Record the close code; the transport task closes the transport as it ends."""
@@ -702,16 +757,24 @@ class Session:
                 )
         except TransportError as exc:
             attempt.streaming = False
-            self._post(_closed_event(attempt.attempt_id, exc))
+            # may run inside the driver (flushing after the acknowledgment): never wait here
+            self._post_soon(_closed_event(attempt.attempt_id, exc))
             return False
         return True
 
 
+_GENERIC_CLOSE = re.compile(r"connection (?:closed|lost)(?: \(\d+(?:: (?P<reason>.*))?\))?")
+
+
 def _closed_event(attempt_id: str, exc: TransportError) -> TransportClosed:
+    """The machine's fact for a closed transport. The transport's generic wording
+    ("connection closed (1000: bye)", "connection lost") is reduced to the peer's close
+    reason, if any: the machine words the message from the close code."""
     code = exc.code if exc.code is not ErrorCode.CONNECTION_FAILED else None
+    message = exc.message
+    generic = _GENERIC_CLOSE.fullmatch(message)
+    if generic is not None:
+        message = generic.group("reason") or ""
     return TransportClosed(
-        attempt_id=attempt_id,
-        close_code=exc.close_code,
-        code=code,
-        message="" if exc.message == "connection closed" else exc.message,
+        attempt_id=attempt_id, close_code=exc.close_code, code=code, message=message
     )

@@ -15,8 +15,16 @@ called from the connection's owner task; ``send_text`` / ``send_bytes`` from any
 
 Keep-alive: every ``ping_interval`` seconds a ping is sent; no pong within
 ``ping_timeout`` drops the connection, and ``receive()`` raises ``connection_failed``
-("keep-alive ping timed out"). Pings need a real network stream: httpx-ws disables them on
-the in-memory ASGI transport (``ping_interval=None`` disables them everywhere).
+("keep-alive ping timed out"). The deadline covers writing the ping too: the pinger is the
+transport's own (httpx-ws's waits without a bound for a socket whose send buffer is full,
+e.g. a server frozen with SIGSTOP). Pings need a real network stream: none are sent on the
+in-memory ASGI transport (``ping_interval=None`` disables them everywhere).
+
+Deadlines on writes: every send must complete within ``send_timeout`` seconds. A send that
+cannot (the peer stopped reading and the socket's buffers are full) raises
+``connection_failed`` ("send timed out …", close code 1006) and *aborts* the connection: a
+write cut off midway leaves a partial WebSocket frame, so the stream is closed at once
+(no close frame), which also releases every other task stuck writing to it.
 
 Errors: every third-party exception is translated into
 :class:`~echopanel.errors.TransportError`. When the server closes, ``receive()`` raises a
@@ -64,7 +72,6 @@ __all__ = [
 _READ_BYTES: Final = 65_536  # httpx-ws's read chunk ("max_message_size_bytes")
 _INBOX_LIMIT: Final = 1024  # messages read ahead of receive() before the reader waits
 _NORMAL_CLOSES: Final = frozenset({1000, 1001})
-_KEEPALIVE_REASON: Final = "Keepalive ping timeout"  # what httpx-ws closes with
 
 # 1008 is shared by unauthorized and start_timeout: the server's error message decides;
 # without one, a policy close is reported as unauthorized.
@@ -140,19 +147,6 @@ def _spawn_detached(coro: Coroutine[Any, Any, None], name: str) -> None:
     task.add_done_callback(_detached.discard)
 
 
-class _Session(httpx_ws.AsyncWebSocketSession):
-    """httpx-ws's session, remembering the first close *we* made (code, reason): a
-    ``WebSocketNetworkError`` after httpx-ws closed with "Keepalive ping timeout" is a
-    keep-alive failure rather than a dropped stream."""
-
-    local_close: tuple[int, str] | None = None
-
-    async def close(self, code: int = 1000, reason: str | None = None) -> None:
-        if self.local_close is None:
-            self.local_close = (code, reason or "")
-        await super().close(code, reason)
-
-
 class _Connection(Transport):
     """The connection behind a :class:`WebSocketTransport`: all its state and its host task.
 
@@ -168,11 +162,13 @@ class _Connection(Transport):
         ping_interval: float | None = 20.0,
         ping_timeout: float = 20.0,
         close_timeout: float = 2.0,
+        send_timeout: float = 10.0,
         max_message_bytes: int = 4 * 1024 * 1024,
         client: httpx.AsyncClient | None = None,
         task_group: anyio.abc.TaskGroup | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.send_timeout = send_timeout
         # where the connection's host task runs: the caller's task group when given (the
         # session shell passes its own, so the task is part of its structure); else a
         # detached task that aclose() joins
@@ -183,7 +179,8 @@ class _Connection(Transport):
         self.max_message_bytes = max_message_bytes
         self._client = client
         self._owns_client = client is None
-        self._ws: _Session | None = None
+        self._ws: httpx_ws.AsyncWebSocketSession | None = None
+        self._aborted = False  # the stream was closed under the session (no close frame)
         self._inbox: collections.deque[str | bytes] = collections.deque()
         self._wakeup: anyio.Event | None = None  # receive() waits on it
         self._space: anyio.Event | None = None  # the host's reader waits on it (inbox full)
@@ -295,6 +292,7 @@ class _Connection(Transport):
         """Hold the httpx-ws session: connect, read into the inbox, close; never raises."""
         assert self._ready is not None and self._done is not None
         assert self._host_scope is not None and self._reader_scope is not None
+        ws: httpx_ws.AsyncWebSocketSession
         try:
             with self._host_scope:
                 try:
@@ -302,16 +300,20 @@ class _Connection(Transport):
                         target,
                         self._client,
                         max_message_size_bytes=_READ_BYTES,
-                        keepalive_ping_interval_seconds=self.ping_interval,
-                        keepalive_ping_timeout_seconds=self.ping_timeout,
-                        session_class=_Session,
+                        keepalive_ping_interval_seconds=None,  # ours: see _keepalive
                         headers=headers,
                     ) as ws:
                         self._ws = ws
                         self._ready.set()
                         if self._close_request is None:
                             with self._reader_scope:
-                                await self._read(ws)
+                                async with anyio.create_task_group() as tg:
+                                    if self.ping_interval is not None and not isinstance(
+                                        ws.stream, ASGIWebSocketAsyncNetworkStream
+                                    ):
+                                        tg.start_soon(self._keepalive, ws, self.ping_interval)
+                                    await self._read(ws)
+                                    tg.cancel_scope.cancel()
                         with anyio.move_on_after(self.close_timeout):
                             await self._close_ws(ws)
                 except Exception as exc:
@@ -331,7 +333,39 @@ class _Connection(Transport):
             self._ready.set()
             self._done.set()
 
-    async def _read(self, ws: _Session) -> None:
+    async def _keepalive(self, ws: httpx_ws.AsyncWebSocketSession, interval: float) -> None:
+        """Ping every ``interval`` s; no pong within ``ping_timeout`` (writing the ping
+        included) aborts the connection. Never raises."""
+        while True:
+            await anyio.sleep(interval)
+            with anyio.move_on_after(self.ping_timeout) as deadline:
+                try:
+                    pong = await ws.ping()
+                    await pong.wait()
+                except Exception:  # closing, or the stream failed: the reader reports it
+                    return
+            if deadline.cancelled_caught:
+                await self._abort("keep-alive ping timed out")
+                return
+
+    async def _abort(self, message: str) -> None:
+        """Drop the connection now, without a close frame (1006): the stream is closed under
+        the session, which wakes every task waiting to write to it, and the reader stops."""
+        if self._failure is None:
+            self._failure = (message, 1006)
+        self._lost()
+        self._aborted = True
+        ws = self._ws
+        if ws is not None:
+            # closed "forcefully" (a cancelled close): no TLS goodbye that could block too
+            with anyio.CancelScope(shield=True), anyio.CancelScope() as forced:
+                forced.cancel()
+                await ws.stream.aclose()
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+        self._wake()
+
+    async def _read(self, ws: httpx_ws.AsyncWebSocketSession) -> None:
         """Move the session's messages into the inbox until the connection ends."""
         while True:
             try:
@@ -341,8 +375,6 @@ class _Connection(Transport):
                 self._close_reason = exc.reason
                 return
             except httpx_ws.WebSocketNetworkError:
-                if ws.local_close is not None and ws.local_close[1] == _KEEPALIVE_REASON:
-                    self._failure = ("keep-alive ping timed out", 1006)
                 self._lost()
                 return
             if not isinstance(event, wse.Message):
@@ -363,8 +395,10 @@ class _Connection(Transport):
                 space = self._space = anyio.Event()
                 await space.wait()
 
-    async def _close_ws(self, ws: _Session) -> None:
+    async def _close_ws(self, ws: httpx_ws.AsyncWebSocketSession) -> None:
         """Our close frame and the peer's answer, or the answer to the peer's close frame."""
+        if self._aborted:
+            return
         state = ws.connection.state
         try:
             if state is ConnectionState.OPEN:
@@ -413,20 +447,27 @@ class _Connection(Transport):
 
     async def _send(self, data: str | bytes) -> None:
         ws = self._ws
-        if ws is None or self._closed or self._eof:
+        if ws is None or self._closed or self._eof or self._aborted:
             raise self._closed_error()
         try:
-            if isinstance(data, str):
-                await ws.send_text(data)
-            else:
-                await ws.send_bytes(data)
+            with anyio.fail_after(self.send_timeout):
+                if isinstance(data, str):
+                    await ws.send_text(data)
+                else:
+                    await ws.send_bytes(data)
+        except TimeoutError:
+            message = f"send timed out after {self.send_timeout:g} s: the backend is not reading"
+            await self._abort(message)
+            raise TransportError(ErrorCode.CONNECTION_FAILED, message, close_code=1006) from None
         except LocalProtocolError:  # the connection is closing
             raise self._closed_error() from None
-        except httpx_ws.WebSocketNetworkError:
-            raise TransportError(
-                ErrorCode.CONNECTION_FAILED, "send failed: connection lost", close_code=1006
-            ) from None
         except Exception as exc:
+            if self._aborted:  # the stream was closed under this send: say why
+                raise self._closed_error() from None
+            if isinstance(exc, httpx_ws.WebSocketNetworkError):
+                raise TransportError(
+                    ErrorCode.CONNECTION_FAILED, "send failed: connection lost", close_code=1006
+                ) from None
             raise TransportError(
                 ErrorCode.CONNECTION_FAILED, f"send failed: {exc!r}", close_code=1006
             ) from None
@@ -462,6 +503,9 @@ class _Connection(Transport):
             )
         code = error_code_for_close(close)
         reason = self._close_reason or ("connection lost" if close in (None, 1006) else "")
+        if not reason and code is ErrorCode.CONNECTION_FAILED:
+            # an unmapped close (1012 server restart …): closed, never "could not connect"
+            reason = "connection closed"
         return TransportError(code, reason or None, close_code=close)
 
     # ----------------------------------------------------------------- close
@@ -529,6 +573,8 @@ class WebSocketTransport(Transport):
     ``httpx.AsyncClient`` (e.g. with ``httpx_ws.transport.ASGIWebSocketTransport``); it is
     then not closed by :meth:`aclose`. ``max_message_bytes`` bounds one server message
     (checked once httpx-ws assembled it; a larger one closes the connection with 1009).
+    ``send_timeout`` bounds every send (a send past it aborts the connection, see the module
+    docstring); ``ping_interval`` / ``ping_timeout`` the keep-alive.
 
     A connected transport that is garbage-collected without :meth:`aclose` closes its
     connection (1001) and its host task ends: nothing is left running.
@@ -541,6 +587,7 @@ class WebSocketTransport(Transport):
         ping_interval: float | None = 20.0,
         ping_timeout: float = 20.0,
         close_timeout: float = 2.0,
+        send_timeout: float = 10.0,
         max_message_bytes: int = 4 * 1024 * 1024,
         client: httpx.AsyncClient | None = None,
         task_group: anyio.abc.TaskGroup | None = None,
@@ -550,6 +597,7 @@ class WebSocketTransport(Transport):
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             close_timeout=close_timeout,
+            send_timeout=send_timeout,
             max_message_bytes=max_message_bytes,
             client=client,
             task_group=task_group,

@@ -137,13 +137,17 @@ ClientMessage: TypeAlias = StartMessage | AudioMessage | StopMessage
 
 @attrs.frozen(kw_only=True)
 class StatusMessage:
-    """``status``: ``connected``, ``streaming`` (the start ACK), load states, ``warning``."""
+    """``status``: ``connected``, ``streaming`` (the start ACK), load states, ``warning``.
+
+    ``reason`` names why, when a machine should know (``drain``: the server shuts down).
+    """
 
     state: str
     message: str = ""
     backlog_seconds: float | None = None
     dropped_frames: int | None = None
     degrade_level: int | None = None
+    reason: str | None = None
     session_id: str | None = _ids_fields()
     attempt_id: str | None = _ids_fields()
     connection_id: str | None = _ids_fields()
@@ -245,12 +249,18 @@ class SourceStats:
 
 @attrs.frozen(kw_only=True)
 class FinalSummary:
-    """The session's full final transcript (sorted by ``t0``) and counters."""
+    """The session's final transcript (sorted by ``t0``) and counters.
+
+    The server bounds its size: when finals had to be left out (the oldest first),
+    ``truncated`` is true and ``omitted_finals`` says how many; otherwise both are absent.
+    """
 
     transcript: tuple[TranscriptEntry, ...] = ()
     markdown: str = ""
     sources: Mapping[str, SourceStats] = attrs.field(factory=dict)
     counts: Mapping[str, int] = attrs.field(factory=dict)
+    truncated: bool | None = None
+    omitted_finals: int | None = None
     session_id: str | None = _ids_fields()
     attempt_id: str | None = _ids_fields()
     connection_id: str | None = _ids_fields()
@@ -482,11 +492,16 @@ def _decode_summary(obj: Mapping[str, Any]) -> FinalSummary:
             frames_dropped=_int(stats, "frames_dropped", default=0),
         )
     counts = {name: _int(counts_raw, name) for name in counts_raw}
+    truncated = obj.get("truncated")
+    if truncated is not None and not isinstance(truncated, bool):
+        raise _invalid("field 'truncated' must be a boolean")
     return FinalSummary(
         transcript=tuple(_decode_transcript_entry(e) for e in transcript),
         markdown=_str({"m": obj.get("markdown", "")}, "m"),
         sources=sources,
         counts=counts,
+        truncated=truncated,
+        omitted_finals=_opt_int(obj, "omitted_finals"),
         **_ids(obj),
     )
 
@@ -513,6 +528,7 @@ def decode_server(text: str | bytes) -> ServerMessage:
             backlog_seconds=_opt_float(obj, "backlog_seconds"),
             dropped_frames=_opt_int(obj, "dropped_frames"),
             degrade_level=_opt_int(obj, "degrade_level"),
+            reason=_str(obj, "reason", optional=True),
             **_ids(obj),
         )
     if kind == "asr_partial":

@@ -30,6 +30,8 @@ ENV_VARS: Final[dict[str, str]] = {
     "asr": "ECHOPANEL_ASR",
     "model_path": "ECHOPANEL_MODEL",
     "record_dir": "ECHOPANEL_RECORD_DIR",
+    "idle_timeout": "ECHOPANEL_IDLE_TIMEOUT",
+    "max_audio_rate": "ECHOPANEL_MAX_AUDIO_RATE",
 }
 
 
@@ -98,6 +100,15 @@ class ServerConfig:
     max_invalid_messages: int = attrs.field(default=20, validator=v.ge(0))
     send_timeout: float = attrs.field(default=10.0, validator=v.gt(0))
     degrade: DegradeConfig = attrs.field(factory=DegradeConfig)
+    #: a started session with no audio for this many seconds ends with ``idle_timeout``
+    #: (0: never)
+    idle_timeout: float = attrs.field(default=60.0, validator=v.ge(0))
+    #: per source, audio beyond this many seconds per second (after ``audio_burst`` seconds)
+    #: is dropped, counted and reported (0: unbounded)
+    max_audio_rate: float = attrs.field(default=2.0, validator=v.ge(0))
+    audio_burst: float = attrs.field(default=10.0, validator=v.gt(0))
+    #: the encoded ``final_summary`` stays below this many bytes (oldest finals left out)
+    max_summary_bytes: int = attrs.field(default=2 * 1024 * 1024, validator=v.ge(4096))
 
     def __attrs_post_init__(self) -> None:
         if self.token is not None and not self.token:
@@ -118,6 +129,8 @@ class ServerConfig:
             "max_sessions": int,
             "slot_timeout": float,
             "start_timeout": float,
+            "idle_timeout": float,
+            "max_audio_rate": float,
         }
         for field, var in ENV_VARS.items():
             raw = env.get(var)

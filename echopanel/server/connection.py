@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 
 import anyio
 import anyio.abc
+import attrs
 from starlette.websockets import WebSocket
 
 from echopanel.protocol import ServerMessage, Source, TranscriptEntry, encode
@@ -51,17 +52,13 @@ class LiveConnection:
         self.ws = websocket
         self.server = server
         self.config = config = server.config
-        self.core = ServerSession(
-            CoreConfig(
-                start_timeout=config.start_timeout,
-                flush_timeout=config.flush_timeout,
-                max_invalid_messages=config.max_invalid_messages,
-                backpressure_interval=config.backpressure_interval,
-                max_finals=MAX_FINALS,
-                analysis_window=ANALYSIS_WINDOW,
-            ),
-            connection_id=f"srv-{uuid.uuid4().hex[:16]}",
+        names = [f.name for f in attrs.fields(CoreConfig) if hasattr(config, f.name)]
+        rules = CoreConfig(
+            **{name: getattr(config, name) for name in names},
+            max_finals=MAX_FINALS,  # read here: tests may change it
+            analysis_window=ANALYSIS_WINDOW,
         )
+        self.core = ServerSession(rules, connection_id=f"srv-{uuid.uuid4().hex[:16]}")
         self.sources = SessionSources(server, self._feed)
         self.recorder: SessionRecorder | None = None
         self._slot_key: str | None = None
@@ -69,6 +66,7 @@ class LiveConnection:
         self._closing = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._wake = anyio.Event()
+        self._ended = anyio.Event()
 
     # ------------------------------------------------------------------ views of the core
 
@@ -77,11 +75,7 @@ class LiveConnection:
         return self.core.connection_id
 
     @property
-    def session_id(self) -> str | None:
-        return self.core.session_id
-
-    @property
-    def finals(self) -> list[TranscriptEntry]:
+    def finals(self) -> Collection[TranscriptEntry]:
         return self.core.finals
 
     @property
@@ -92,6 +86,7 @@ class LiveConnection:
 
     async def run(self) -> None:
         self.server.open_connections += 1
+        self.server.connections.add(self)
         try:
             await self.ws.accept()
             self.server.metrics.connections.inc()
@@ -106,6 +101,26 @@ class LiveConnection:
             with anyio.CancelScope(shield=True):
                 await self._cleanup()
             self.server.open_connections -= 1
+            self.server.connections.discard(self)
+            self._ended.set()
+
+    async def drain(self) -> None:
+        """Finish this connection for a graceful shutdown; return once it has ended.
+
+        A streaming session is told why (``status`` with ``reason: drain``), flushed into
+        finals, gets its ``final_summary`` and is closed 1001; a connection without a
+        session gets the status and the close at once. The flush is bounded by
+        ``flush_timeout``; cancel the call (or bound it) to stop waiting.
+        """
+        if not self.core.closed:
+            try:
+                await self._feed(ev.DrainRequested())
+            except _Closed:
+                self._cancel()
+            except Exception:
+                log.exception("drain failed", extra=self.core.ids())
+                self._cancel()
+        await self._ended.wait()
 
     async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
         """Run one task of the connection; its end by error or close ends the connection."""
@@ -136,6 +151,8 @@ class LiveConnection:
             self.ws.query_params.get(TICKET_PARAM)
         )  # a browser cannot set headers: it sends a ticket (echopanel.server.tickets)
         await self._feed(ev.Opened(authorized=authorized))
+        if self.server.draining:  # accepted while the server began to drain
+            await self._feed(ev.DrainRequested())
         while True:
             await self._feed(await self._receive())
 
@@ -205,29 +222,19 @@ class LiveConnection:
             await self._feed(ev.SlotRefused())
             return
         self.server.sessions.add(self)
-        if self.config.record_dir is not None:
-            assert self.core.session_id is not None
-            self.recorder = SessionRecorder(
-                self.config.record_dir, self.core.session_id, self.connection_id
-            )
         await self._feed(ev.SlotAcquired())
 
     def _start_session(self, started: act.SessionStarted) -> None:
         self.server.metrics.start_ack.observe(started.ack_seconds)
-        log.info(
-            "Session started",
-            extra={
-                "session_id": started.session_id,
-                "attempt_id": started.attempt_id,
-                "connection_id": started.connection_id,
-                "sources": list(started.sources),
-                "asr": self.server.asr.name,
-            },
-        )
+        extra = {"sources": list(started.sources), "asr": self.server.asr.name}
+        log.info("Session started", extra={**self.core.ids(), **extra})
         assert self._tg is not None
         self.sources.start(self._tg, self._guard)
         self._tg.start_soon(self._guard, self._analysis_loop)
-        if self.recorder is not None:
+        if self.config.record_dir is not None:
+            self.recorder = SessionRecorder(
+                self.config.record_dir, started.session_id, started.connection_id
+            )
             self._tg.start_soon(self._guard, self._run_recorder)
 
     async def _feed_audio(self, source: Source, pcm: bytes) -> None:
@@ -265,7 +272,7 @@ class LiveConnection:
     async def _receive(self) -> ev.TextReceived | ev.BinaryReceived:
         try:
             message = await self.ws.receive()
-        except Exception:
+        except Exception:  # the socket broke: as good as a disconnect
             message = {"type": "websocket.disconnect"}
         if message["type"] == "websocket.disconnect":
             self._closing = True

@@ -6,7 +6,7 @@ analyzer, the metrics and the set of live sessions the scrape-time gauges summar
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import attrs
@@ -42,6 +42,9 @@ class ServerState:
     slots: SlotController
     metrics: ServerMetrics = attrs.field(init=False)
     sessions: set[LiveSessionView] = attrs.field(factory=set)
+    #: every open connection (``LiveConnection``), started session or not; each has
+    #: ``async drain()`` for a graceful shutdown
+    connections: set[Any] = attrs.field(factory=set)
     open_connections: int = 0
     asr_error: str | None = None
     asr_loaded: anyio.Event | None = None

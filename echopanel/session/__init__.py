@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from echopanel.session.config import (
+    DEFAULT_SEND_TIMEOUT,
     DEFAULT_START_TIMEOUT,
     DEFAULT_STOP_TIMEOUT,
     ENDPOINT_PATH,
@@ -19,7 +20,6 @@ from echopanel.session.config import (
 )
 from echopanel.session.effects import (
     AnnounceState,
-    CancelTimer,
     CloseTransport,
     Connect,
     CreateBundle,
@@ -33,7 +33,6 @@ from echopanel.session.effects import (
     SendStart,
     SendStop,
     StartCapture,
-    StartTimer,
     StopCapture,
 )
 from echopanel.session.events import (
@@ -53,6 +52,8 @@ from echopanel.session.events import (
 )
 from echopanel.session.machine import (
     CLIENT_FEATURES,
+    Drop,
+    DropReason,
     SessionMachine,
     start_timeout_message,
     uuid_factory,
@@ -62,6 +63,7 @@ from echopanel.session.table import ACTIVE_STATES, STARTING_STATES, STATES, TRAN
 __all__ = [
     "ACTIVE_STATES",
     "CLIENT_FEATURES",
+    "DEFAULT_SEND_TIMEOUT",
     "DEFAULT_START_TIMEOUT",
     "DEFAULT_STOP_TIMEOUT",
     "ENDPOINT_PATH",
@@ -71,7 +73,6 @@ __all__ = [
     "TRANSITIONS",
     "AbortRequested",
     "AnnounceState",
-    "CancelTimer",
     "CaptureEnded",
     "CaptureFailed",
     "CaptureStarted",
@@ -80,6 +81,8 @@ __all__ = [
     "ConnectFailed",
     "Connected",
     "CreateBundle",
+    "Drop",
+    "DropReason",
     "Effect",
     "EmitMessage",
     "EndAttempt",
@@ -97,7 +100,6 @@ __all__ = [
     "SessionMachine",
     "StartCapture",
     "StartRequested",
-    "StartTimer",
     "StopCapture",
     "StopRequested",
     "TimerFired",

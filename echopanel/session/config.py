@@ -16,6 +16,7 @@ from echopanel.ports import PermissionKind
 from echopanel.protocol.messages import ENDPOINT_PATH, Source, normalize_source
 
 __all__ = [
+    "DEFAULT_SEND_TIMEOUT",
     "DEFAULT_START_TIMEOUT",
     "DEFAULT_STOP_TIMEOUT",
     "ENDPOINT_PATH",
@@ -30,6 +31,7 @@ __all__ = [
 
 DEFAULT_START_TIMEOUT: Final = 5.0
 DEFAULT_STOP_TIMEOUT: Final = 10.0
+DEFAULT_SEND_TIMEOUT: Final = 10.0
 #: The OS permission each source needs (system audio needs screen recording on macOS).
 PERMISSION_FOR: Final[Mapping[Source, PermissionKind]] = {
     "system": PermissionKind.SCREEN_RECORDING,
@@ -103,7 +105,9 @@ class SessionConfig:
     ``…/ws/live-listener`` when it has no path). ``sources``: ``("system",)``, ``("mic",)``
     or both. ``token`` is sent as ``Authorization: Bearer`` and ``x-echopanel-token``.
     ``start_timeout`` bounds the whole start; ``stop_timeout`` the wait for the final
-    summary. ``stop_on_capture_end``: stop gracefully once every capture's stream ends.
+    summary; ``send_timeout`` every write to the connection (a backend that stops reading
+    loses the connection after it, instead of blocking the session).
+    ``stop_on_capture_end``: stop gracefully once every capture's stream ends.
     """
 
     url: str = attrs.field(converter=normalize_url)
@@ -114,6 +118,9 @@ class SessionConfig:
     )
     stop_timeout: float = attrs.field(
         default=DEFAULT_STOP_TIMEOUT, validator=attrs.validators.gt(0)
+    )
+    send_timeout: float = attrs.field(
+        default=DEFAULT_SEND_TIMEOUT, validator=attrs.validators.gt(0)
     )
     stop_on_capture_end: bool = True
 

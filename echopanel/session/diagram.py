@@ -24,9 +24,10 @@ _INTRO = """\
 The pure `echopanel.session.SessionMachine` runs this table with the `transitions` library.
 `starting` has four ordered steps. Edge labels read `trigger [condition] [!unless] / action`;
 an edge from `starting` applies to every step; a self-loop marked `(internal)` stays in the
-state. A (state, trigger) pair with no edge is ignored (late or stale facts). Every edge into
-`idle` or `error` stops every capture that was started, closes the transport and cancels the
-timer; edges into `error` report exactly one error code and message.
+state. A (state, trigger) pair with no edge is dropped (late or stale facts; the machine's
+`last_drop` says why). Every edge into `idle` or `error` stops every capture that was
+started, closes the transport and clears the deadline; edges into `error` report exactly one
+error code and message.
 """
 
 

@@ -2,12 +2,13 @@
 
 The shell runs them in order. Port calls that take time (permission, capture start,
 connect) report back as events; the others are fire-and-forget from the machine's view.
+Timers are not effects: :attr:`SessionMachine.deadline` is the one source of truth.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal, TypeAlias
+from typing import TypeAlias
 
 import attrs
 
@@ -23,7 +24,6 @@ from echopanel.protocol.messages import (
 
 __all__ = [
     "AnnounceState",
-    "CancelTimer",
     "CloseTransport",
     "Connect",
     "CreateBundle",
@@ -37,12 +37,8 @@ __all__ = [
     "SendStart",
     "SendStop",
     "StartCapture",
-    "StartTimer",
     "StopCapture",
-    "TimerName",
 ]
-
-TimerName: TypeAlias = Literal["start", "stop"]
 
 
 @attrs.frozen(kw_only=True)
@@ -62,21 +58,6 @@ class CreateBundle:
     attempt_id: str
     sources: tuple[Source, ...]
     started_at: float
-
-
-@attrs.frozen(kw_only=True)
-class StartTimer:
-    """A deadline was armed (the shell sleeps until :attr:`SessionMachine.deadline`)."""
-
-    name: TimerName
-    deadline: float
-
-
-@attrs.frozen(kw_only=True)
-class CancelTimer:
-    """The deadline ``name`` no longer applies."""
-
-    name: TimerName
 
 
 @attrs.frozen(kw_only=True)
@@ -175,8 +156,6 @@ class EndAttempt:
 Effect: TypeAlias = (
     AnnounceState
     | CreateBundle
-    | StartTimer
-    | CancelTimer
     | RequestPermission
     | StartCapture
     | StopCapture

@@ -10,18 +10,28 @@ must feed :class:`~echopanel.session.events.TimerFired`.
 The state graph is :data:`~echopanel.session.table.TRANSITIONS`, run by
 ``transitions.Machine`` over a private model object (``_Attempt``) that records the
 attempt's facts and collects the effects of each step. Each event is first mapped to a
-trigger name (``_trigger_for``); facts from another attempt, and (state, trigger) pairs
-with no row, are ignored: :meth:`handle` returns ``[]``. It never raises for any event in
-any state; a start while a session is active yields ``RejectStart`` and changes nothing.
+trigger name (``_trigger_for``). An input the machine does not act on is *dropped*:
+:meth:`handle` returns ``[]`` and :attr:`SessionMachine.last_drop` says why (a fact from
+another attempt, a fact answering nothing the attempt waits for, a (state, trigger) pair
+with no row, a timer before its deadline or with none armed). An accepted input may also
+return ``[]`` (``server_connected`` while awaiting the acknowledgment): then ``last_drop``
+is ``None``. It never raises for any event in any state; a start while a session is active
+yields ``RejectStart`` and changes nothing.
+
+Timers: the machine keeps at most one deadline (the start timeout while starting, the stop
+timeout while finalizing); :attr:`SessionMachine.deadline` is the only source of truth and
+no effect announces it. The shell sleeps until it and feeds ``TimerFired`` with ``now``
+clamped up to the deadline it slept for (a timer may wake a little early, as aioquic's
+shell allows for); a ``TimerFired`` before the current deadline is dropped as early.
 
 Every exit to ``idle`` or ``error`` emits, in order: ``StopCapture`` for every capture
-asked to start (most recent first), ``CloseTransport`` if a connection was asked for,
-``CancelTimer`` for the armed deadline, then ``ReportError`` (failures only) and
-``EndAttempt``.
+asked to start (most recent first), ``CloseTransport`` if a connection was asked for, then
+``ReportError`` (failures only) and ``EndAttempt``; the deadline is cleared.
 """
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -42,7 +52,6 @@ from echopanel.protocol.messages import (
 from echopanel.session.config import SessionConfig, auth_headers, with_routing_key
 from echopanel.session.effects import (
     AnnounceState,
-    CancelTimer,
     CloseTransport,
     Connect,
     CreateBundle,
@@ -56,9 +65,7 @@ from echopanel.session.effects import (
     SendStart,
     SendStop,
     StartCapture,
-    StartTimer,
     StopCapture,
-    TimerName,
 )
 from echopanel.session.events import (
     AbortRequested,
@@ -76,14 +83,24 @@ from echopanel.session.events import (
     TransportClosed,
 )
 from echopanel.session.table import (
+    FINALIZING,
     IDLE,
+    LISTENING,
     STATES,
     TRANSITIONS,
     phase_of,
     step_of,
 )
 
-__all__ = ["CLIENT_FEATURES", "SessionMachine", "start_timeout_message", "uuid_factory"]
+__all__ = [
+    "CLIENT_FEATURES",
+    "Drop",
+    "DropReason",
+    "SessionMachine",
+    "close_description",
+    "start_timeout_message",
+    "uuid_factory",
+]
 
 #: ``client_features`` sent in every ``start``.
 CLIENT_FEATURES: dict[str, Any] = {"binary_audio": True}
@@ -109,14 +126,65 @@ def start_timeout_message(seconds: float) -> str:
     return f"Backend did not start streaming within {shown} second{'' if shown == '1' else 's'}"
 
 
+#: What a WebSocket close code means, for people (RFC 6455 §7.4.1 and IANA).
+_CLOSE_MEANINGS: dict[int, str] = {
+    1000: "normal closure",
+    1001: "going away",
+    1006: "dropped without a close frame",
+    1008: "policy violation",
+    1009: "message too big",
+    1011: "server error",
+    1012: "server restarting",
+    1013: "try again later",
+}
+
+
+def close_description(close_code: int | None) -> str:
+    """``close 1012, server restarting`` (or ``no close code``)."""
+    if close_code is None:
+        return "no close code"
+    meaning = _CLOSE_MEANINGS.get(close_code)
+    return f"close {close_code}, {meaning}" if meaning else f"close {close_code}"
+
+
 def _with_detail(code: ErrorCode, detail: str) -> str:
     base = default_message(code)
     return f"{base}: {detail}" if detail else base
 
 
+class DropReason(enum.StrEnum):
+    """Why :meth:`SessionMachine.handle` did not act on an input."""
+
+    #: a fact about another (older) attempt, or a message naming another attempt
+    STALE_ATTEMPT = "stale_attempt"
+    #: a fact of this attempt that answers nothing it waits for (a permission not asked or
+    #: already granted, a capture not started, a second answer)
+    UNEXPECTED = "unexpected"
+    #: the table has no row for this trigger in the current state (a late fact, a second stop)
+    NO_ROW = "no_row"
+    #: ``TimerFired`` before the current deadline (the deadline moved on)
+    EARLY_TIMER = "early_timer"
+    #: ``TimerFired`` with no deadline armed
+    NO_TIMER = "no_timer"
+
+
+@attrs.frozen(kw_only=True)
+class Drop:
+    """One dropped input: the reason, the event's class name, the state and the trigger."""
+
+    reason: DropReason
+    event: str
+    node: str
+    trigger: str | None = None
+
+    def __str__(self) -> str:
+        what = self.event if self.trigger is None else f"{self.event} ({self.trigger})"
+        return f"{what} dropped in {self.node}: {self.reason.value}"
+
+
 @attrs.define(eq=False)
 class _Timer:
-    name: TimerName
+    name: str
     deadline: float
 
 
@@ -188,14 +256,11 @@ class _Attempt:
 
     # ------------------------------------------------------------------ effect makers
 
-    def _arm(self, name: TimerName, seconds: float, now: float) -> None:
+    def _arm(self, name: str, seconds: float, now: float) -> None:
         self.timer = _Timer(name, now + seconds)
-        self.effects.append(StartTimer(name=name, deadline=self.timer.deadline))
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.effects.append(CancelTimer(name=self.timer.name))
-            self.timer = None
+        self.timer = None
 
     def begin_attempt(self, ed: EventData) -> None:
         now: float = ed.kwargs["now"]
@@ -293,12 +358,14 @@ class _Attempt:
         self.effects.append(EndAttempt(outcome="completed", summary=self.summary))
 
     def fail(self, ed: EventData) -> None:
-        code, message = self._cause(ed.kwargs["event"])
+        assert ed.transition is not None
+        code, message = self._cause(ed.kwargs["event"], ed.transition.source)
         self._teardown()
         self.effects.append(ReportError(code=code, message=message))
         self.effects.append(EndAttempt(outcome=f"error:{code.value}"))
 
-    def _cause(self, event: Event) -> tuple[ErrorCode, str]:
+    def _cause(self, event: Event, source: str) -> tuple[ErrorCode, str]:
+        """The one error code and message of a failure in state ``source``."""
         if isinstance(event, PermissionAnswered):
             code = _PERMISSION_CODES[event.kind]
             return code, _with_detail(code, event.detail)
@@ -315,6 +382,14 @@ class _Attempt:
         if isinstance(event, TransportClosed):
             if event.code is not None:
                 return event.code, event.message or default_message(event.code)
+            why = f"({close_description(event.close_code)})"
+            why = f": {event.message} {why}" if event.message else f" {why}"
+            if source == FINALIZING:
+                code = ErrorCode.SUMMARY_MISSING
+                return code, f"{default_message(code)}: the connection closed first{why}"
+            if source == LISTENING:  # it was streaming: lost, not "could not connect"
+                code = ErrorCode.CONNECTION_LOST
+                return code, f"{default_message(code)}{why}"
             closed = "Connection to the backend closed"
             if event.close_code is not None:
                 closed += f" (code {event.close_code})"
@@ -322,6 +397,10 @@ class _Attempt:
                 f"{closed}: {event.message}" if event.message else closed
             )
         if isinstance(event, TimerFired):
+            if source == FINALIZING:
+                code = ErrorCode.SUMMARY_MISSING
+                shown = f"{self.config.stop_timeout:g}"
+                return code, f"{default_message(code)} within {shown} s of the stop"
             return ErrorCode.BACKEND_START_TIMEOUT, start_timeout_message(self.config.start_timeout)
         raise AssertionError(f"no failure cause for {event!r}")  # pragma: no cover
 
@@ -348,7 +427,7 @@ class SessionMachine:
             send_event=True,
             prepare_event="record",
         )
-        self.ignored = 0
+        self._last_drop: Drop | None = None
         self._triggers = {state: set(self._machine.get_triggers(state)) for state in STATES}
 
     # ------------------------------------------------------------------ queries
@@ -389,6 +468,11 @@ class SessionMachine:
     def summary(self) -> FinalSummary | None:
         return self._model.summary
 
+    @property
+    def last_drop(self) -> Drop | None:
+        """Why the last :meth:`handle` call did nothing, or ``None`` if it was accepted."""
+        return self._last_drop
+
     def accepts(self, trigger: str) -> bool:
         """Whether the table has a row for ``trigger`` from the current state."""
         return trigger in self._triggers[self._model.state]
@@ -400,9 +484,18 @@ class SessionMachine:
         model = self._model
         model.effects = []
         trigger = self._trigger_for(event, now)
-        if trigger is None or not self.accepts(trigger):
-            self.ignored += 1
+        if isinstance(trigger, DropReason):
+            self._last_drop = Drop(reason=trigger, event=type(event).__name__, node=model.state)
             return []
+        if not self.accepts(trigger):
+            self._last_drop = Drop(
+                reason=DropReason.NO_ROW,
+                event=type(event).__name__,
+                node=model.state,
+                trigger=trigger,
+            )
+            return []
+        self._last_drop = None
         self._machine.events[trigger].trigger(model, event=event, now=now)
         if self.accepts("auto_stop"):
             self._machine.events["auto_stop"].trigger(model, event=event, now=now)
@@ -412,8 +505,10 @@ class SessionMachine:
     def _is_stale(self, attempt_id: str) -> bool:
         return attempt_id != self._model.attempt_id
 
-    def _trigger_for(self, event: Event, now: float) -> str | None:
+    def _trigger_for(self, event: Event, now: float) -> str | DropReason:
+        """The table trigger ``event`` stands for, or why it is dropped before the table."""
         model = self._model
+        unexpected = DropReason.UNEXPECTED
         match event:
             case StartRequested():
                 return "start"
@@ -423,21 +518,23 @@ class SessionMachine:
                 return "abort"
             case TimerFired():
                 deadline = self.deadline
-                return "timeout" if deadline is not None and now >= deadline else None
+                if deadline is None:
+                    return DropReason.NO_TIMER
+                return "timeout" if now >= deadline else DropReason.EARLY_TIMER
         if self._is_stale(event.attempt_id):
-            return None
+            return DropReason.STALE_ATTEMPT
         match event:
             case PermissionAnswered(kind=kind, granted=granted):
                 if not model.asked or model.asked[-1] != kind or kind in model.granted:
-                    return None
+                    return unexpected
                 return "permission_granted" if granted else "permission_denied"
             case CaptureStarted(source=source):
                 pending = model.captures[-1:] == [source] and source not in model.started
-                return "capture_started" if pending else None
+                return "capture_started" if pending else unexpected
             case CaptureFailed(source=source):
-                return "capture_failed" if source in model.captures else None
+                return "capture_failed" if source in model.captures else unexpected
             case CaptureEnded(source=source):
-                return "capture_ended" if source in model.started else None
+                return "capture_ended" if source in model.started else unexpected
             case Connected():
                 return "connected"
             case ConnectFailed():
@@ -446,9 +543,9 @@ class SessionMachine:
                 return "transport_closed"
             case MessageReceived(message=message):
                 if message.attempt_id is not None and self._is_stale(message.attempt_id):
-                    return None
+                    return DropReason.STALE_ATTEMPT
                 return _message_trigger(message)
-        return None  # pragma: no cover - exhaustive above
+        raise AssertionError(f"unknown event {event!r}")  # pragma: no cover - exhaustive above
 
 
 def _message_trigger(message: Any) -> str:

@@ -7,8 +7,8 @@ States are flat names; the four steps of ``starting`` are named ``starting_<step
 (permissions → capture → connecting → awaiting_ack). A row's ``dest`` of ``None`` is an
 *internal* transition (stays in the state, runs ``after``). ``conditions``, ``unless``,
 ``before`` (runs before the state changes) and ``after`` name methods of the machine's
-private model. A (state, trigger) pair with no row is *ignored* by the machine: late or
-stale facts are expected in an async world.
+private model. A (state, trigger) pair with no row is *dropped* by the machine
+(``DropReason.NO_ROW``): late or stale facts are expected in an async world.
 """
 
 from __future__ import annotations
@@ -161,8 +161,11 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
     _row("stop", STARTING_STATES, IDLE, after="cancel"),
     _row("abort", ACTIVE_STATES, IDLE, after="cancel"),
     _row("summary", FINALIZING, IDLE, after="complete"),
-    _row("transport_closed", FINALIZING, IDLE, after="complete"),
-    _row("timeout", FINALIZING, IDLE, after="complete"),
+    # the server ended the session itself (a drain: flush, final_summary, close 1001)
+    _row("summary", LISTENING, IDLE, after="complete"),
+    # no summary (the connection closed first, or the stop timeout passed): not a success
+    _row("transport_closed", FINALIZING, ERROR, after="fail"),
+    _row("timeout", FINALIZING, ERROR, after="fail"),
 )
 
 #: Every trigger the table knows, in first-use order.

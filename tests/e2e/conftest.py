@@ -53,8 +53,9 @@ def whisper_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def pulse() -> Iterator[PulseServer]:
-    """A private PulseAudio server (own runtime dir) with a null sink; killed at teardown."""
+def pulse(portaudio: None) -> Iterator[PulseServer]:
+    """A private PulseAudio server (own runtime dir) with a null sink; killed at teardown
+    (skipped, with the reason, without PortAudio or the ``pulseaudio`` binary)."""
     if shutil.which("pulseaudio") is None:
         pytest.skip("pulseaudio binary not installed (scripts/setup.sh installs it)")
     try:

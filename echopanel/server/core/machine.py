@@ -106,6 +106,7 @@ __all__ = ["MAX_TEXT_BYTES", "CoreConfig", "ServerSession"]
 #: Longest text frame accepted: a base64 ``audio`` message of a full binary frame fits.
 MAX_TEXT_BYTES: Final = 2 * MAX_FRAME_BYTES
 _BYTES_PER_SECOND: Final = 32_000
+_DRAIN_MESSAGE: Final = "the server is shutting down: the session ends now, after its final summary"
 
 
 @attrs.frozen(kw_only=True)
@@ -118,6 +119,14 @@ class CoreConfig:
     backpressure_interval: float = attrs.field(default=2.0, validator=v.ge(0))
     max_finals: int = attrs.field(default=50_000, validator=v.ge(0))
     analysis_window: int = attrs.field(default=50, validator=v.ge(1))
+    #: seconds without audio before a started session ends with ``idle_timeout`` (0: never)
+    idle_timeout: float = attrs.field(default=60.0, validator=v.ge(0))
+    #: audio accepted per source, in seconds of audio per second (0: unbounded) …
+    max_audio_rate: float = attrs.field(default=2.0, validator=v.ge(0))
+    #: … after a burst of this many seconds (a client's pre-acknowledgment buffer fits)
+    audio_burst: float = attrs.field(default=10.0, validator=v.gt(0))
+    #: the encoded ``final_summary`` stays below this (the client accepts up to 4 MiB)
+    max_summary_bytes: int = attrs.field(default=2 * 1024 * 1024, validator=v.ge(4096))
 
 
 @attrs.frozen
@@ -164,6 +173,14 @@ class _SourceState:
     last_backpressure: float | None = None
     last_buffering: float | None = None
     pending: list[bytes] = attrs.Factory(list)
+    tokens: float | None = None  # the rate bound's bucket, in seconds of audio
+    refilled_at: float = 0.0
+    over_rate: int = 0  # frames dropped for arriving faster than max_audio_rate
+    last_rate_warning: float | None = None
+
+    def dropped(self) -> int:
+        """Every frame of this source dropped so far: the queue's and the rate bound's."""
+        return (self.load.dropped_frames if self.load is not None else 0) + self.over_rate
 
 
 class _Connection:
@@ -189,16 +206,15 @@ class _Connection:
         self.sources: dict[Source, _SourceState] = {}
         self.flushed_sources: set[Source] = set()
         self.flush_errors: dict[Source, str] = {}
-        self.flush_timed_out = False
         self.counts = {"finals": 0, "partials": 0, "invalid_messages": 0, "frames": 0}
-        self.finals: list[TranscriptEntry] = []
+        self.finals: collections.deque[TranscriptEntry] = collections.deque()
         self.segment_ids: set[str] = set()
+        self.finish_code = 1000  # the close after the summary: 1001 when draining
         self.recent: collections.deque[TranscriptEntry] = collections.deque(
             maxlen=config.analysis_window
         )
         self.analyzed = 0
         self.close_code: int | None = None
-        self.error_sent: ErrorCode | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -310,6 +326,7 @@ class _Connection:
         assert self.session_id is not None and self.attempt_id is not None
         now: float = ed.kwargs["now"]
         self.status("streaming", f"streaming ({self.asr_name})", degrade_level=0)
+        self.arm_idle(now)
         self.actions.append(
             SessionStarted(
                 session_id=self.session_id,
@@ -319,6 +336,10 @@ class _Connection:
                 ack_seconds=max(0.0, now - self.started_at),
             )
         )
+
+    def arm_idle(self, now: float) -> None:
+        if self.config.idle_timeout:
+            self.arm("idle", now + self.config.idle_timeout)
 
     def release_late_slot(self, ed: EventData) -> None:
         """A slot granted after the connection closed goes straight back."""
@@ -338,7 +359,11 @@ class _Connection:
         self.counts["frames"] += 1
         if not frame.pcm:
             return
+        now: float = ed.kwargs["now"]
+        self.arm_idle(now)
         source = frame.source
+        if not self.within_rate(source, len(frame.pcm) / _BYTES_PER_SECOND, now):
+            return
         if source not in self.requested:
             self.requested.append(source)
             self.source(source).pending.append(frame.pcm)
@@ -347,6 +372,36 @@ class _Connection:
             self.source(source).pending.append(frame.pcm)
         else:
             self.feed(source, frame.pcm)
+
+    def within_rate(self, source: Source, seconds: float, now: float) -> bool:
+        """The rate bound: a token bucket of ``audio_burst`` s refilled at ``max_audio_rate``.
+
+        A frame that does not fit is dropped, counted and reported (at most once per
+        ``backpressure_interval``): audio sustained faster than the bound never piles up.
+        """
+        rate, burst = self.config.max_audio_rate, self.config.audio_burst
+        if not rate:
+            return True
+        state = self.source(source)
+        if state.tokens is None:
+            state.tokens = burst
+        else:
+            state.tokens = min(burst, state.tokens + (now - state.refilled_at) * rate)
+        state.refilled_at = now
+        if state.tokens >= min(seconds, burst):
+            state.tokens -= seconds
+            return True
+        state.over_rate += 1
+        self.actions.append(CountDroppedFrames(source=source, frames=1))
+        if self._due(state.last_rate_warning, now):
+            state.last_rate_warning = now
+            self.status(
+                "warning",
+                f"{source}: audio arrives faster than {rate:g}x real time; "
+                f"{state.over_rate} frame(s) dropped",
+                dropped_frames=state.dropped(),
+            )
+        return False
 
     def feed(self, source: Source, pcm: bytes) -> None:
         self.source(source).audio_seconds += len(pcm) / _BYTES_PER_SECOND
@@ -384,8 +439,8 @@ class _Connection:
 
     def emit_final(self, source: Source, update: AsrFinalUpdate) -> None:
         # unique per session: namespaced by source (once), de-duplicated by the final count.
-        # Only the ids of the finals kept (at most max_finals) are remembered; past the cap
-        # every id carries the session-wide final index, which never repeats.
+        # Only the ids of the finals kept (the newest max_finals) are remembered; from the
+        # cap on every id carries the session-wide final index, which never repeats.
         segment_id = update.segment_id
         if not segment_id.startswith(f"{source}-"):
             segment_id = f"{source}-{segment_id}"
@@ -402,7 +457,9 @@ class _Connection:
             confidence=update.confidence,
             segment_id=segment_id,
         )
-        if keep:
+        if self.config.max_finals:
+            if len(self.finals) >= self.config.max_finals:  # keep the newest
+                self.segment_ids.discard(self.finals.popleft().segment_id)
             self.finals.append(entry)
             self.segment_ids.add(segment_id)
         self.recent.append(entry)
@@ -448,7 +505,7 @@ class _Connection:
             "buffering",
             f"{load.source}: recognition is behind, {load.backlog_seconds:.1f} s of audio waiting",
             backlog_seconds=round(load.backlog_seconds, 3),
-            dropped_frames=load.dropped_frames,
+            dropped_frames=self.source(load.source).dropped(),
             degrade_level=load.degrade_level,
         )
 
@@ -461,7 +518,7 @@ class _Connection:
             "overloaded" if load.degrade_level else "warning",
             f"{load.source}: degrade level {load.degrade_level} ({event.description})",
             backlog_seconds=round(load.backlog_seconds, 3),
-            dropped_frames=load.dropped_frames,
+            dropped_frames=self.source(load.source).dropped(),
             degrade_level=load.degrade_level,
         )
 
@@ -478,7 +535,7 @@ class _Connection:
                 "backpressure",
                 f"{load.source}: recognition is behind, oldest audio dropped",
                 backlog_seconds=round(load.backlog_seconds, 3),
-                dropped_frames=load.dropped_frames,
+                dropped_frames=self.source(load.source).dropped(),
                 degrade_level=load.degrade_level,
             )
         self.send(
@@ -486,7 +543,7 @@ class _Connection:
                 source=load.source,
                 backlog_seconds=round(load.backlog_seconds, 3),
                 queue_fill=round(load.queue_fill, 3),
-                dropped_frames=load.dropped_frames,
+                dropped_frames=self.source(load.source).dropped(),
                 realtime_factor=round(load.realtime_factor, 4),
                 degrade_level=load.degrade_level,
                 active_sessions=event.active_sessions,
@@ -518,9 +575,19 @@ class _Connection:
         self.actions.append(EndAudio())
         self.arm("flush", ed.kwargs["now"] + self.config.flush_timeout)
 
+    def begin_drain(self, ed: EventData) -> None:
+        """The server is shutting down: flush, summarize, then close 1001."""
+        self.status("warning", _DRAIN_MESSAGE, reason="drain")
+        self.finish_code = 1001
+        self.begin_flush(ed)
+
+    def drain_now(self, ed: EventData) -> None:
+        """No session to finish: say why, then close 1001."""
+        self.status("warning", _DRAIN_MESSAGE, reason="drain")
+        self.close(1001, "server shutting down")
+
     def summarize(self, ed: EventData) -> None:
         if isinstance(ed.kwargs["event"], TimerFired):
-            self.flush_timed_out = True
             self.actions.append(CancelAsr())
             self.status(
                 "warning",
@@ -532,14 +599,14 @@ class _Connection:
             self.status("warning", f"ASR error: {errors[0]}")
         self.actions.append(FlushRecording())  # the recording is complete before the summary
         self.send(self.summary())
-        self.close(1000)
+        self.close(self.finish_code)
 
     def summary(self) -> ServerMessage:
         sources: dict[str, SourceStats] = {}
         dropped_total = 0
         for source in self.open_streams:
             state = self.source(source)
-            dropped = state.load.dropped_frames if state.load is not None else 0
+            dropped = state.dropped()
             dropped_total += dropped
             sources[source] = SourceStats(
                 audio_seconds=round(state.audio_seconds, 3), frames_dropped=dropped
@@ -549,6 +616,7 @@ class _Connection:
             sources=sources,
             counts={**self.counts, "frames_dropped": dropped_total},
             ids=self.ids(),
+            max_bytes=self.config.max_summary_bytes,
         )
 
     # ------------------------------------------------------------------ endings
@@ -557,7 +625,6 @@ class _Connection:
         cause = self.cause(ed)
         self.actions.append(Rejected(code=cause.code, message=cause.message))
         self.send(ErrorMessage(code=cause.code, message=cause.message, **self.ids()))
-        self.error_sent = cause.code
         self.close(cause.close_code)
 
     def cause(self, ed: EventData) -> _Cause:
@@ -574,11 +641,19 @@ class _Connection:
             )
         if isinstance(event, Opened):
             return _cause(ErrorCode.UNAUTHORIZED)
+        transition = ed.transition
+        if isinstance(event, TimerFired) and transition and transition.source == "streaming":
+            return _cause(
+                ErrorCode.IDLE_TIMEOUT,
+                f"No audio received for {self.config.idle_timeout:g} seconds",
+            )
         if isinstance(event, TimerFired):
             return _cause(
                 ErrorCode.START_TIMEOUT,
                 f"No start message within {self.config.start_timeout:g} seconds",
             )
+        if isinstance(event, Fault):
+            return _cause(ErrorCode.INTERNAL_ERROR)
         if isinstance(event, AsrUnavailable):
             return _cause(
                 ErrorCode.ASR_UNAVAILABLE, f"Speech recognition is unavailable: {event.reason}"
@@ -593,10 +668,6 @@ class _Connection:
                 f"Speech recognition failed on {event.source}: {event.message}",
             )
         raise AssertionError(f"no failure cause for {event!r}")  # pragma: no cover
-
-    def crash(self, ed: EventData) -> None:
-        """The shell failed unexpectedly: close 1011 and release everything."""
-        self.close(1011)
 
     def abandon(self, ed: EventData) -> None:
         """The peer is gone: nothing can be sent; release everything."""
@@ -672,8 +743,8 @@ class ServerSession:
         return dict(self._model.counts)
 
     @property
-    def finals(self) -> list[TranscriptEntry]:
-        """The finals kept for the summary (at most ``max_finals``), in emission order."""
+    def finals(self) -> collections.deque[TranscriptEntry]:
+        """The finals kept for the summary (the newest ``max_finals``), in emission order."""
         return self._model.finals
 
     @property

@@ -7,9 +7,11 @@ the Mermaid diagram in ``docs/architecture.md``.
 Phases: ``accepted`` (the socket is open, the token not yet judged) → ``awaiting_start``
 (bounded by the start timeout) → ``admitting`` (a valid ``start``: wait for the shared ASR,
 a slot, the declared sources' streams) → ``streaming`` → ``finalizing`` (``stop``: bounded
-flush) → ``closed``. A row's ``dest`` of ``None`` is an *internal* transition. A (phase,
-trigger) pair with no row is dropped by the machine, which records why
-(:attr:`ServerSession.dropped`): late facts are expected in an async world.
+flush; also on ``drain``) → ``closed``. Timers: the start timeout (``awaiting_start``),
+the idle-audio timeout (``streaming``), the flush bound (``finalizing``). A row's ``dest``
+of ``None`` is an *internal* transition. A (phase, trigger) pair with no row is dropped by
+the machine, which records why (:attr:`ServerSession.dropped`): late facts are expected in
+an async world.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
     _row("invalid", _READING, None, unless=("over_invalid_budget",), after="report_invalid"),
     _row("invalid", _READING, CLOSED, conditions=("over_invalid_budget",), after="fail"),
     _row("fatal", _READING, CLOSED, after="fail"),
-    _row("timeout", AWAITING_START, CLOSED, after="fail"),
+    _row("timeout", (AWAITING_START, STREAMING), CLOSED, after="fail"),
     # --- admission: shared ASR ready → slot → the declared sources' streams → streaming
     _row("asr_ready", ADMITTING, None, after="acquire_slot"),
     _row("asr_unavailable", ADMITTING, CLOSED, after="fail"),
@@ -134,10 +136,13 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
     _row("asr_failed", FINALIZING, None),
     _row("flushed", FINALIZING, CLOSED, conditions=("all_flushed",), after="summarize"),
     _row("timeout", FINALIZING, CLOSED, after="summarize"),
+    # --- drain (graceful shutdown): a session is flushed and summarized, then close 1001
+    _row("drain", STREAMING, FINALIZING, after="begin_drain"),
+    _row("drain", (ACCEPTED, AWAITING_START, ADMITTING), CLOSED, after="drain_now"),
     # --- every path out releases what it holds
     _row("slot_acquired", CLOSED, None, after="release_late_slot"),
     _row("peer_gone", LIVE_PHASES, CLOSED, after="abandon"),
-    _row("fault", LIVE_PHASES, CLOSED, after="crash"),
+    _row("fault", LIVE_PHASES, CLOSED, after="fail"),
 )
 
 #: Every trigger the table knows, in first-use order.

@@ -39,8 +39,9 @@ def tone_44k_stereo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def pulse(monkeypatch: pytest.MonkeyPatch) -> Iterator[PulseServer]:
-    """A private PulseAudio server with a null sink; PortAudio re-enumerated around it."""
+def pulse(monkeypatch: pytest.MonkeyPatch, portaudio: None) -> Iterator[PulseServer]:
+    """A private PulseAudio server with a null sink; PortAudio re-enumerated around it
+    (skipped, with the reason, without PortAudio or the ``pulseaudio`` binary)."""
     if shutil.which("pulseaudio") is None:
         pytest.skip("pulseaudio binary not installed (scripts/setup.sh installs it)")
     try:

@@ -79,7 +79,7 @@ async def test_unknown_monitor_maps_to_system_capture_failed(pulse: PulseServer)
 
 
 async def test_no_audio_server_is_a_system_capture_failure(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, portaudio: None
 ) -> None:
     monkeypatch.setenv("PULSE_SERVER", f"unix:{tmp_path}/nothing")
     monkeypatch.delenv("PULSE_SOURCE", raising=False)
@@ -99,7 +99,7 @@ async def test_device_gate_explains_what_exists(pulse: PulseServer) -> None:
 
 
 async def test_device_gate_without_audio_server_says_so(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, portaudio: None
 ) -> None:
     monkeypatch.setenv("PULSE_SERVER", f"unix:{tmp_path}/nothing")
     answer = await DevicePermissionGate().request(PermissionKind.SCREEN_RECORDING)

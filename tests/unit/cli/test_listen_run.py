@@ -8,12 +8,14 @@ import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile
 
 from echopanel.cli.main import main
+from echopanel.errors import ErrorCode
 from echopanel.server import ServerConfig, serve_in_thread
 
 
@@ -103,7 +105,9 @@ def test_missing_file_exit_4(
     assert err.strip().endswith("[system_capture_failed]") and "no.wav" in err
 
 
-def test_unknown_microphone_exit_4(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_microphone_exit_4(
+    server: str, capsys: pytest.CaptureFixture[str], portaudio: None
+) -> None:
     code = main(
         ["listen", "--url", server, "--token", "secret", "--source", "mic",
          "--device", "no such microphone 123", "--no-bundle"]
@@ -214,3 +218,145 @@ def test_verbose_log_lines_carry_the_session_ids(
         assert "session_id=" in line and "attempt_id=" in line, line
     assert "connection_id=" in lines["Session started"]
     assert "url=ws://" in lines["WebSocket connecting"]
+
+
+async def test_ctrl_c_stop_swallows_only_a_closed_session_or_a_session_failure() -> None:
+    """The graceful stop of the first Ctrl-C ignores a session that already closed
+    (``SessionStateError``) or failed (``EchoPanelError``); any other error is a bug and
+    propagates (it used to be swallowed with every ``RuntimeError``)."""
+    from echopanel.cli.listen import _stop_quietly
+    from echopanel.errors import ErrorCode, SessionError, SessionStateError
+
+    class Stopping:
+        def __init__(self, exc: BaseException) -> None:
+            self.exc = exc
+
+        async def stop(self) -> None:
+            raise self.exc
+
+    await _stop_quietly(Stopping(SessionStateError("idle", "stop outside `async with`")))
+    await _stop_quietly(Stopping(SessionError(ErrorCode.CONNECTION_FAILED)))
+    with pytest.raises(RuntimeError, match="a bug"):
+        await _stop_quietly(Stopping(RuntimeError("a bug")))
+
+
+async def test_no_final_summary_is_its_own_outcome_not_success(
+    scripted_backend: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The backend closes (1000) after ``stop`` without a ``final_summary``: an ``error``
+    event ``summary_missing``, exit 5, a bundle that says so and keeps the final received."""
+    from echopanel.cli.listen import run_session
+    from echopanel.client.bundle import SessionBundle
+    from echopanel.testing import FakeCaptureFactory, FakePermissionGate, tone_frames
+
+    bundle = SessionBundle(tmp_path)
+    async with scripted_backend(on_stop="close") as url:
+        run = await run_session(
+            url=url,
+            sources=("system",),
+            capture_factory=FakeCaptureFactory(frames=tone_frames(5), interval=0.02, end=True),
+            permission_gate=FakePermissionGate(),
+            json_mode=True,
+            bundle=bundle,
+        )
+    assert run.exit_code == 5 and run.summary is None
+    assert run.error is not None and run.error[0] is ErrorCode.SUMMARY_MISSING
+    captured = capsys.readouterr()
+    events = _lines(captured.out)
+    assert [e["code"] for e in events if e["event"] == "error"] == ["summary_missing"]
+    assert not [e for e in events if e["event"] == "summary"]
+    assert "the connection closed first (close 1000" in captured.err
+    assert "[summary_missing]" in captured.err
+    assert bundle.path is not None
+    receipt = json.loads((bundle.path / "receipt.json").read_text())
+    assert receipt["outcome"] == "error:summary_missing"
+    assert receipt["finals"]["summary"] == "missing"
+    assert receipt["finals"]["kept"] == 1 and receipt["finals"]["every_received_final_kept"]
+    transcript = json.loads((bundle.path / "transcript.json").read_text())
+    assert [f["text"] for f in transcript["finals"]] == ["first words"]
+
+
+async def test_server_restart_while_streaming_is_connection_lost_not_could_not_connect(
+    scripted_backend: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A backend that acknowledged and streamed, then closes 1012 (what uvicorn sends on
+    restart): ``connection_lost`` naming the close code, exit 5; never "Could not connect"."""
+    from echopanel.cli.listen import run_session
+    from echopanel.client.bundle import SessionBundle
+    from echopanel.testing import FakeCaptureFactory, FakePermissionGate, tone_frames
+
+    bundle = SessionBundle(tmp_path)
+    async with scripted_backend(close_after_frames=5, close_code=1012) as url:
+        run = await run_session(
+            url=url,
+            sources=("system",),
+            # live: 10 s of frames, then it would wait (never ends by itself)
+            capture_factory=FakeCaptureFactory(frames=tone_frames(500), interval=0.02),
+            permission_gate=FakePermissionGate(),
+            json_mode=True,
+            bundle=bundle,
+        )
+    assert run.exit_code == 5
+    assert run.error is not None and run.error[0] is ErrorCode.CONNECTION_LOST
+    captured = capsys.readouterr()
+    (error,) = [e for e in _lines(captured.out) if e["event"] == "error"]
+    assert error["message"] == "Connection to the backend lost (close 1012, server restarting)"
+    assert "Could not connect" not in captured.err and "[connection_lost]" in captured.err
+    assert bundle.path is not None
+    receipt = json.loads((bundle.path / "receipt.json").read_text())
+    assert receipt["outcome"] == "error:connection_lost" and receipt["finals"]["kept"] == 1
+
+
+def test_token_from_the_environment_and_a_warning_for_token_on_the_command_line(
+    server: str, speech: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ECHOPANEL_TOKEN`` authenticates without anything in ``ps``; ``--token`` still works
+    (and wins) but warns that other users can read it."""
+    monkeypatch.setenv("ECHOPANEL_TOKEN", "secret")
+    argv = ["listen", "--url", server, "--source", f"file:{speech}", "--fast", "--json",
+            "--no-bundle"]  # fmt: skip
+    assert main(argv) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main([*argv, "--token", "wrong"]) == 3  # the option wins over the environment
+    err = capsys.readouterr().err
+    assert "echopanel: warning: --token is visible to other users in `ps`" in err
+    assert "ECHOPANEL_TOKEN" in err
+
+
+async def test_a_summary_the_server_had_to_shorten_still_leaves_every_final_in_the_bundle(
+    tmp_path: Path,
+) -> None:
+    """A real server bounds its ``final_summary`` (``truncated``, ``omitted_finals``): the
+    session completes, and the bundle holds every final received, saying the summary was
+    truncated."""
+    from echopanel.cli.listen import run_session
+    from echopanel.client.bundle import SessionBundle
+    from echopanel.server import serve_in_background
+    from echopanel.testing import FakeCaptureFactory, FakePermissionGate, tone_frames
+
+    config = ServerConfig(asr="fake", max_summary_bytes=4096, max_audio_rate=0, ingest_budget=120.0)
+    bundle = SessionBundle(tmp_path)
+    async with serve_in_background(config) as base:
+        run = await run_session(
+            url=base.replace("http://", "ws://", 1),
+            sources=("system",),
+            # 60 s of audio as fast as the server takes it
+            capture_factory=FakeCaptureFactory(
+                frames=tone_frames(600, ms=100), interval=0, end=True
+            ),
+            permission_gate=FakePermissionGate(),
+            json_mode=True,
+            bundle=bundle,
+        )
+    assert run.exit_code == 0 and run.summary is not None
+    assert run.summary.get("truncated") is True and run.summary["omitted_finals"] > 0
+    assert bundle.path is not None
+    receipt = json.loads((bundle.path / "receipt.json").read_text())
+    finals = receipt["finals"]
+    assert finals["summary"] == "truncated"
+    assert finals["summary_omitted"] == run.summary["omitted_finals"]
+    assert finals["kept"] == finals["received"] == len(run.finals) > finals["in_summary"]
+    transcript = json.loads((bundle.path / "transcript.json").read_text())
+    assert [f["segment_id"] for f in transcript["finals"]] == [
+        f["segment_id"] for f in sorted(run.finals, key=lambda f: f["t0"])
+    ]

@@ -6,6 +6,7 @@ import itertools
 import logging
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from echopanel.client import (
@@ -29,6 +30,7 @@ from echopanel.protocol.messages import (
     StatusMessage,
     StopMessage,
 )
+from echopanel.session import DropReason, SessionMachine, StopRequested
 from echopanel.testing import (
     FakeCaptureFactory,
     FakePermissionGate,
@@ -258,7 +260,11 @@ async def test_transport_closed_while_listening():
         rig.transports.last.server_close(1006)
         with anyio.fail_after(1), pytest.raises(SessionError) as info:
             await s.wait_closed()
-        assert info.value.code is ErrorCode.CONNECTION_FAILED
+        # it was streaming: the connection was lost, it did not fail to connect
+        assert info.value.code is ErrorCode.CONNECTION_LOST
+        assert info.value.message == (
+            "Connection to the backend lost (close 1006, dropped without a close frame)"
+        )
         assert s.state == "error"
         rig.assert_released()
 
@@ -360,13 +366,17 @@ async def test_short_file_ending_before_ack_still_sends_everything_then_stops():
         assert all(not isinstance(m, bytes) for m in t.sent[stop_index:])
 
 
-async def test_stop_timeout_without_summary():
+async def test_stop_timeout_without_summary_is_summary_missing_not_completed():
     rig = Rig(transports=FakeTransportFactory(on_stop="silent"), stop_timeout=0.05)
     async with rig.session as s:
         await s.start()
-        assert await s.stop() is None
-        assert s.state == "idle"
+        with anyio.fail_after(2), pytest.raises(SessionError) as info:
+            await s.stop()
+        assert info.value.code is ErrorCode.SUMMARY_MISSING
+        assert s.state == "error" and s.summary is None
         rig.assert_released()
+    assert [e.code for e in rig.of(ErrorEvent)] == [ErrorCode.SUMMARY_MISSING]
+    assert not rig.of(SummaryEvent)
 
 
 async def test_invalid_message_error_is_a_warning_not_a_failure():
@@ -451,9 +461,7 @@ async def test_event_history_is_bounded_and_late_iterators_skip_the_oldest(monke
         await session.start()
         transport = rig.transports.made[0]
         for i in range(10):
-            transport.push(
-                AsrPartial(source="system", text=f"word {i}", t0=0.0, t1=0.1 * (i + 1))
-            )
+            transport.push(AsrPartial(source="system", text=f"word {i}", t0=0.0, t1=0.1 * (i + 1)))
         await eventually(lambda: len(rig.of(PartialEvent)) == 10)
         late = []
         await session.stop()
@@ -507,3 +515,129 @@ async def test_frames_dropped_before_the_ack_reach_the_bundle_receipt(tmp_path):
     receipt = json.loads((bundle.paths[0] / "receipt.json").read_text())
     assert receipt["counts"]["client_dropped_frames"] == dropped
     assert receipt["counts"]["dropped_frames"] >= dropped
+
+
+async def test_accepted_inputs_are_not_logged_as_dropped_and_drops_name_their_reason(caplog):
+    caplog.set_level(logging.DEBUG, logger="echopanel.session")
+    rig = Rig()
+    async with rig.session as s:
+        await s.start()  # the fake sends status: connected (accepted, no effect) then streaming
+        await s.stop()
+        await s._dispatch(StopRequested())  # idle has no row for stop
+    drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert not any("server_connected" in m for m in drops), drops
+    assert "StopRequested (stop) dropped in idle: no_row" in drops
+    assert not any("ignored" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_timer_that_wakes_early_fires_once_at_its_deadline(monkeypatch):
+    """The driver clamps ``now`` to the deadline it slept until: a clock read that lags the
+    timer (an early wake-up) is still the timeout, not a dropped input and a busy retry."""
+    drops = []
+    real_handle = SessionMachine.handle
+
+    def handle(self, event, now):
+        effects = real_handle(self, event, now)
+        if self.last_drop is not None:
+            drops.append(self.last_drop)
+        return effects
+
+    monkeypatch.setattr(SessionMachine, "handle", handle)
+    monkeypatch.setattr(Session, "_now", lambda self: anyio.current_time() - 0.05)
+    rig = Rig(transports=FakeTransportFactory(on_start="silent"), start_timeout=0.1)
+    async with rig.session as s:
+        with anyio.fail_after(2), pytest.raises(SessionError) as info:
+            await s.start()
+    assert info.value.code is ErrorCode.BACKEND_START_TIMEOUT
+    assert not [d for d in drops if d.reason is DropReason.EARLY_TIMER]
+
+
+def test_session_state_error_is_local_misuse_in_the_error_tree():
+    from echopanel import errors
+    from echopanel.client import session as session_module
+
+    assert SessionStateError is errors.SessionStateError is session_module.SessionStateError
+    assert issubclass(SessionStateError, RuntimeError)
+    assert not issubclass(SessionStateError, errors.EchoPanelError)
+
+
+async def test_the_channel_to_the_driver_is_bounded_and_loses_nothing():
+    """A flood of server messages: the receiver waits once EVENT_CHANNEL_LIMIT facts are
+    pending (the transport stops being read: backpressure), every final arrives, in order."""
+    from echopanel.client.session import EVENT_CHANNEL_LIMIT
+
+    count = EVENT_CHANNEL_LIMIT * 8
+    rig = Rig()
+    most = 0
+    async with rig.session as s:
+        await s.start()
+        t = rig.transports.last
+        for i in range(count):
+            t.push(AsrFinal(source="system", text=f"w{i}", t0=i, t1=i + 1, confidence=1,
+                            segment_id=f"s{i}"))  # fmt: skip
+        with anyio.fail_after(30):
+            while len(rig.of(FinalEvent)) < count:
+                stats = s._send.statistics()
+                most = max(most, stats.current_buffer_used)
+                await anyio.lowlevel.checkpoint()
+        await s.stop()
+    assert most <= EVENT_CHANNEL_LIMIT
+    assert most > EVENT_CHANNEL_LIMIT // 2  # the flood did fill it: the bound was exercised
+    assert [e.message.text for e in rig.of(FinalEvent)] == [f"w{i}" for i in range(count)]
+
+
+async def test_bundle_files_are_written_off_the_event_loop(tmp_path):
+    """Event lines, audio frames, receipts, transcript and the zip: none on the loop thread."""
+    import threading
+
+    import echopanel.client.bundle as bundle_module
+    from echopanel.client.bundle import SessionBundle
+
+    loop_thread = threading.get_ident()
+    writers: list[tuple[str, int]] = []
+
+    class SpiedBundle(SessionBundle):
+        def open(self, **kwargs):
+            super().open(**kwargs)
+            part = self._current.events_part
+
+            class Spy:
+                def write(self, text):
+                    writers.append(("event line", threading.get_ident()))
+                    return part.write(text)
+
+                def __getattr__(self, name):
+                    return getattr(part, name)
+
+            self._current.events_part = Spy()
+
+        def _append_audio(self, attempt, source, pcm):
+            writers.append(("audio frame", threading.get_ident()))
+            super()._append_audio(attempt, source, pcm)
+
+        def _zip(self, directory):
+            writers.append(("zip", threading.get_ident()))
+            return super()._zip(directory)
+
+    real_write_atomic = bundle_module.write_atomic
+
+    def spied_write_atomic(path, data):
+        writers.append((path.name, threading.get_ident()))
+        real_write_atomic(path, data)
+
+    bundle = SpiedBundle(tmp_path, zip=True, keep_audio=True)
+    rig = Rig(recorder=bundle)
+    rig.session._capture_factory = bundle.wrap_capture_factory(rig.captures)
+    original = bundle_module.write_atomic
+    bundle_module.write_atomic = spied_write_atomic
+    try:
+        async with rig.session as s:
+            await s.start()
+            await s.stop()
+    finally:
+        bundle_module.write_atomic = original
+    kinds = {kind for kind, _ in writers}
+    assert {"event line", "audio frame", "zip", "receipt.json", "transcript.json"} <= kinds
+    on_loop = [kind for kind, thread in writers if thread == loop_thread]
+    assert not on_loop, f"written on the event loop: {sorted(set(on_loop))}"
+    assert bundle.path is not None and bundle.path.suffix == ".zip"

@@ -530,3 +530,15 @@ async def test_injected_client_with_in_memory_asgi_app_is_not_closed() -> None:
         await again.connect(f"http://test{ENDPOINT_PATH}", {})
         await again.receive()
         await again.aclose()
+
+
+async def test_an_unmapped_close_says_closed_not_could_not_connect(backend) -> None:
+    url, _ = backend
+    transport = WebSocketTransport()
+    await transport.connect(url, {})
+    await transport.receive()
+    await transport.send_text("close:1012:")
+    closed = await closed_error(transport)
+    assert (closed.code, closed.close_code) == (ErrorCode.CONNECTION_FAILED, 1012)
+    assert closed.message == "connection closed"
+    await transport.aclose()

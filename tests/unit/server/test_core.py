@@ -14,6 +14,8 @@ from echopanel.protocol import (
     AsrPartial,
     MetricsMessage,
     StatusMessage,
+    decode_server,
+    encode,
 )
 from echopanel.server.core import (
     AcquireSlot,
@@ -30,6 +32,7 @@ from echopanel.server.core import (
     Close,
     CloseAsrStreams,
     CountDroppedFrames,
+    DrainRequested,
     EndAudio,
     Fault,
     FeedAudio,
@@ -337,3 +340,141 @@ def test_fault_closes_1011_and_a_late_slot_goes_back(core):
     d.feed(Fault())
     assert d.closes() == [1011]
     assert d.feed(SlotAcquired()) == [ReleaseSlot()]
+
+
+# --------------------------------------------------------------------------- hardening (#10)
+
+
+def test_idle_audio_timeout_is_rearmed_by_audio_and_closes_4408(core):
+    d = core(idle_timeout=60.0)
+    d.to_streaming()
+    assert d.s.timer == "idle" and d.s.deadline == 60.0
+    d.feed(TimerFired(), at=30.0)  # early: nothing
+    d.audio()
+    assert d.s.deadline == 90.0
+    d.binary(b"EP\x01\x00")  # an empty frame is no audio
+    d.text("garbage")  # nor is an invalid message
+    assert d.s.deadline == 90.0
+    d.feed(TimerFired(), at=90.0)
+    (_, error) = d.errors()
+    assert error.code is ErrorCode.IDLE_TIMEOUT and "60 seconds" in error.message
+    assert error.session_id == "s1" and d.closes() == [4408]
+    assert d.actions[-2:] == [CloseAsrStreams(), ReleaseSlot()]
+
+
+def test_idle_timeout_zero_never_fires(core):
+    d = core(idle_timeout=0)
+    d.to_streaming()
+    assert d.s.deadline is None
+
+
+def test_audio_beyond_twice_real_time_is_dropped_counted_and_reported(core):
+    d = core(max_audio_rate=2.0, audio_burst=10.0, backpressure_interval=2.0)
+    d.to_streaming()
+    for _ in range(100):  # 10 s at once: the burst
+        d.audio()
+    assert len(d.of(FeedAudio)) == 100 and not d.of(CountDroppedFrames)
+    d.audio()
+    d.audio()
+    assert len(d.of(FeedAudio)) == 100
+    assert d.of(CountDroppedFrames) == [CountDroppedFrames(source="system", frames=1)] * 2
+    warnings = [m for m in d.sent(StatusMessage) if m.state == "warning"]
+    assert len(warnings) == 1 and "faster than 2x real time" in warnings[0].message
+    d.now = 1.0  # one second later: two seconds of audio fit again
+    for _ in range(25):
+        d.audio()
+    assert len(d.of(FeedAudio)) == 120
+    d.feed(MetricsTick(load=SourceLoad(source="system", dropped_frames=1), active_sessions=1))
+    assert d.sent(MetricsMessage)[-1].dropped_frames == 1 + 7
+    d.stop()
+    d.feed(AsrDone(source="system"))
+    summary = d.summary()
+    assert summary.sources["system"].frames_dropped == 8
+    assert summary.sources["system"].audio_seconds == pytest.approx(12.0)
+
+
+def test_rate_bound_zero_is_unbounded(core):
+    d = core(max_audio_rate=0)
+    d.to_streaming()
+    for _ in range(300):
+        d.audio()
+    assert len(d.of(FeedAudio)) == 300
+
+
+def test_fault_is_internal_error_then_1011_without_details(core):
+    d = core()
+    d.to_streaming()
+    d.feed(Fault())
+    (error,) = d.errors()
+    assert error.code is ErrorCode.INTERNAL_ERROR and error.session_id == "s1"
+    assert error.message == "The server hit an internal error and ended the session"
+    assert d.closes() == [1011] and d.of(Rejected)[0].code is ErrorCode.INTERNAL_ERROR
+
+
+def test_drain_flushes_summarizes_and_closes_1001(core):
+    d = core(flush_timeout=8.0)
+    d.to_streaming()
+    d.audio()
+    d.feed(AsrOutput(source="system", updates=(final("kept", 0.0),)))
+    actions = d.feed(DrainRequested(), at=5.0)
+    status = actions[0]
+    assert isinstance(status, Send) and status.message.reason == "drain"  # type: ignore[union-attr]
+    assert "shutting down" in status.message.message  # type: ignore[union-attr]
+    assert actions[1:] == [EndAudio()] and d.s.phase == "finalizing" and d.s.deadline == 13.0
+    assert d.feed(DrainRequested()) == []  # already finishing
+    d.feed(AsrOutput(source="system", updates=(final("flushed", 1.0),)))
+    d.feed(AsrDone(source="system"))
+    assert [e.text for e in d.summary().transcript] == ["kept", "flushed"]
+    assert d.closes() == [1001] and d.actions[-1] == ReleaseSlot()
+
+
+@pytest.mark.parametrize("phase", ["accepted", "awaiting_start", "admitting"])
+def test_drain_without_a_session_says_why_and_closes_1001(core, phase):
+    d = core()
+    if phase != "accepted":
+        d.open()
+    if phase == "admitting":
+        d.start()
+    d.feed(DrainRequested())
+    last = d.sent()[-1]
+    assert isinstance(last, StatusMessage) and last.reason == "drain"
+    assert d.closes() == [1001] and d.s.closed
+
+
+def test_summary_is_bounded_leaving_out_the_oldest(core):
+    d = core(max_summary_bytes=8192)
+    d.to_streaming()
+    for i in range(200):
+        text = f'word "{i}" ünïcode\\ ' * 5
+        d.feed(AsrOutput(source="system", updates=(final(text, float(i), f"id{i}"),)))
+    d.stop()
+    d.feed(AsrDone(source="system"))
+    summary = d.summary()
+    wire = encode(summary).encode()
+    assert 6000 < len(wire) <= 8192
+    assert summary.truncated is True
+    assert summary.omitted_finals == 200 - len(summary.transcript) > 0
+    assert summary.transcript[-1].t0 == 199.0  # the newest are kept
+    assert summary.markdown.count("\n- ") == len(summary.transcript)
+    assert decode_server(wire) == summary
+
+
+def test_small_summary_has_no_truncation_fields(core):
+    d = core()
+    d.to_streaming()
+    d.feed(AsrOutput(source="system", updates=(final("a", 0.0),)))
+    d.stop()
+    d.feed(AsrDone(source="system"))
+    assert "truncated" not in encode(d.summary()) and d.summary().omitted_finals is None
+
+
+def test_max_finals_keeps_the_newest_and_the_summary_says_so(core):
+    d = core(max_finals=3)
+    d.to_streaming()
+    for i in range(5):
+        d.feed(AsrOutput(source="system", updates=(final(f"w{i}", float(i), f"s{i}"),)))
+    assert [e.text for e in d.s.finals] == ["w2", "w3", "w4"] and len(d.s.segment_ids) == 3
+    d.stop()
+    d.feed(AsrDone(source="system"))
+    summary = d.summary()
+    assert summary.omitted_finals == 2 and summary.truncated is True

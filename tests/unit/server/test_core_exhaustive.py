@@ -144,7 +144,7 @@ def test_every_phase_and_event(core, phase, index, late):
         assert d.s.deadline is None
     else:
         assert Close not in kinds
-    timed = d.s.phase in ("awaiting_start", "finalizing")
+    timed = d.s.phase in ("awaiting_start", "streaming", "finalizing")
     assert (d.s.deadline is not None) == timed
 
 

@@ -32,7 +32,9 @@ from echopanel.server.core import (
     Close,
     CloseAsrStreams,
     CoreConfig,
+    DrainRequested,
     EndAudio,
+    Fault,
     FeedAudio,
     OpenAsrStream,
     Opened,
@@ -312,3 +314,45 @@ def test_client_stop_during_start_releases_the_server_side():
     link.to_server(link.held.pop())
     link.pump()
     assert link.released()
+
+
+def _drained() -> Link:
+    link = Link()
+    link.start()
+    link.audio(2)
+    link.to_server(DrainRequested())
+    link.pump()
+    return link
+
+
+def test_server_drain_mid_session_sends_everything_then_closes_1001():
+    link = _drained()
+    sent = [a.message for a in link.server_actions if isinstance(a, Send)]
+    kinds = [m.type for m in sent]
+    assert kinds[-2:] == ["status", "final_summary"] and sent[-2].reason == "drain"
+    assert [e.text for e in sent[-1].transcript] == ["word1", "word2"]
+    assert link.server_closes() == [1001] and link.released()
+
+
+def test_server_drain_mid_session_completes_the_client_with_its_summary():
+    end = _drained().outcome()
+    assert end.outcome == "completed" and end.summary is not None
+    assert [e.text for e in end.summary.transcript] == ["word1", "word2"]
+
+
+def test_idle_audio_ends_the_session_with_idle_timeout():
+    link = Link()
+    link.start()
+    assert link.server.timer == "idle"
+    link.advance(link.server.deadline)
+    assert link.outcome().outcome == "error:idle_timeout"
+    assert link.server_closes() == [4408] and link.released()
+
+
+def test_internal_fault_reaches_the_client_as_internal_error():
+    link = Link()
+    link.start()
+    link.to_server(Fault())
+    link.pump()
+    assert link.outcome().outcome == "error:internal_error"
+    assert link.server_closes() == [1011] and link.released()

@@ -72,7 +72,9 @@ class ServerCoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.s = ServerSession(
-            CoreConfig(start_timeout=5.0, flush_timeout=3.0, max_invalid_messages=8),
+            CoreConfig(
+                start_timeout=5.0, flush_timeout=3.0, idle_timeout=10.0, max_invalid_messages=8
+            ),
             connection_id="srv-1",
         )
         self.now = 0.0

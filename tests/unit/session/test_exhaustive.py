@@ -28,6 +28,7 @@ from echopanel.session import (
     CaptureStarted,
     Connected,
     ConnectFailed,
+    DropReason,
     MessageReceived,
     PermissionAnswered,
     StartRequested,
@@ -115,11 +116,19 @@ def test_every_state_and_event(drive, node, index, late):
     event = events_for(d.m.attempt_id or "none")[index]
     before = d.m.node
     now = 100.0 if late else 0.0
+    deadline = d.m.deadline
     effects = d.m.handle(event, now)
     assert isinstance(effects, list)
     assert d.m.node in STATES
+    drop = d.m.last_drop
+    if drop is not None:  # dropped: nothing changed, and the reason names this input
+        assert effects == [] and d.m.node == before and d.m.deadline == deadline
+        assert drop.event == type(event).__name__ and drop.node == before
+        if getattr(event, "attempt_id", None) == "stale-attempt":
+            assert drop.reason is DropReason.STALE_ATTEMPT
+        return
     if d.m.node == before and not effects:
-        return  # ignored: a defined outcome
+        return  # accepted without effect (server_connected, capture_ended): defined
     if getattr(event, "attempt_id", d.m.attempt_id) == "stale-attempt":
         pytest.fail(f"stale {event!r} changed something in {before}")
     # a timed state keeps a deadline, an untimed one has none

@@ -16,7 +16,6 @@ from echopanel.protocol.messages import (
 from echopanel.session import (
     AbortRequested,
     AnnounceState,
-    CancelTimer,
     CaptureEnded,
     CaptureFailed,
     CaptureStarted,
@@ -25,6 +24,8 @@ from echopanel.session import (
     Connected,
     ConnectFailed,
     CreateBundle,
+    Drop,
+    DropReason,
     EmitMessage,
     EndAttempt,
     EnterListening,
@@ -38,7 +39,6 @@ from echopanel.session import (
     SessionConfig,
     StartCapture,
     StartRequested,
-    StartTimer,
     StopCapture,
     StopRequested,
     TimerFired,
@@ -57,7 +57,6 @@ def test_happy_path_effects_in_order(drive):
         CreateBundle(
             session_id="id-1", attempt_id="id-2", sources=("system", "mic"), started_at=0.0
         ),
-        StartTimer(name="start", deadline=5.0),
         AnnounceState(state="starting", previous="idle", step="permissions"),
         RequestPermission(kind=SCREEN),
     ]
@@ -80,14 +79,14 @@ def test_happy_path_effects_in_order(drive):
     assert send.message.session_id == "id-1" and send.message.attempt_id == "id-2"
     assert send.message.sources == ("system", "mic")
     assert d.m.step == "awaiting_ack"
-    d.server(StatusMessage(state="connected", connection_id="conn-9"))
+    assert d.server(StatusMessage(state="connected", connection_id="conn-9")) == []
+    assert d.m.last_drop is None  # accepted, though it has no effect
     assert d.m.connection_id == "conn-9" and d.m.state == "starting"
     out = d.feed(
         MessageReceived(attempt_id="id-2", message=StatusMessage(state="streaming")), at=1.5
     )
     assert out == [
         AnnounceState(state="listening", previous="starting"),
-        CancelTimer(name="start"),
         EnterListening(session_id="id-1", attempt_id="id-2", connection_id="conn-9", at=1.5),
     ]
     assert d.m.deadline is None
@@ -129,7 +128,7 @@ def test_permission_denied(drive, sources, denied, code, text):
     assert report.code == code and text in report.message and report.message.endswith(": x")
     assert not d.of(StartCapture) and not d.of(Connect)
     assert out[-1] == EndAttempt(outcome=f"error:{code.value}")
-    assert CancelTimer(name="start") in out and d.m.deadline is None
+    assert d.m.deadline is None
 
 
 def test_capture_failure_with_both_stops_the_started_one(drive):
@@ -176,7 +175,6 @@ def test_connection_failure_closes_and_stops(drive):
     assert out[1:] == [
         StopCapture(source="system"),
         CloseTransport(),
-        CancelTimer(name="start"),
         ReportError(
             code=ErrorCode.CONNECTION_FAILED, message="Could not connect to the backend: refused"
         ),
@@ -227,6 +225,8 @@ def test_transport_closed(drive, phase, close, expected):
     )
     assert d.m.state == "error"
     (report,) = [e for e in out if isinstance(e, ReportError)]
+    if phase == "listening" and expected is ErrorCode.CONNECTION_FAILED:
+        expected = ErrorCode.CONNECTION_LOST  # it was streaming: lost, not a failed connect
     assert report.code == expected
     assert StopCapture(source="system") in out and CloseTransport() in out
 
@@ -248,6 +248,7 @@ def test_start_timeout_in_every_step(drive, step):
         d.feed(event)
     assert d.m.step == step and d.m.deadline == 5.0
     assert d.feed(TimerFired(), at=4.999) == []
+    assert d.m.last_drop is not None and d.m.last_drop.reason is DropReason.EARLY_TIMER
     out = d.feed(TimerFired(), at=5.0)
     (report,) = [e for e in out if isinstance(e, ReportError)]
     assert report.code is ErrorCode.BACKEND_START_TIMEOUT
@@ -317,12 +318,15 @@ def test_older_attempt_is_ignored(drive):
         MessageReceived(attempt_id=old, message=StatusMessage(state="streaming")),
     ):
         assert d.feed(stale) == []
+        assert d.m.last_drop is not None
+        assert d.m.last_drop.reason is DropReason.STALE_ATTEMPT
     assert d.m.step == "permissions"
     d.feed(PermissionAnswered(attempt_id=d.attempt, kind=SCREEN, granted=True))
     d.feed(CaptureStarted(attempt_id=d.attempt, source="system"))
     d.feed(Connected(attempt_id=d.attempt))
     # a message on the current transport that names an older attempt is ignored too
     assert d.server(StatusMessage(state="streaming", attempt_id=old)) == []
+    assert d.m.last_drop is not None and d.m.last_drop.reason is DropReason.STALE_ATTEMPT
     assert d.m.state == "starting"
     d.server(StatusMessage(state="streaming", attempt_id=d.attempt))
     assert d.m.state == "listening"
@@ -346,9 +350,12 @@ def test_stop_from_listening_finalizes_then_idle(drive):
         StopCapture(source="mic"),
         StopCapture(source="system"),
         SendStop(message=StopMessage(session_id="id-1")),
-        StartTimer(name="stop", deadline=20.0),
     ]
-    assert d.feed(StopRequested()) == []  # a second stop is ignored
+    assert d.m.deadline == 20.0
+    assert d.feed(StopRequested()) == []  # a second stop is dropped: no row in finalizing
+    assert d.m.last_drop == Drop(
+        reason=DropReason.NO_ROW, event="StopRequested", node="finalizing", trigger="stop"
+    )
     partial = AsrPartial(source="mic", text="hi", t0=0, t1=1)
     assert d.server(partial) == [EmitMessage(message=partial)]
     summary = FinalSummary(markdown="# hi")
@@ -356,7 +363,6 @@ def test_stop_from_listening_finalizes_then_idle(drive):
     assert out == [
         AnnounceState(state="idle", previous="finalizing"),
         CloseTransport(),
-        CancelTimer(name="stop"),
         EndAttempt(outcome="completed", summary=summary),
     ]
     assert d.m.summary == summary
@@ -368,8 +374,64 @@ def test_stop_timeout_goes_idle_without_summary(drive):
     d.feed(StopRequested(), at=1.0)
     assert d.m.deadline == 11.0
     out = d.feed(TimerFired(), at=11.0)
-    assert d.m.state == "idle" and out[-1] == EndAttempt(outcome="completed", summary=None)
+    # a missing summary is not a success: its own code, in the error state
+    assert d.m.state == "error" and out[-1] == EndAttempt(outcome="error:summary_missing")
+    assert ReportError(
+        code=ErrorCode.SUMMARY_MISSING,
+        message="No final summary from the backend within 10 s of the stop",
+    ) in out  # fmt: skip
     assert CloseTransport() in out
+
+
+@pytest.mark.parametrize(
+    ("close_code", "message", "text"),
+    [
+        (1006, "", "the connection closed first (close 1006, dropped without a close frame)"),
+        (1000, "", "the connection closed first (close 1000, normal closure)"),
+        (1009, "message from server too large", "first: message from server too large (close 1009"),
+    ],
+)
+def test_connection_closed_while_finalizing_is_summary_missing(drive, close_code, message, text):
+    d = drive()
+    d.to_listening()
+    d.feed(StopRequested())
+    out = d.feed(TransportClosed(attempt_id=d.attempt, close_code=close_code, message=message))
+    (report,) = [e for e in out if isinstance(e, ReportError)]
+    assert report.code is ErrorCode.SUMMARY_MISSING and text in report.message
+    assert d.m.state == "error" and out[-1] == EndAttempt(outcome="error:summary_missing")
+
+
+@pytest.mark.parametrize(
+    ("close_code", "message", "expected"),
+    [
+        (1012, "", "Connection to the backend lost (close 1012, server restarting)"),
+        (1006, "", "Connection to the backend lost (close 1006, dropped without a close frame)"),
+        (
+            1006,
+            "keep-alive ping timed out",
+            "Connection to the backend lost: keep-alive ping timed out "
+            "(close 1006, dropped without a close frame)",
+        ),
+    ],
+)
+def test_connection_lost_while_listening_is_not_a_failed_connect(
+    drive, close_code, message, expected
+):
+    d = drive()
+    d.to_listening()
+    out = d.feed(TransportClosed(attempt_id=d.attempt, close_code=close_code, message=message))
+    (report,) = [e for e in out if isinstance(e, ReportError)]
+    assert report == ReportError(code=ErrorCode.CONNECTION_LOST, message=expected)
+    assert "Could not connect" not in report.message
+
+
+def test_connection_closed_before_the_ack_is_still_connection_failed(drive):
+    d = drive()
+    _to_connecting(d)
+    d.feed(Connected(attempt_id=d.attempt))
+    out = d.feed(TransportClosed(attempt_id=d.attempt, close_code=1006))
+    (report,) = [e for e in out if isinstance(e, ReportError)]
+    assert report.code is ErrorCode.CONNECTION_FAILED
 
 
 def test_auto_stop_when_every_capture_ended(drive):
@@ -454,3 +516,45 @@ def test_invalid_message_error_is_only_a_warning(drive):
         TransportClosed(attempt_id=d.attempt, close_code=1007, code=ErrorCode.INVALID_MESSAGE)
     )
     assert ReportError(code=ErrorCode.INVALID_MESSAGE, message="Invalid message") in out
+
+
+def test_every_drop_names_its_reason(drive):
+    d = drive(("system", "mic"))
+    assert d.feed(TimerFired(), at=1.0) == []
+    assert d.m.last_drop == Drop(reason=DropReason.NO_TIMER, event="TimerFired", node="idle")
+    assert d.feed(StopRequested()) == []
+    assert d.m.last_drop is not None and d.m.last_drop.reason is DropReason.NO_ROW
+    assert str(d.m.last_drop) == "StopRequested (stop) dropped in idle: no_row"
+    d.feed(StartRequested())
+    assert d.m.last_drop is None
+    # a permission nobody asked for yet (the microphone comes after screen recording)
+    assert d.feed(PermissionAnswered(attempt_id=d.attempt, kind=MIC, granted=True)) == []
+    assert d.m.last_drop is not None and d.m.last_drop.reason is DropReason.UNEXPECTED
+    # a capture that was never asked to start
+    assert d.feed(CaptureStarted(attempt_id=d.attempt, source="mic")) == []
+    assert d.m.last_drop is not None and d.m.last_drop.reason is DropReason.UNEXPECTED
+    d.feed(PermissionAnswered(attempt_id=d.attempt, kind=SCREEN, granted=True))
+    assert d.m.last_drop is None
+    # a message before connecting has no row in the permissions step
+    assert d.server(StatusMessage(state="streaming")) == []
+    assert d.m.last_drop == Drop(
+        reason=DropReason.NO_ROW, event="MessageReceived", node="starting_permissions",
+        trigger="ack",
+    )  # fmt: skip
+
+
+def test_a_summary_while_listening_completes_the_session(drive):
+    """A server that drains sends ``final_summary`` without a ``stop``: the session is
+    complete, with that summary, and everything is torn down."""
+    d = drive(("system", "mic"))
+    d.to_listening()
+    summary = FinalSummary(markdown="# drained")
+    out = d.server(summary)
+    assert out == [
+        AnnounceState(state="idle", previous="listening"),
+        StopCapture(source="mic"),
+        StopCapture(source="system"),
+        CloseTransport(),
+        EndAttempt(outcome="completed", summary=summary),
+    ]
+    assert d.m.summary == summary and d.m.deadline is None

@@ -64,8 +64,9 @@ PERMISSION_CODE = {
 }
 
 
-def expected_code(event: Event) -> ErrorCode:
-    """The error code a failing event must produce, computed independently of the machine."""
+def expected_code(event: Event, state: str) -> ErrorCode:
+    """The error code a failing event in ``state`` must produce, computed independently of
+    the machine."""
     match event:
         case PermissionAnswered(kind=kind):
             return PERMISSION_CODE[kind]
@@ -77,8 +78,16 @@ def expected_code(event: Event) -> ErrorCode:
             assert code is not ErrorCode.INVALID_MESSAGE, "invalid_message alone is not fatal"
             return code
         case TransportClosed(code=code):
-            return code or ErrorCode.CONNECTION_FAILED
+            if code is not None:
+                return code
+            if state == "finalizing":
+                return ErrorCode.SUMMARY_MISSING
+            if state == "listening":
+                return ErrorCode.CONNECTION_LOST
+            return ErrorCode.CONNECTION_FAILED
         case TimerFired():
+            if state == "finalizing":
+                return ErrorCode.SUMMARY_MISSING
             return ErrorCode.BACKEND_START_TIMEOUT
     raise AssertionError(f"{event!r} cannot fail an attempt")
 
@@ -162,7 +171,7 @@ class SessionMachineTest(RuleBasedStateMachine):
             assert len(ends) == 1 and effects[-1] == ends[0]
             if m.state == "error":
                 assert len(self.errors) == 1, self.errors
-                assert self.errors[0].code == expected_code(event)
+                assert self.errors[0].code == expected_code(event, before_state)
                 assert self.errors[0].message
                 assert ends[0].outcome == f"error:{self.errors[0].code.value}"
             else:
@@ -291,11 +300,12 @@ class SessionMachineTest(RuleBasedStateMachine):
         before = self.machine.state
         self.now = max(self.now, self.machine.deadline)
         self.feed(TimerFired())
+        assert self.machine.state == "error"
         if before == "starting":
-            assert self.machine.state == "error"
             assert self.errors[-1].code is ErrorCode.BACKEND_START_TIMEOUT
         else:
-            assert before == "finalizing" and self.machine.state == "idle"
+            assert before == "finalizing"
+            assert self.errors[-1].code is ErrorCode.SUMMARY_MISSING
 
     # ------------------------------------------------------------------ invariants
 
