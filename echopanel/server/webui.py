@@ -155,7 +155,7 @@ def render_wire_module() -> str:
     from echopanel.protocol import ENDPOINT_PATH, MAX_FRAME_BYTES, SAMPLE_RATE
     from echopanel.protocol.frames import FRAME_MAGIC, FRAME_VERSION, HEADER_BYTES, SOURCE_BYTES
     from echopanel.session.config import DEFAULT_START_TIMEOUT, DEFAULT_STOP_TIMEOUT
-    from echopanel.session.machine import CLIENT_FEATURES
+    from echopanel.session.machine import CLIENT_FEATURES, close_description
 
     def js(value: object) -> str:
         return json.dumps(value, indent=2 if isinstance(value, dict) else None, ensure_ascii=False)
@@ -189,6 +189,17 @@ def render_wire_module() -> str:
         "",
         "/** The one message for people of each error code (docs/errors.md). */",
         f"export const ERROR_MESSAGES = {js({c.value: default_message(c) for c in ErrorCode})};",
+        "",
+        "/** What a close code means, for people (as the Python client words it). */",
+        "export const CLOSE_DESCRIPTIONS = "
+        + js(
+            {
+                str(close): close_description(close)
+                for close in (*range(1000, 1016), 4408)
+                if close_description(close) != f"close {close}"
+            }
+        )
+        + ";",
         "",
         "/** Close code -> error code when the server closes without an error message",
         " * (1008 is shared by unauthorized and start_timeout; alone it means unauthorized). */",

@@ -111,8 +111,10 @@ def jfk_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Any]:
+    """Playwright's sync API, for one module at a time: it keeps an asyncio loop running in
+    this thread while open, which async tests of other modules cannot share."""
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright not installed (pip install -e '.[dev]')"
     )

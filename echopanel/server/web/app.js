@@ -53,7 +53,11 @@ const STEP_TEXT = {
 const HINTS = {
   unauthorized: "Check the server token and press Start again.",
   server_at_capacity: "Every session slot is busy: try again in a moment.",
-  connection_failed: "Check that echopanel serve is still running, then press Start again.",
+  connection_failed: "Check that echopanel serve is running, then press Start again.",
+  connection_lost: "The server went away or the network dropped; the transcript so far can still be downloaded.",
+  summary_missing: "The transcript so far can still be downloaded.",
+  idle_timeout: "No audio reached the server for too long: check the microphone or the shared tab.",
+  internal_error: "Check the server log, then press Start again.",
   backend_start_timeout: "The server is busy or stuck; try again, or check its log.",
   asr_unavailable: "Check the server log (the speech model could not run).",
   microphone_permission_required: "Allow the microphone for this site (the icon in the address bar), then press Start.",

@@ -16,6 +16,7 @@ import { Capture, CaptureFailure } from "./capture.js";
 import {
   CHANNELS,
   CLIENT_FEATURES,
+  CLOSE_DESCRIPTIONS,
   CLOSE_TO_CODE,
   DEFAULT_START_TIMEOUT,
   DEFAULT_STOP_TIMEOUT,
@@ -30,8 +31,9 @@ const MAX_BUFFERED_BYTES = 1 << 20; // ~30 s of audio waiting in the socket: dro
 const NORMAL_CLOSES = new Set([1000, 1001]);
 
 export class SessionFailure extends Error {
-  constructor(code, detail = "") {
-    super(detail || code);
+  /** `message` (optional) is the whole sentence; by default the code's message + detail. */
+  constructor(code, detail = "", message = null) {
+    super(message || errorMessage(code, detail));
     this.code = code;
     this.detail = detail;
   }
@@ -48,7 +50,8 @@ export function startTimeoutMessage(seconds) {
 /** The message for people of `code` (docs/errors.md), with a detail when there is one. */
 export function errorMessage(code, detail = "") {
   const base = ERROR_MESSAGES[code] || code;
-  return detail && detail !== base ? `${base}: ${detail}` : base;
+  if (!detail || detail === base) return base;
+  return detail.startsWith("within ") ? `${base} ${detail}` : `${base}: ${detail}`;
 }
 
 function newId() {
@@ -146,7 +149,7 @@ export class LiveSession extends EventTarget {
       check();
       this.setState("starting", "connect");
       this.armTimer(this.startTimeout, () =>
-        this.fail(attempt, new SessionFailure("backend_start_timeout", startTimeoutMessage(this.startTimeout))),
+        this.fail(attempt, new SessionFailure("backend_start_timeout", "", startTimeoutMessage(this.startTimeout))),
       );
       const ticket = await this.getTicket();
       check();
@@ -205,7 +208,7 @@ export class LiveSession extends EventTarget {
 
   lastServerFailure() {
     const e = this.lastServerError;
-    return e ? new SessionFailure(e.code, e.message) : null;
+    return e ? new SessionFailure(e.code, "", e.message || null) : null;
   }
 
   receive(attempt, data) {
@@ -249,7 +252,7 @@ export class LiveSession extends EventTarget {
           this.emit("warning", { message: errorMessage("invalid_message", message.message) });
         } else {
           this.lastServerError = { code: message.code, message: message.message || "" };
-          this.fail(attempt, new SessionFailure(message.code, message.message || ""));
+          this.fail(attempt, new SessionFailure(message.code, "", message.message || null));
         }
         break;
       default:
@@ -257,6 +260,7 @@ export class LiveSession extends EventTarget {
     }
   }
 
+  /** The socket closed without an `error` message: word it as the Python client does. */
   closed(attempt, event) {
     if (this.attemptId !== attempt || !this.active) return;
     if (this.state === "finalizing" && this.summary) {
@@ -268,13 +272,24 @@ export class LiveSession extends EventTarget {
       this.fail(attempt, server);
       return;
     }
-    const reason = event.reason ? `: ${event.reason}` : "";
-    if (NORMAL_CLOSES.has(event.code)) {
-      this.fail(attempt, new SessionFailure("connection_failed", `connection closed (${event.code}${reason})`));
+    const mapped = NORMAL_CLOSES.has(event.code) ? null : CLOSE_TO_CODE[String(event.code)];
+    if (mapped) {
+      this.fail(attempt, new SessionFailure(mapped, event.reason || ""));
       return;
     }
-    const code = CLOSE_TO_CODE[String(event.code)] || "connection_failed";
-    this.fail(attempt, new SessionFailure(code, event.reason || (event.code === 1006 ? "connection lost" : `closed with code ${event.code}`)));
+    const described = CLOSE_DESCRIPTIONS[String(event.code)] || `close ${event.code}`;
+    const why = event.reason ? `: ${event.reason} (${described})` : ` (${described})`;
+    let failure;
+    if (this.state === "finalizing") {
+      failure = new SessionFailure("summary_missing", `the connection closed first${why}`);
+    } else if (this.state === "listening") {
+      // it was streaming: lost, not "could not connect"
+      failure = new SessionFailure("connection_lost", "", `${ERROR_MESSAGES.connection_lost}${why}`);
+    } else {
+      const closed = `Connection to the backend closed (code ${event.code})`;
+      failure = new SessionFailure("connection_failed", "", event.reason ? `${closed}: ${event.reason}` : closed);
+    }
+    this.fail(attempt, failure);
   }
 
   sendFrame(frame) {
@@ -311,10 +326,9 @@ export class LiveSession extends EventTarget {
     }
     if (this.state !== "listening") return;
     this.setState("finalizing");
-    this.armTimer(this.stopTimeout, () => {
-      this.emit("warning", { message: `No summary within ${this.stopTimeout} seconds; the transcript has what arrived` });
-      this.finish(attempt);
-    });
+    this.armTimer(this.stopTimeout, () =>
+      this.fail(attempt, new SessionFailure("summary_missing", `within ${this.stopTimeout} s of the stop`)),
+    );
     await this.capture.flush();
     if (this.attemptId !== attempt || this.state !== "finalizing") return;
     this.capture.close();
@@ -337,12 +351,10 @@ export class LiveSession extends EventTarget {
     else if (!(error instanceof SessionFailure)) failure = new SessionFailure("connection_failed", String((error && error.message) || error));
     this.cleanup(1000);
     this.setState("error");
-    this.emit("error", {
-      code: failure.code,
-      message: errorMessage(failure.code, failure.detail),
-      headline: ERROR_MESSAGES[failure.code] || failure.code,
-      detail: failure.detail,
-    });
+    const headline = ERROR_MESSAGES[failure.code] || failure.code;
+    const message = failure.message;
+    const detail = message.startsWith(headline) ? message.slice(headline.length).replace(/^[:\s]+/, "") : message;
+    this.emit("error", { code: failure.code, message, headline, detail });
   }
 
   cleanup(closeCode = 1000) {

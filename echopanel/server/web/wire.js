@@ -38,7 +38,23 @@ export const ERROR_MESSAGES = {
   "system_capture_failed": "System audio capture failed",
   "microphone_capture_failed": "Microphone capture failed",
   "connection_failed": "Could not connect to the backend",
-  "backend_start_timeout": "Backend did not start streaming within 5 seconds"
+  "backend_start_timeout": "Backend did not start streaming within 5 seconds",
+  "idle_timeout": "No audio received for too long: the server ended the session",
+  "internal_error": "The server hit an internal error and ended the session",
+  "connection_lost": "Connection to the backend lost",
+  "summary_missing": "No final summary from the backend"
+};
+
+/** What a close code means, for people (as the Python client words it). */
+export const CLOSE_DESCRIPTIONS = {
+  "1000": "close 1000, normal closure",
+  "1001": "close 1001, going away",
+  "1006": "close 1006, dropped without a close frame",
+  "1008": "close 1008, policy violation",
+  "1009": "close 1009, message too big",
+  "1011": "close 1011, server error",
+  "1012": "close 1012, server restarting",
+  "1013": "close 1013, try again later"
 };
 
 /** Close code -> error code when the server closes without an error message
@@ -49,5 +65,6 @@ export const CLOSE_TO_CODE = {
   "1003": "unsupported_audio_format",
   "1007": "invalid_message",
   "1009": "frame_too_large",
+  "4408": "idle_timeout",
   "1011": "asr_unavailable"
 };
