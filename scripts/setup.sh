@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libportaudio2 libsndfile1 pulseaudio pulseaudio-utils espeak-ng sox; do
+for pkg in libportaudio2 libsndfile1 pulseaudio pulseaudio-utils espeak-ng sox openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # the load-balancer end-to-end test (tests/e2e/test_haproxy.py)
