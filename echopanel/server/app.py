@@ -6,6 +6,8 @@ without the token only status, readiness and capacity, with it — ``Authorizati
 also the model, the connection count and the load error; no secrets either way) and
 ``/metrics`` (Prometheus text; needs the token when one is configured). The lifespan loads
 and warms the shared ASR once, in the background, so ``/health`` can answer while it loads.
+The browser page (``/``, ``/static/*``, ``POST /session-ticket``) comes from
+:mod:`echopanel.server.webui`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from echopanel.server.metrics import CONTENT_TYPE_LATEST
 from echopanel.server.readiness import ready_endpoint
 from echopanel.server.slots import LocalSlotController, SlotController
 from echopanel.server.state import ServerState
+from echopanel.server.webui import web_routes
 
 __all__ = ["WS_PATH", "build_asr", "create_app", "server_state"]
 
@@ -178,6 +181,7 @@ def create_app(
             Route("/health", health),
             Route("/ready", ready_endpoint),  # readiness: see echopanel.server.readiness
             Route("/metrics", metrics),
+            *web_routes(state),  # the page at /, /session-ticket
         ],
         lifespan=lifespan,
         middleware=[Middleware(RequestGuard, state=state)],  # Host, Origin, admission

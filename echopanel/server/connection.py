@@ -31,6 +31,7 @@ from echopanel.server.core import events as ev
 from echopanel.server.recorder import SessionRecorder
 from echopanel.server.sources import SessionSources
 from echopanel.server.state import ServerState
+from echopanel.server.tickets import TICKET_PARAM
 
 __all__ = ["LiveConnection", "check_token", "render_markdown"]
 
@@ -146,7 +147,10 @@ class LiveConnection:
             await self._do(action)
 
     async def _reader(self) -> None:
-        await self._feed(ev.Opened(authorized=check_token(self.config.token, self.ws.headers)))
+        authorized = check_token(self.config.token, self.ws.headers) or self.server.tickets.redeem(
+            self.ws.query_params.get(TICKET_PARAM)
+        )  # a browser cannot set headers: it sends a ticket (echopanel.server.tickets)
+        await self._feed(ev.Opened(authorized=authorized))
         if self.server.draining:  # accepted while the server began to drain
             await self._feed(ev.DrainRequested())
         while True:

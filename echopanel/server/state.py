@@ -18,6 +18,7 @@ from echopanel.server.analysis import Analyzer
 from echopanel.server.config import ServerConfig
 from echopanel.server.metrics import ServerMetrics
 from echopanel.server.slots import SlotController
+from echopanel.server.tickets import TicketStore
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -60,6 +61,7 @@ class ServerState:
     draining: bool = False
     #: live-listener sockets let through by the request guard and not yet ended
     ws_open: int = 0
+    tickets: TicketStore = attrs.field(factory=TicketStore)  # browser tickets (webui)
 
     def __attrs_post_init__(self) -> None:
         self.metrics = ServerMetrics(
