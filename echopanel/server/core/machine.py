@@ -45,6 +45,7 @@ from echopanel.protocol.messages import (
     AudioMessage,
     ErrorMessage,
     MetricsMessage,
+    ResumeMessage,
     ServerMessage,
     Source,
     SourceStats,
@@ -142,8 +143,9 @@ class _Cause:
 class _Frame:
     """A decoded frame: ``kind`` is the trigger it maps to."""
 
-    kind: str  # start | audio | stop | invalid | fatal
+    kind: str  # start | resume | audio | stop | invalid | fatal
     start: StartMessage | None = None
+    resume: ResumeMessage | None = None
     source: Source | None = None
     pcm: bytes = b""
     message: str = ""
@@ -641,6 +643,8 @@ class _Connection:
             )
         if isinstance(event, Opened):
             return _cause(ErrorCode.UNAUTHORIZED)
+        if frame is not None and frame.kind == "resume":
+            return _cause(ErrorCode.RESUME_UNKNOWN)
         transition = ed.transition
         if isinstance(event, TimerFired) and transition and transition.source == "streaming":
             return _cause(
@@ -838,6 +842,10 @@ class ServerSession:
             if before_start:
                 return _Frame("start", start=message)
             return _Frame("invalid", message="session already started on this connection")
+        if isinstance(message, ResumeMessage):
+            if before_start:
+                return _Frame("resume", resume=message)
+            return _Frame("invalid", message="resume on a connection that has a session")
         if isinstance(message, AudioMessage):
             if before_start:
                 return _Frame("invalid", message="audio before start")

@@ -82,6 +82,7 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
     _row("opened", ACCEPTED, CLOSED, unless=("authorized",), after="fail"),
     # --- frames: judged in awaiting_start and streaming, ignored after stop
     _row("start", AWAITING_START, ADMITTING, after="begin"),
+    _row("resume", AWAITING_START, CLOSED, after="fail"),
     _row("invalid", _READING, None, unless=("over_invalid_budget",), after="report_invalid"),
     _row("invalid", _READING, CLOSED, conditions=("over_invalid_budget",), after="fail"),
     _row("fatal", _READING, CLOSED, after="fail"),

@@ -478,3 +478,21 @@ def test_max_finals_keeps_the_newest_and_the_summary_says_so(core):
     d.feed(AsrDone(source="system"))
     summary = d.summary()
     assert summary.omitted_finals == 2 and summary.truncated is True
+
+
+def test_resume_without_a_parked_session_is_resume_unknown_4404(core):
+    d = core()
+    d.open()
+    d.text({"type": "resume", "session_id": "s1", "resume_token": "guess"})
+    (error,) = d.errors()
+    assert error.code is ErrorCode.RESUME_UNKNOWN and d.closes() == [4404]
+    assert d.s.closed and not d.of(AcquireSlot)
+
+
+def test_resume_on_a_started_connection_is_invalid_and_ignored(core):
+    d = core()
+    d.to_streaming()
+    d.text({"type": "resume", "session_id": "s1", "resume_token": "t"})
+    (error,) = d.errors()
+    assert error.code is ErrorCode.INVALID_MESSAGE and not d.closes()
+    assert d.s.phase == "streaming"
