@@ -15,6 +15,7 @@ from echopanel.ports import AsrBackend
 from echopanel.server.analysis import Analyzer
 from echopanel.server.config import ServerConfig
 from echopanel.server.metrics import ServerMetrics
+from echopanel.server.resumes import ResumableSessions
 from echopanel.server.slots import SlotController
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ class ServerState:
     #: ``async drain()`` for a graceful shutdown
     connections: set[Any] = attrs.field(factory=set)
     open_connections: int = 0
+    #: sessions a ``resume`` may re-attach (``LiveConnection``s; see ``server.resumes``)
+    resumable: ResumableSessions[Any] = attrs.field(factory=ResumableSessions)
     asr_error: str | None = None
     asr_loaded: anyio.Event | None = None
     owns_asr: bool = False
