@@ -67,6 +67,7 @@ class ErrorCode(enum.StrEnum):
     # client-side outcomes of a session that was streaming (never sent by the server)
     CONNECTION_LOST = "connection_lost"
     SUMMARY_MISSING = "summary_missing"
+    RECONNECT_FAILED = "reconnect_failed"
 
 
 _MESSAGES: dict[ErrorCode, str] = {
@@ -92,6 +93,7 @@ _MESSAGES: dict[ErrorCode, str] = {
     ),
     ErrorCode.CONNECTION_LOST: "Connection to the backend lost",
     ErrorCode.SUMMARY_MISSING: "No final summary from the backend",
+    ErrorCode.RECONNECT_FAILED: "Could not reconnect to the backend in time",
 }
 
 #: WebSocket close code the server uses when it closes because of an error.
@@ -129,6 +131,7 @@ EXIT_CODES: dict[ErrorCode, int] = {
     ErrorCode.CONNECTION_LOST: 5,
     ErrorCode.RESUME_UNKNOWN: 5,
     ErrorCode.SUMMARY_MISSING: 5,
+    ErrorCode.RECONNECT_FAILED: 5,
 }
 
 

@@ -1,0 +1,85 @@
+"""The client's reconnect and resume against a real server, through a proxy that cuts."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import anyio
+import pytest
+
+from echopanel.client import Session
+from echopanel.client.events import FinalEvent, StateChanged, StatusEvent
+from echopanel.server import serve_in_background
+from echopanel.session import SessionConfig
+from echopanel.testing import FakeCaptureFactory, FakePermissionGate, tone_frames
+from echopanel.testing.asr import FakeAsrBackend
+from echopanel.testing.proxy import CuttingProxy
+
+FRAMES = 300  # 6 s of audio in 20 ms frames, paced at real time
+
+
+def _port(url: str) -> int:
+    port = urlsplit(url).port
+    assert port is not None
+    return port
+
+
+async def _run(url: str, *, proxy: CuttingProxy | None = None, cuts: int = 0):
+    """Run one session over ``FRAMES`` frames; cut the proxy after each of the first finals."""
+    events: list[object] = []
+    final_seen = anyio.Event()
+
+    def on_event(event: object) -> None:
+        events.append(event)
+        if isinstance(event, FinalEvent):
+            final_seen.set()
+
+    config = SessionConfig(url=url, sources=("system",), reconnect_backoff=0.05)
+    capture = FakeCaptureFactory(frames=tone_frames(FRAMES), interval=0.02, end=True)
+    async with Session(
+        config,
+        capture_factory=capture,
+        permission_gate=FakePermissionGate(),
+        on_event=on_event,
+    ) as session:
+        await session.start()
+        for _ in range(cuts):
+            assert proxy is not None
+            with anyio.fail_after(10):
+                await final_seen.wait()
+                while session.state != "listening":  # noqa: ASYNC110 - bounded by fail_after
+                    await anyio.sleep(0.01)
+            final_seen = anyio.Event()
+            await proxy.cut()
+        with anyio.fail_after(30):
+            await session.wait_closed()
+        summary = session.summary
+        state = session.state
+    return events, summary, state
+
+
+async def test_a_session_cut_twice_gives_the_transcript_of_an_uncut_one(h):
+    config = h.fast_config(resume_window=10.0)
+    async with (
+        serve_in_background(config, asr=FakeAsrBackend()) as url,
+        CuttingProxy(_port(url)) as proxy,
+    ):
+        plain, plain_summary, plain_state = await _run(url)
+        cut, summary, state = await _run(proxy.url, proxy=proxy, cuts=2)
+        assert plain_state == state == "idle"
+        assert proxy.cuts == 2
+        states = [e.state for e in cut if isinstance(e, StateChanged)]
+        assert states.count("reconnecting") == 2
+        resumed = [e for e in cut if isinstance(e, StatusEvent) and e.message.resumed]
+        assert len(resumed) == 2
+
+        def texts(events):
+            return [e.message.text for e in events if isinstance(e, FinalEvent)]
+
+        ids = [e.message.segment_id for e in cut if isinstance(e, FinalEvent)]
+        assert len(ids) == len(set(ids))  # every final once
+        assert texts(cut) == texts(plain) and texts(plain)
+        assert summary is not None and plain_summary is not None
+        assert [e.text for e in summary.transcript] == [e.text for e in plain_summary.transcript]
+        assert summary.sources["system"].audio_seconds == pytest.approx(6.0)
+        assert await h.metric(url, "echopanel_resumes_total") == 2
