@@ -65,8 +65,11 @@ from echopanel.errors import (
 from echopanel.ports import Capture, PermissionGate, PermissionKind, Transport
 from echopanel.protocol.frames import HEADER_BYTES, MAX_FRAME_BYTES, encode_audio_frame
 from echopanel.protocol.messages import (
+    AsrFinal,
+    AsrPartial,
     FinalSummary,
     ResumeMessage,
+    ServerMessage,
     Source,
     StatusMessage,
     decode_server,
@@ -159,6 +162,11 @@ class _Attempt:
     sent_ring: dict[Source, deque[tuple[int, bytes]]] = attrs.field(factory=dict)
     #: per source, the audio position the server said it has (the resumed ACK)
     server_position: dict[str, float] | None = None
+    #: server sessions after the first (the server lost the session) and, per source, the
+    #: audio position where the current one starts: its finals are re-based onto the
+    #: session's timeline and get unique segment ids (``<id>~<part>``)
+    part: int = 0
+    offsets: dict[str, float] = attrs.field(factory=dict)
     settled: anyio.Event = attrs.field(factory=anyio.Event)  # listening or ended
     ended: anyio.Event = attrs.field(factory=anyio.Event)
     error: SessionError | None = None
@@ -452,6 +460,9 @@ class Session:
                 )
             case SendResume(session_id=sid, resume_token=token, last_segment_id=last):
                 assert attempt is not None
+                suffix = f"~{attempt.part}"
+                if attempt.part and last is not None and last.endswith(suffix):
+                    last = last.removesuffix(suffix)  # the server's own id
                 message = ResumeMessage(
                     session_id=sid,
                     resume_token=token,
@@ -466,6 +477,12 @@ class Session:
                 )
             case SendStart(message=message) | SendStop(message=message):
                 assert attempt is not None
+                if isinstance(effect, SendStart) and attempt.connection > 0:
+                    attempt.part += 1  # a new server session continues this one
+                    attempt.offsets = {
+                        source: n / _BYTES_PER_SECOND for source, n in attempt.sent_bytes.items()
+                    }
+                    self._log(logging.WARNING, "Server lost the session: starting a new one")
                 if isinstance(effect, SendStop):
                     self._log(logging.INFO, "Session stopping")
                 # not inline: a send blocked on a full socket must not hold the machine (the
@@ -738,7 +755,7 @@ class Session:
             if isinstance(data, bytes):
                 continue
             try:
-                message = decode_server(data)
+                message = _rebase(decode_server(data), attempt.part, attempt.offsets)
             except ProtocolError as exc:
                 self._log(logging.WARNING, "Undecodable server message dropped", reason=exc.message)
                 continue
@@ -866,6 +883,41 @@ class Session:
             self._post_soon(_closed_event(attempt.attempt_id, exc, connection))
             return False
         return True
+
+
+def _rebase(message: ServerMessage, part: int, offsets: dict[str, float]) -> ServerMessage:
+    """A later server session's message on the session's timeline, with unique ids."""
+    if not part:
+        return message
+
+    def shift(source: str, t: float) -> float:
+        return round(t + offsets.get(source, 0.0), 3)
+
+    tag = f"~{part}"
+    match message:
+        case AsrFinal():
+            return attrs.evolve(
+                message,
+                segment_id=message.segment_id + tag,
+                t0=shift(message.source, message.t0),
+                t1=shift(message.source, message.t1),
+            )
+        case AsrPartial():
+            return attrs.evolve(
+                message, t0=shift(message.source, message.t0), t1=shift(message.source, message.t1)
+            )
+        case FinalSummary():
+            entries = tuple(
+                attrs.evolve(
+                    e,
+                    segment_id=e.segment_id + tag,
+                    t0=shift(e.source, e.t0),
+                    t1=shift(e.source, e.t1),
+                )
+                for e in message.transcript
+            )
+            return attrs.evolve(message, transcript=entries)
+    return message
 
 
 _GENERIC_CLOSE = re.compile(r"connection (?:closed|lost)(?: \(\d+(?:: (?P<reason>.*))?\))?")

@@ -235,6 +235,7 @@ class _Attempt:
         self.last_segment_id: str | None = None
         self.seen_segments: set[str] = set()
         self.tries = 0  # reconnect tries in the current outage
+        self.part = 0  # server sessions after the first (a server that lost the session)
         self.outage_end: float | None = None
 
     # ------------------------------------------------------------------ hooks
@@ -295,6 +296,15 @@ class _Attempt:
             isinstance(event, MessageReceived)
             and isinstance(event.message, ErrorMessage)
             and event.message.code is ErrorCode.SERVER_AT_CAPACITY
+        )
+
+    def session_unknown(self, ed: EventData) -> bool:
+        event = ed.kwargs["event"]
+        return (
+            isinstance(event, MessageReceived)
+            and isinstance(event.message, ErrorMessage)
+            and event.message.code is ErrorCode.RESUME_UNKNOWN
+            and self.resume_token is not None
         )
 
     def should_auto_stop(self, ed: EventData) -> bool:
@@ -428,8 +438,33 @@ class _Attempt:
         self.effects.append(CloseTransport(code=1001))
         self._arm_capped("backoff", self._backoff(), ed.kwargs["now"])
 
+    def start_fresh(self, ed: EventData) -> None:
+        """The server lost the session (restart, window passed): start a new server session
+        for this session on the next connection, and mark the gap for the app."""
+        self.resume_token = None
+        self.part += 1
+        self.effects.append(
+            EmitMessage(
+                message=StatusMessage(
+                    state="warning",
+                    reason="resume_gap",
+                    message=(
+                        "the server no longer had the session: a new server session "
+                        "continues it; what was said during the outage may be missing"
+                    ),
+                    session_id=self.session_id,
+                    attempt_id=self.attempt_id,
+                )
+            )
+        )
+        self.effects.append(CloseTransport(code=1001))
+        self._arm_capped("backoff", 0.0, ed.kwargs["now"])
+
     def send_resume(self, ed: EventData) -> None:
-        assert self.session_id is not None and self.resume_token is not None
+        if self.resume_token is None:  # a new server session for this session
+            self.send_start(ed)
+            return
+        assert self.session_id is not None
         self.effects.append(
             SendResume(
                 session_id=self.session_id,

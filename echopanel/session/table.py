@@ -184,6 +184,8 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
     _row("message", RECONNECTING, None, after="emit_message"),  # the re-sent finals
     _row("server_warning", RECONNECTING, None, after="emit_message"),
     _row("server_error", RECONNECTING, None, conditions=("server_busy",), after="retry"),
+    # the server no longer has the session: a new server session continues it (gap marked)
+    _row("server_error", RECONNECTING, None, conditions=("session_unknown",), after="start_fresh"),
     _row("server_error", RECONNECTING, ERROR, after="fail"),  # resume_unknown, auth, …
     _row("ack", RECONNECTING, LISTENING, after="resume_listening"),
     _row("stop", RECONNECTING, IDLE, after="complete"),  # ends with what was received

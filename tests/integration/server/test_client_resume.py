@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlsplit
 
 import anyio
 import pytest
 
 from echopanel.client import Session
+from echopanel.client.bundle import SessionBundle
 from echopanel.client.events import FinalEvent, StateChanged, StatusEvent
 from echopanel.server import serve_in_background
 from echopanel.session import SessionConfig
@@ -24,8 +26,16 @@ def _port(url: str) -> int:
     return port
 
 
-async def _run(url: str, *, proxy: CuttingProxy | None = None, cuts: int = 0):
-    """Run one session over ``FRAMES`` frames; cut the proxy after each of the first finals."""
+async def _run(
+    url: str,
+    *,
+    proxy: CuttingProxy | None = None,
+    cuts: int = 0,
+    recorder: SessionBundle | None = None,
+    switch_to: int | None = None,
+):
+    """Run one session over ``FRAMES`` frames; cut the proxy after each of the first finals
+    (first pointing it at the server on port ``switch_to``, as a restart would)."""
     events: list[object] = []
     final_seen = anyio.Event()
 
@@ -41,6 +51,7 @@ async def _run(url: str, *, proxy: CuttingProxy | None = None, cuts: int = 0):
         capture_factory=capture,
         permission_gate=FakePermissionGate(),
         on_event=on_event,
+        recorder=recorder,
     ) as session:
         await session.start()
         for _ in range(cuts):
@@ -50,6 +61,8 @@ async def _run(url: str, *, proxy: CuttingProxy | None = None, cuts: int = 0):
                 while session.state != "listening":  # noqa: ASYNC110 - bounded by fail_after
                     await anyio.sleep(0.01)
             final_seen = anyio.Event()
+            if switch_to is not None:
+                proxy.upstream = ("127.0.0.1", switch_to)
             await proxy.cut()
         with anyio.fail_after(30):
             await session.wait_closed()
@@ -83,3 +96,36 @@ async def test_a_session_cut_twice_gives_the_transcript_of_an_uncut_one(h):
         assert [e.text for e in summary.transcript] == [e.text for e in plain_summary.transcript]
         assert summary.sources["system"].audio_seconds == pytest.approx(6.0)
         assert await h.metric(url, "echopanel_resumes_total") == 2
+
+
+async def test_a_server_that_lost_the_session_continues_it_in_a_new_one(h, tmp_path):
+    config = h.fast_config(resume_window=10.0)
+    async with (
+        serve_in_background(config, asr=FakeAsrBackend()) as first,
+        serve_in_background(config, asr=FakeAsrBackend()) as second,
+        CuttingProxy(_port(first)) as proxy,
+    ):
+        bundle = SessionBundle(tmp_path)
+        events, summary, state = await _run(
+            proxy.url, proxy=proxy, cuts=1, recorder=bundle, switch_to=_port(second)
+        )
+        assert state == "idle" and summary is not None
+        gaps = [
+            e for e in events if isinstance(e, StatusEvent) and e.message.reason == "resume_gap"
+        ]
+        assert len(gaps) == 1
+        finals = [e.message for e in events if isinstance(e, FinalEvent)]
+        ids = [f.segment_id for f in finals]
+        assert len(ids) == len(set(ids))
+        first_part = [f for f in finals if "~" not in f.segment_id]
+        second_part = [f for f in finals if f.segment_id.endswith("~1")]
+        assert first_part and second_part  # both server sessions' finals
+        assert max(f.t1 for f in first_part) <= min(f.t0 for f in second_part) + 0.5
+        assert await h.metric(second, "echopanel_resumes_failed_total") == 1
+        path = bundle.paths[-1]
+        transcript = json.loads((path / "transcript.json").read_text())
+        kept = [f["segment_id"] for f in transcript["finals"]]
+        assert set(ids) <= set(kept)  # one transcript with both parts
+        assert len(transcript["gaps"]) == 1
+        receipt_events = (path / "events.ndjson").read_text()
+        assert "resume_token" not in receipt_events  # the credential is never stored

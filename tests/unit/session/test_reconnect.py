@@ -23,6 +23,7 @@ from echopanel.session import (
     EnterListening,
     ReportError,
     SendResume,
+    SendStart,
     StopRequested,
     TimerFired,
     TransportClosed,
@@ -155,12 +156,31 @@ def test_stop_while_reconnecting_ends_cleanly_with_what_was_received(drive):
     assert end.outcome == "completed" and not d.of(ReportError)
 
 
-def test_resume_unknown_ends_the_session_saying_so(drive):
+def test_resume_unknown_starts_a_new_server_session_and_marks_the_gap(drive):
     d = listening(drive)
+    d.server(final(1))
     lose(d)
     d.feed(TimerFired())
     d.feed(Connected(attempt_id=d.attempt, connection=1))
-    d.server(ErrorMessage(code=ErrorCode.RESUME_UNKNOWN, message="unknown"))
+    effects = d.server(ErrorMessage(code=ErrorCode.RESUME_UNKNOWN, message="unknown"))
+    assert d.m.state == "reconnecting" and CloseTransport(code=1001) in effects
+    (gap,) = [e.message for e in effects if isinstance(e, EmitMessage)]
+    assert isinstance(gap, StatusMessage) and gap.reason == "resume_gap"
+    d.feed(TimerFired())
+    (start,) = d.feed(Connected(attempt_id=d.attempt, connection=2))
+    assert isinstance(start, SendStart)
+    assert (start.message.session_id, start.message.attempt_id) == (d.m.session_id, d.attempt)
+    d.server(StatusMessage(state="streaming", resume_token="tok-9"))  # a new session's ACK
+    assert d.m.state == "listening" and d.m.resume_token == "tok-9"
+
+
+def test_resume_unknown_twice_in_one_outage_is_an_error(drive):
+    d = listening(drive)
+    lose(d)
+    for connection in (1, 2):
+        d.feed(TimerFired())
+        d.feed(Connected(attempt_id=d.attempt, connection=connection))
+        d.server(ErrorMessage(code=ErrorCode.RESUME_UNKNOWN, message="unknown"))
     assert d.m.state == "error" and d.of(ReportError)[0].code is ErrorCode.RESUME_UNKNOWN
 
 
