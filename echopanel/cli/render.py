@@ -185,7 +185,12 @@ class LiveView:
 
     def status_line(self) -> Text:
         line = Text()
-        style = {"listening": "bold green", "error": "bold red", "starting": "yellow"}.get(
+        style = {
+            "listening": "bold green",
+            "error": "bold red",
+            "starting": "yellow",
+            "reconnecting": "bold yellow",
+        }.get(
             self.state, "bold"
         )
         line.append(f"● {self.state}", style=style)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
@@ -11,12 +14,13 @@ import pytest
 from echopanel.client import Session
 from echopanel.client.bundle import SessionBundle
 from echopanel.client.events import FinalEvent, StateChanged, StatusEvent
-from echopanel.server import serve_in_background
+from echopanel.server import ServerConfig, serve_in_background
 from echopanel.session import SessionConfig
 from echopanel.testing import FakeCaptureFactory, FakePermissionGate, tone_frames
 from echopanel.testing.asr import FakeAsrBackend
 from echopanel.testing.proxy import CuttingProxy
 
+REPO = Path(__file__).resolve().parents[3]
 FRAMES = 300  # 6 s of audio in 20 ms frames, paced at real time
 
 
@@ -129,3 +133,65 @@ async def test_a_server_that_lost_the_session_continues_it_in_a_new_one(h, tmp_p
         assert len(transcript["gaps"]) == 1
         receipt_events = (path / "events.ndjson").read_text()
         assert "resume_token" not in receipt_events  # the credential is never stored
+
+
+async def _listen_cut_once(url: str, proxy: CuttingProxy, tmp_path, *, cut_on: str):
+    """``echopanel listen`` of the JFK sample through ``proxy``; one cut on the first ``cut_on``
+    event. Returns the exit code and the JSON lines."""
+    from importlib.resources import files
+
+    sample = files("echopanel.data").joinpath("jfk.flac")
+    command = [
+        sys.executable, "-m", "echopanel", "listen", "--url", proxy.url,
+        "--source", f"file:{sample}", "--json", "--bundle-dir", str(tmp_path),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    lines: list[dict[str, object]] = []
+    with (tmp_path / "stderr.txt").open("wb") as stderr:  # never a full pipe
+        async with await anyio.open_process(command, env=env, stderr=stderr) as process:
+            assert process.stdout is not None
+            buffer = b""
+            cut = False
+            with anyio.fail_after(60):
+                async for chunk in process.stdout:
+                    buffer += chunk
+                    *complete, buffer = buffer.split(b"\n")
+                    for raw in complete:
+                        if raw.strip():
+                            lines.append(json.loads(raw))
+                            if lines[-1]["event"] == cut_on and not cut:
+                                cut = True
+                                await proxy.cut()
+                code = await process.wait()
+    return code, lines
+
+
+async def test_listen_through_a_cut_shows_reconnecting_and_exits_0(h, tmp_path):
+    config = h.fast_config(resume_window=10.0)
+    async with (
+        serve_in_background(config, asr=FakeAsrBackend()) as url,
+        CuttingProxy(_port(url)) as proxy,
+    ):
+        code, lines = await _listen_cut_once(url, proxy, tmp_path, cut_on="final")
+        assert code == 0
+        states = [e["state"] for e in lines if e["event"] == "state"]
+        assert "reconnecting" in states
+        assert states[states.index("reconnecting") + 1] == "listening"
+        assert any(e["event"] == "summary" for e in lines)
+
+
+@pytest.mark.slow
+async def test_whisper_transcribes_the_phrase_across_a_cut(tmp_path):
+    config = ServerConfig(
+        asr="whisper", start_timeout=30, slot_timeout=30, flush_timeout=30, resume_window=30
+    )
+    async with (
+        serve_in_background(config, ready_timeout=180) as url,
+        CuttingProxy(_port(url)) as proxy,
+    ):
+        code, lines = await _listen_cut_once(url, proxy, tmp_path, cut_on="partial")
+        assert code == 0
+        states = [e["state"] for e in lines if e["event"] == "state"]
+        assert "reconnecting" in states
+        finals = " ".join(str(e["text"]) for e in lines if e["event"] == "final").lower()
+        assert "country" in finals, finals
