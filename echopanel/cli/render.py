@@ -190,9 +190,7 @@ class LiveView:
             "error": "bold red",
             "starting": "yellow",
             "reconnecting": "bold yellow",
-        }.get(
-            self.state, "bold"
-        )
+        }.get(self.state, "bold")
         line.append(f"● {self.state}", style=style)
         line.append(f"  {_fmt_clock(self.elapsed)}")
         if self.backlog is not None:

@@ -236,6 +236,7 @@ class _Attempt:
         self.seen_segments: set[str] = set()
         self.tries = 0  # reconnect tries in the current outage
         self.part = 0  # server sessions after the first (a server that lost the session)
+        self.lost_in: str | None = None  # the state the connection was lost in
         self.outage_end: float | None = None
 
     # ------------------------------------------------------------------ hooks
@@ -298,10 +299,14 @@ class _Attempt:
             and event.message.code is ErrorCode.SERVER_AT_CAPACITY
         )
 
+    def stopping(self, ed: EventData) -> bool:
+        return self.lost_in == FINALIZING
+
     def session_unknown(self, ed: EventData) -> bool:
         event = ed.kwargs["event"]
         return (
-            isinstance(event, MessageReceived)
+            self.lost_in != FINALIZING  # after stop a new server session has nothing to send
+            and isinstance(event, MessageReceived)
             and isinstance(event.message, ErrorMessage)
             and event.message.code is ErrorCode.RESUME_UNKNOWN
             and self.resume_token is not None
@@ -416,6 +421,8 @@ class _Attempt:
     def begin_reconnect(self, ed: EventData) -> None:
         """The connection is lost: close what is left of it and try again at once."""
         now: float = ed.kwargs["now"]
+        assert ed.transition is not None
+        self.lost_in = ed.transition.source
         self.tries = 0
         self.outage_end = now + self.config.reconnect_window
         self.effects.append(CloseTransport(code=1001))
@@ -473,11 +480,22 @@ class _Attempt:
             )
         )
 
+    def resume_finalizing(self, ed: EventData) -> None:
+        """Resumed after the stop: the summary follows; wait for it (the stop timeout)."""
+        event = ed.kwargs["event"]
+        assert isinstance(event, MessageReceived)
+        self.outage_end = None
+        self.tries = 0
+        self.lost_in = None
+        self.effects.append(EmitMessage(message=event.message))
+        self._arm("stop", self.config.stop_timeout, ed.kwargs["now"])
+
     def resume_listening(self, ed: EventData) -> None:
         event = ed.kwargs["event"]
         assert isinstance(event, MessageReceived)
         self.outage_end = None
         self.tries = 0
+        self.lost_in = None
         self.effects.append(EmitMessage(message=event.message))  # status: streaming, resumed
         self.enter_listening(ed)
 

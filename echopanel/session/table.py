@@ -169,7 +169,7 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
     # --- an abnormal loss while listening: reconnect and resume (bounded by the window)
     _row(
         "transport_closed",
-        LISTENING,
+        (LISTENING, FINALIZING),
         RECONNECTING,
         conditions=("can_reconnect",),
         after="begin_reconnect",
@@ -187,7 +187,10 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
     # the server no longer has the session: a new server session continues it (gap marked)
     _row("server_error", RECONNECTING, None, conditions=("session_unknown",), after="start_fresh"),
     _row("server_error", RECONNECTING, ERROR, after="fail"),  # resume_unknown, auth, …
+    # lost after stop: resumed for the summary
+    _row("ack", RECONNECTING, FINALIZING, conditions=("stopping",), after="resume_finalizing"),
     _row("ack", RECONNECTING, LISTENING, after="resume_listening"),
+    _row("summary", RECONNECTING, IDLE, after="complete"),
     _row("stop", RECONNECTING, IDLE, after="complete"),  # ends with what was received
     _row("transport_closed", _CONNECTED, ERROR, after="fail"),
     _row("timeout", STARTING_STATES, ERROR, after="fail"),

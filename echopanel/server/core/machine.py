@@ -207,6 +207,7 @@ class _Connection:
         self.resume_token = resume_token
         self.client_resumes = False  # the client announced client_features.resume
         self.parked_at: float | None = None
+        self.parked_from: str | None = None
         self.actions: list[Action] = []
         self.connection_id = connection_id
         self.session_id: str | None = None
@@ -308,6 +309,10 @@ class _Connection:
 
     def resumable(self, ed: EventData | None = None) -> bool:
         return bool(self.config.resume_window and self.resume_token and self.client_resumes)
+
+    def was_finalizing(self, ed: EventData) -> bool:
+        """Parked during a stop's flush: a resume goes back to finalizing, for the summary."""
+        return self.parked_from == "finalizing"
 
     def abnormal(self, ed: EventData) -> bool:
         event = ed.kwargs["event"]
@@ -630,6 +635,8 @@ class _Connection:
     def park(self, ed: EventData) -> None:
         now: float = ed.kwargs["now"]
         self.parked_at = now
+        assert ed.transition is not None
+        self.parked_from = ed.transition.source
         self.arm("resume", now + self.config.resume_window)
 
     def expire(self, ed: EventData) -> None:
@@ -690,7 +697,11 @@ class _Connection:
             resume_token=self.resume_token,
             audio_seconds=positions,
         )
-        self.arm_idle(now)
+        if self.parked_from == "finalizing":  # the flush goes on: the summary follows
+            self.arm("flush", now + self.config.flush_timeout)
+        else:
+            self.arm_idle(now)
+        self.parked_from = None
 
     # ------------------------------------------------------------------ stop
 

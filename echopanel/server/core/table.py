@@ -154,19 +154,29 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
     # --- an abnormal loss parks a resumable session (slot and streams held) for the window
     _row(
         "peer_gone",
-        STREAMING,
+        (STREAMING, FINALIZING),
         PARKED,
         conditions=("resumable", "abnormal"),
         after="park",
     ),
     _row(
         "resume_requested",
+        PARKED,
+        FINALIZING,
+        conditions=("token_matches", "was_finalizing"),
+        after="reattach",
+    ),
+    _row(
+        "resume_requested",
         (STREAMING, PARKED),
         STREAMING,
         conditions=("token_matches",),
+        unless=("was_finalizing",),
         after="reattach",
     ),
+    _row("asr_done", PARKED, None),  # a stop's flush goes on while parked
     _row("timeout", PARKED, CLOSED, after="expire"),
+    _row("asr_failed", PARKED, None, conditions=("was_finalizing",)),
     _row("asr_failed", PARKED, CLOSED, after="abandon"),
     _row("drain", PARKED, CLOSED, after="abandon"),
     # --- every path out releases what it holds

@@ -195,3 +195,39 @@ async def test_whisper_transcribes_the_phrase_across_a_cut(tmp_path):
         assert "reconnecting" in states
         finals = " ".join(str(e["text"]) for e in lines if e["event"] == "final").lower()
         assert "country" in finals, finals
+
+
+async def test_a_cut_after_stop_still_delivers_the_summary(h):
+    config = h.fast_config(resume_window=10.0, flush_timeout=5.0)
+    async with (
+        serve_in_background(config, asr=FakeAsrBackend(flush_delay=1.0)) as url,
+        CuttingProxy(_port(url)) as proxy,
+    ):
+        events: list[object] = []
+        finalizing = anyio.Event()
+
+        def on_event(event: object) -> None:
+            events.append(event)
+            if isinstance(event, StateChanged) and event.state == "finalizing":
+                finalizing.set()
+
+        session_config = SessionConfig(url=proxy.url, sources=("system",))
+        capture = FakeCaptureFactory(frames=tone_frames(100), interval=0.01, end=True)
+        async with Session(
+            session_config,
+            capture_factory=capture,
+            permission_gate=FakePermissionGate(),
+            on_event=on_event,
+        ) as session:
+            await session.start()
+            with anyio.fail_after(20):
+                await finalizing.wait()
+                await anyio.sleep(0.2)  # the stop is on its way; the flush takes 1 s
+                await proxy.cut()
+                await session.wait_closed()
+            assert session.state == "idle"
+            summary = session.summary
+        states = [e.state for e in events if isinstance(e, StateChanged)]
+        assert "reconnecting" in states
+        assert states[states.index("reconnecting") + 1] == "finalizing"
+        assert summary is not None and summary.sources["system"].audio_seconds == pytest.approx(2.0)

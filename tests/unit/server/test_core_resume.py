@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from echopanel.ports import AsrFinalUpdate
-from echopanel.protocol import AsrFinal, StatusMessage
+from echopanel.protocol import AsrFinal, FinalSummary, StatusMessage
 from echopanel.server.core import (
+    AsrDone,
     AsrOutput,
     Attach,
     Close,
@@ -174,3 +175,29 @@ def test_without_a_resume_the_rate_bound_is_unchanged(core):
     d.to_streaming()
     accepted = [a for _ in range(35) for a in d.audio(pcm=SECOND) if isinstance(a, FeedAudio)]
     assert len(accepted) == 10
+
+
+def test_a_loss_during_the_stop_flush_parks_and_the_resume_gets_the_summary(core):
+    d = resumable(core)
+    emit(d, 1)
+    d.stop()
+    assert d.s.phase == "finalizing"
+    d.feed(PeerGone(), at=2.0)
+    assert d.s.parked and not d.of(ReleaseSlot)
+    d.feed(AsrDone(source="system"))  # the flush finishes while nobody listens
+    assert d.s.parked
+    actions = d.feed(request(last="system-1"), at=3.0)
+    sent = [a.message for a in actions if isinstance(a, Send)]
+    assert isinstance(sent[0], StatusMessage) and sent[0].resumed
+    assert isinstance(sent[-1], FinalSummary) and d.closes() == [1000]
+    assert d.s.closed and d.of(ReleaseSlot)
+
+
+def test_a_resume_during_a_flush_that_is_not_done_waits_for_it_bounded(core):
+    d = resumable(core, flush_timeout=4.0)
+    d.stop()
+    d.feed(PeerGone(), at=1.0)
+    d.feed(request(), at=2.0)
+    assert d.s.phase == "finalizing" and d.s.timer == "flush" and d.s.deadline == 6.0
+    d.feed(AsrDone(source="system"), at=2.5)
+    assert d.closes() == [1000]

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from echopanel.errors import ErrorCode
-from echopanel.protocol.messages import AsrFinal, ErrorMessage, StatusMessage
+from echopanel.protocol.messages import AsrFinal, ErrorMessage, FinalSummary, StatusMessage
 from echopanel.session import (
     CloseTransport,
     Connect,
@@ -223,13 +223,13 @@ def test_every_final_reaches_the_app_once_in_order_or_the_error_says_so(drive, s
     produced: list[AsrFinal] = []  # what the server holds (it keeps every final)
     now = 0.0
     for step in steps:
-        if m.state not in ("listening", "reconnecting"):
+        if m.state not in ("listening", "reconnecting", "finalizing"):
             break
         if step == "final":
             produced.append(final(len(produced)))
-            if m.state == "listening":  # else the server keeps it for the resume
+            if m.state in ("listening", "finalizing"):  # else kept by the server for the resume
                 d.server(produced[-1])
-        elif step == "lose" and m.state == "listening":
+        elif step == "lose" and m.state in ("listening", "finalizing"):
             lose(d)
         elif step == "tick" and m.deadline is not None:
             now = max(now, m.deadline)
@@ -262,7 +262,7 @@ def test_every_final_reaches_the_app_once_in_order_or_the_error_says_so(drive, s
     assert delivered == sorted(delivered, key=lambda s: int(s[1:]))  # in order
     expected = [f.segment_id for f in produced]
     assert delivered == expected[: len(delivered)]  # nothing skipped
-    if m.state == "listening":  # connected: every final the server made has arrived
+    if m.state in ("listening", "finalizing"):  # connected: every final has arrived
         assert delivered == expected
     elif delivered != expected:  # missing ones: the session is still reconnecting, was
         assert m.state in ("reconnecting", "idle", "error")  # stopped by the user, or failed
@@ -271,3 +271,31 @@ def test_every_final_reaches_the_app_once_in_order_or_the_error_says_so(drive, s
                 ErrorCode.RECONNECT_FAILED,
                 ErrorCode.CONNECTION_LOST,
             )
+
+
+def test_a_loss_after_stop_resumes_for_the_summary(drive):
+    d = listening(drive)
+    d.server(final(1))
+    d.feed(StopRequested(), at=1.0)
+    lose(d, at=2.0)
+    assert d.m.state == "reconnecting"
+    d.feed(TimerFired(), at=2.0)
+    (resume,) = d.feed(Connected(attempt_id=d.attempt, connection=1))
+    assert isinstance(resume, SendResume)
+    effects = d.server(StatusMessage(state="streaming", resumed=True, resume_token="t2"))
+    assert d.m.state == "finalizing" and d.m.timer_name == "stop"
+    assert not any(isinstance(e, EnterListening) for e in effects)  # no audio after stop
+    d.server(FinalSummary(transcript=()))
+    assert d.m.state == "idle" and not d.of(ReportError)
+    (end,) = d.of(EndAttempt)
+    assert end.outcome == "completed" and end.summary is not None
+
+
+def test_resume_unknown_after_stop_ends_with_the_finals_received(drive):
+    d = listening(drive)
+    d.feed(StopRequested())
+    lose(d)
+    d.feed(TimerFired())
+    d.feed(Connected(attempt_id=d.attempt, connection=1))
+    d.server(ErrorMessage(code=ErrorCode.RESUME_UNKNOWN, message="unknown"))
+    assert d.m.state == "error" and d.of(ReportError)[0].code is ErrorCode.RESUME_UNKNOWN
