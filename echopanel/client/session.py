@@ -220,7 +220,7 @@ class Session:
 
     @property
     def state(self) -> str:
-        """``idle``, ``starting``, ``listening``, ``finalizing`` or ``error``."""
+        """``idle``, ``starting``, ``listening``, ``reconnecting``, ``finalizing`` or ``error``."""
         return self._machine.state
 
     @property

@@ -19,7 +19,8 @@ is ``None``. It never raises for any event in any state; a start while a session
 yields ``RejectStart`` and changes nothing.
 
 Timers: the machine keeps at most one deadline (the start timeout while starting, the stop
-timeout while finalizing); :attr:`SessionMachine.deadline` is the only source of truth and
+timeout while finalizing, the backoff or the try's bound while reconnecting — both capped by
+the end of the reconnect window); :attr:`SessionMachine.deadline` is the only source of truth and
 no effect announces it. The shell sleeps until it and feeds ``TimerFired`` with ``now``
 clamped up to the deadline it slept for (a timer may wake a little early, as aioquic's
 shell allows for); a ``TimerFired`` before the current deadline is dropped as early.
@@ -585,9 +586,11 @@ class _Attempt:
 class SessionMachine:
     """Pure, deterministic client session state machine (see the module docstring).
 
-    ``id_factory`` makes session and attempt ids (default: UUID4). ``state`` is the phase
-    (``idle``, ``starting``, ``listening``, ``finalizing``, ``error``), ``step`` the step
-    within ``starting`` and ``node`` the table's state name (``starting_capture`` …).
+    ``id_factory`` makes session and attempt ids (default: UUID4); ``jitter`` returns a
+    number in [0, 1) for the reconnect backoff (default: 0.5; the shell passes
+    ``random.random``). ``state`` is the phase (``idle``, ``starting``, ``listening``,
+    ``reconnecting``, ``finalizing``, ``error``), ``step`` the step within ``starting`` and
+    ``node`` the table's state name (``starting_capture`` …).
     """
 
     def __init__(
@@ -620,7 +623,7 @@ class SessionMachine:
 
     @property
     def state(self) -> str:
-        """The phase: ``idle``, ``starting``, ``listening``, ``finalizing`` or ``error``."""
+        """The phase: ``idle``, ``starting``, ``listening``, ``reconnecting``, ``finalizing``…"""
         return phase_of(self._model.state)
 
     @property
