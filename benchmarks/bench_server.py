@@ -4,6 +4,8 @@ Run from the repository root::
 
     python benchmarks/bench_server.py   # full run, ~3 min; writes benchmarks/results/server.json
     python benchmarks/bench_server.py --quick    # smoke run
+    python benchmarks/bench_server.py --asr whisper --sessions 1,4,8,16 \
+        --speech ../shared/data/speech               # real model: see bench_sessions.py
 
 The server runs in a subprocess (``uvicorn`` + the fake ASR, as ``echopanel serve --asr
 fake`` does); the clients are ``WebSocketTransport`` instances in this process, on the same
@@ -206,8 +208,39 @@ async def bench_capacity(server: Server, steps: list[int], seconds: float) -> di
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small numbers, for a smoke run")
-    parser.add_argument("--out", default="benchmarks/results/server.json")
+    parser.add_argument("--out", default=None, help="JSON results file")
+    parser.add_argument(
+        "--asr", choices=("fake", "whisper"), default="fake", help="whisper: bench_sessions.py"
+    )
+    parser.add_argument("--sessions", default="1,4,8,16", help="whisper: concurrent sessions")
+    parser.add_argument("--jfk", default="echopanel/data/jfk.flac", help="whisper: the clip")
+    parser.add_argument("--speech", help="whisper: ../shared/data/speech for natural speech")
+    parser.add_argument("--speech-sessions", type=int, default=4)
+    parser.add_argument("--threads", type=int, help="whisper: serve --threads")
+    parser.add_argument("--max-batch", type=int, help="whisper: serve --max-batch")
+    parser.add_argument("--compute-type", help="whisper: serve --compute-type")
+    parser.add_argument("--device", help="whisper: serve --device")
     args = parser.parse_args()
+    if args.asr == "whisper":
+        import bench_sessions
+
+        results_w = {
+            "machine": {
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "load_average_at_start": os.getloadavg(),
+            },
+            "command": " ".join(["python", *sys.argv]),
+            **bench_sessions.run(args),
+        }
+        out_w = Path(args.out or "benchmarks/results/server_whisper.json")
+        out_w.parent.mkdir(parents=True, exist_ok=True)
+        out_w.write_text(json.dumps(results_w, indent=2) + "\n")
+        print(json.dumps(results_w, indent=2))
+        print(f"written to {out_w}")
+        return 0
+    args.out = args.out or "benchmarks/results/server.json"
     sessions = 40 if args.quick else 200
     seconds = 3.0 if args.quick else 8.0
     free_steps = [4, 8] if args.quick else [8, 16, 32, 64, 128, 192, 256]

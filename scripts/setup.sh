@@ -5,11 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libportaudio2 libsndfile1 pulseaudio pulseaudio-utils espeak-ng sox; do
+for pkg in libportaudio2 libsndfile1 pulseaudio pulseaudio-utils espeak-ng sox openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # the load-balancer end-to-end test (tests/e2e/test_haproxy.py)
 dpkg -s haproxy >/dev/null 2>&1 || need+=(haproxy)
+# the browser tests (tests/browser): Playwright drives Debian's chromium, never downloads one
+dpkg -s chromium >/dev/null 2>&1 || need+=(chromium)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
   SUDO=""

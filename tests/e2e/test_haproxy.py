@@ -371,7 +371,6 @@ async def test_the_listen_cli_reaches_a_replica_through_haproxy_with_its_key(clu
             await anyio.sleep(0.05)
 
 
-@pytest.mark.xfail(strict=True, reason="needs drain from #10")
 async def test_sigterm_drains_a_replica_mid_session(cluster):
     await cluster.wait_status({"replica1": "UP", "replica2": "UP"})
     session = await open_session(cluster, "draining-meeting")

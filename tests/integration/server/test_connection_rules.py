@@ -136,12 +136,26 @@ async def test_final_summary_stays_under_the_bound(connect, h):
 
 
 async def test_a_connection_accepted_while_draining_is_drained_at_once(connect, h):
+    """Over the network a new upgrade is refused (HTTP 503, the request guard); a socket the
+    guard let in just before the drain began is drained at once by the connection."""
+    from httpx_ws.transport import ASGIWebSocketTransport
+
+    from echopanel.client.transport import WebSocketTransport
+    from echopanel.errors import TransportError
+
     config = h.fast_config()
     app = create_app(config, asr=FakeAsrBackend())
     async with serve_in_background(config, app=app) as url:
         server_state(app).draining = True
-        client = await connect(url)
-        assert (await client.recv())["state"] == "connected"
-        status = await client.recv()
-        assert status["state"] == "warning" and status["reason"] == "drain"
-        assert (await client.expect_close()).close_code == 1001
+        with pytest.raises(TransportError, match="HTTP 503"):
+            await connect(url)
+        # past the guard (its router, as for a socket admitted just before the flag was set)
+        async with httpx.AsyncClient(transport=ASGIWebSocketTransport(app.router)) as http:
+            transport = WebSocketTransport(client=http, ping_interval=None)
+            await transport.connect("http://localhost/ws/live-listener", {})
+            client = h.Client("mem", transport)
+            assert (await client.recv())["state"] == "connected"
+            status = await client.recv()
+            assert status["state"] == "warning" and status["reason"] == "drain"
+            assert (await client.expect_close()).close_code == 1001
+            await transport.aclose()

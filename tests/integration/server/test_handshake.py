@@ -75,8 +75,10 @@ async def test_health_needs_no_token_and_hides_it_metrics_needs_it(h):
             health = await http.get(f"{url}/health")
             assert health.status_code == 200 and "s3cret" not in health.text
             body = health.json()
-            assert body["status"] == "ok" and body["asr"]["name"] == "fake"
+            assert body["status"] == "ok" and body["ready"] is True and "asr" not in body
             assert body["sessions"] == {"active": 0, "max": 8, "available": 8}
+            detail = await http.get(f"{url}/health", headers={"authorization": "Bearer s3cret"})
+            assert detail.json()["asr"]["name"] == "fake" and "s3cret" not in detail.text
             assert (await http.get(f"{url}/metrics")).status_code == 401
             bad = await http.get(f"{url}/metrics", headers={"authorization": "Bearer x"})
             assert bad.status_code == 401

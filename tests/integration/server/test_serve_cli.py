@@ -49,7 +49,11 @@ def test_serve_starts_answers_health_and_exits_cleanly(sig):
     proc = _serve("--asr", "fake", "--port", str(port), env={"ECHOPANEL_TOKEN": "envtok"})
     try:
         health = _wait_health(f"http://127.0.0.1:{port}", proc)
-        assert health.json()["asr"]["name"] == "fake" and "envtok" not in health.text
+        assert "asr" not in health.json() and "envtok" not in health.text
+        detail = httpx.get(
+            f"http://127.0.0.1:{port}/health", headers={"authorization": "Bearer envtok"}
+        )
+        assert detail.json()["asr"]["name"] == "fake" and "envtok" not in detail.text
         metrics = httpx.get(
             f"http://127.0.0.1:{port}/metrics", headers={"authorization": "Bearer envtok"}
         )

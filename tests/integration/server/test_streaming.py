@@ -250,7 +250,7 @@ async def test_in_memory_asgi_complement(h):
     async with app.router.lifespan_context(app):  # noqa: SIM117
         async with httpx.AsyncClient(transport=ASGIWebSocketTransport(app)) as http:
             transport = WebSocketTransport(client=http, ping_interval=None)
-            await transport.connect("http://test/ws/live-listener", {})
+            await transport.connect("http://localhost/ws/live-listener", {})
             client = h.Client("mem", transport)
             assert (await client.recv())["state"] == "connected"
             await client.start()

@@ -38,19 +38,42 @@ async def test_whisper_server_transcribes_a_phrase_over_the_wire(connect):
     audio, rate = sf.read(FIXTURES / "weather.flac", dtype="int16")
     assert rate == 16000
     pcm = audio.tobytes()
-    config = ServerConfig(asr="whisper", start_timeout=30, slot_timeout=30, flush_timeout=30)
+    config = ServerConfig(
+        asr="whisper",
+        start_timeout=30,
+        slot_timeout=30,
+        flush_timeout=30,
+        threads=2,
+        max_batch=4,
+    )
     async with serve_in_background(config, ready_timeout=180) as url:
+        async with httpx.AsyncClient() as http:
+            asr = (await http.get(f"{url}/health")).json()["asr"]
+        assert (asr["device"], asr["cpu_threads"], asr["max_batch"]) == ("cpu", "2", "4")
+        assert asr["compute_type"].startswith("int8")  # what CTranslate2 chose for int8
         client = await connect(url)
         await client.recv()
         await client.start(sources=["mic"])
         await client.expect("status", state="streaming", limit=30)
-        step = 3200  # 100 ms frames at twice real time (within the 2 s ingest budget)
+        step = 3200  # 100 ms frames at real-time pace, as a live client sends them
         for i in range(0, len(pcm), step):
             await client.t.send_bytes(encode_audio_frame("mic", pcm[i : i + step]))
             await anyio.sleep(0.05)
         await client.send({"type": "stop", "session_id": "s1"})
         summary = await client.expect("final_summary", limit=60)
         assert (await client.expect_close()).close_code == 1000
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"{url}/metrics")).text
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in metrics.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["echopanel_asr_decodes_total"] >= 2  # partials and the final
+    assert values["echopanel_asr_batch_size_count"] >= 1
+    assert (
+        values["echopanel_asr_queue_wait_seconds_count"] >= values["echopanel_asr_batch_size_count"]
+    )
     finals = [m for m in client.received if m["type"] == "asr_final"]
     text = " ".join(f["text"] for f in finals).lower()
     assert "weather" in text and "sunny" in text

@@ -1,0 +1,511 @@
+"""The decode engine's executor: one thread that runs batches of decodes on one model.
+
+How a decode runs
+-----------------
+A caller (a stream's worker thread) calls :meth:`DecodeEngine.transcribe` with the audio and
+faster-whisper ``transcribe`` options. The request waits in the pure
+:class:`~echopanel.asr.engine.scheduler.DecodeScheduler` until the engine thread admits it
+into a *round* (a batch chosen by urgency and length). The admitted caller then runs
+faster-whisper's own ``transcribe`` in its own thread, on a per-request view of the model
+whose CTranslate2 calls (``encode``, ``generate``, ``align``) are not executed there but
+handed to the engine. The engine waits until every member of the round is blocked on a
+model call (or done), groups the calls that can run as one batch (same kind, same shapes and
+shared options) and runs each group as a single CTranslate2 call, then hands each member its
+share of the result. So a batched decode takes exactly faster-whisper's path (prompting,
+temperature fallback, seek windows, word alignment and its timing heuristics); only the
+model calls are batched:
+
+* ``encode``: the members' mel windows are stacked (every member of a round encodes the
+  round's padded window: ``Batch.frames``).
+* ``generate``: the members' prompts and encoder outputs go in one call; ``max_length`` is the
+  largest member's, and a member that could have been cut by its own smaller limit is
+  re-run alone with its own limit (exact result).
+* ``align``: every member's text tokens in one call, each with its own frame count.
+
+Time is attributed honestly: each batched call's wall time is split equally among the items
+in it, plus the CPU time of the member's own thread (features, tokenizer, post-processing).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+
+from echopanel.asr.engine.scheduler import (
+    DecodeRequest,
+    DecodeScheduler,
+    SchedulerConfig,
+    partial_stretch,
+)
+from echopanel.asr.engine.stats import EngineStats
+
+__all__ = [
+    "DecodeCancelled",
+    "DecodeEngine",
+    "EngineClosed",
+    "engine_model_class",
+    "prompt_bucket",
+]
+
+log = logging.getLogger("echopanel.asr.engine")
+
+#: transcribe options that differ per request without changing the batched model calls.
+_PER_REQUEST_OPTIONS = frozenset({"initial_prompt", "prefix", "max_new_tokens", "hotwords"})
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed while a decode waited."""
+
+
+class DecodeCancelled(RuntimeError):
+    """The requesting stream was cancelled while its decode waited."""
+
+
+def _freeze(value: Any) -> Hashable:
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, np.ndarray):
+        return (value.shape, value.tobytes())
+    return value  # type: ignore[no-any-return]
+
+
+def prompt_bucket(tokens: list[int], *, step: int = 16, limit: int = 48) -> list[int]:
+    """The last tokens of a decoding prompt, cut to a multiple of ``step`` (at most ``limit``).
+
+    Prompts of equal length batch together (see :func:`_call_key`); cutting the oldest few
+    tokens of the context makes the streams' prompts share a handful of lengths. Prompts
+    shorter than ``step`` are kept whole.
+    """
+    if len(tokens) < step:
+        return list(tokens)
+    keep = min(limit, len(tokens) // step * step)
+    return list(tokens[-keep:])
+
+
+def engine_model_class() -> Any:
+    """faster-whisper's ``WhisperModel`` with a trimmed encoder window and engine hooks.
+
+    ``encode_frames`` runs the encoder on that many mel frames instead of Whisper's 30 s
+    (whisper.cpp's "audio_ctx"); None means 30 s. On a per-request view (see
+    :meth:`DecodeEngine.transcribe`) ``encode`` hands the window to the engine.
+    """
+    from faster_whisper import WhisperModel
+
+    class EngineWhisperModel(WhisperModel):  # type: ignore[misc]
+        encode_frames: int | None = None
+        engine_job: _Job | None = None
+
+        def encode(self, features: Any) -> Any:
+            if self.encode_frames is not None:
+                features = features[..., : self.encode_frames]
+            job = self.engine_job
+            if job is None:
+                return super().encode(features)
+            if features.ndim == 2:
+                features = features[None]
+            return job.call("encode", np.ascontiguousarray(features, dtype=np.float32))
+
+    return EngineWhisperModel
+
+
+@attrs.define(eq=False)
+class _Call:
+    """One model call of one member, waiting for the engine."""
+
+    kind: str
+    key: Hashable
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    done: threading.Event = attrs.Factory(threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+@attrs.define(eq=False)
+class _Job:
+    """One decode request and its member thread's state in a round."""
+
+    engine: DecodeEngine
+    request: DecodeRequest
+    admitted: threading.Event = attrs.Factory(threading.Event)
+    frames: int = 0
+    call_pending: _Call | None = None
+    finished: bool = False
+    attributed: float = 0.0
+    error: BaseException | None = None
+
+    def call(self, kind: str, *args: Any, **kwargs: Any) -> Any:
+        """Hand a model call to the engine and wait for its result (member thread)."""
+        return self.engine._call(self, kind, args, kwargs)
+
+
+class _ModelProxy:
+    """Stands in for the CTranslate2 model inside a per-request view."""
+
+    def __init__(self, job: _Job, real: Any) -> None:
+        self._job = job
+        self._real = real
+
+    def generate(self, features: Any, prompts: list[list[int]], **kwargs: Any) -> Any:
+        return self._job.call("generate", features, prompts, **kwargs)
+
+    def align(
+        self,
+        features: Any,
+        start_sequence: list[int],
+        text_tokens: list[list[int]],
+        num_frames: int | list[int],
+        **kwargs: Any,
+    ) -> Any:
+        return self._job.call("align", features, start_sequence, text_tokens, num_frames, **kwargs)
+
+    def detect_language(self, features: Any, **kwargs: Any) -> Any:
+        return self._job.call("detect_language", features, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class DecodeEngine:
+    """Batched decoding on one faster-whisper model for every stream of the process.
+
+    ``model`` is an instance of :func:`engine_model_class`. One daemon thread runs the
+    rounds; :meth:`transcribe` may be called from any number of threads.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        config: SchedulerConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._model = model
+        self._ct2 = model.model
+        self._to_cpu = getattr(self._ct2, "device", "cpu") == "cuda"
+        self._clock = clock
+        self._sot = int(model.hf_tokenizer.token_to_id("<|startoftranscript|>"))
+        self.scheduler = DecodeScheduler(config)
+        self.stats = EngineStats()
+        self._cond = threading.Condition()
+        self._jobs: dict[int, _Job] = {}
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="echopanel-decode", daemon=True)
+        self._thread.start()
+
+    @property
+    def config(self) -> SchedulerConfig:
+        return self.scheduler.config
+
+    def now(self) -> float:
+        return self._clock()
+
+    def busy_fraction(self) -> float:
+        """Share of the last 3 s the engine spent in model calls (0..1)."""
+        with self._cond:
+            return min(1.0, self.stats.busy.rate(self._clock()))
+
+    def partial_stretch(self) -> float:
+        """Factor on the streams' partial decode interval now (see :func:`partial_stretch`)."""
+        return partial_stretch(self.busy_fraction())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for /metrics (copied under the lock)."""
+        with self._cond:
+            s = self.stats
+            return {
+                "batch_size": s.batch_size.snapshot(),
+                "queue_wait": s.queue_wait.snapshot(),
+                "decodes_per_second": s.decodes.rate(self._clock()),
+                "decodes_total": s.decodes_total,
+                "finals_total": s.finals_total,
+                "preemptions": s.preemptions,
+                "batches_total": s.batches_total,
+                "waiting": len(self.scheduler),
+                "busy_fraction": min(1.0, s.busy.rate(self._clock())),
+            }
+
+    # ------------------------------------------------------------------ callers
+
+    def transcribe(
+        self,
+        audio: npt.NDArray[np.float32],
+        *,
+        stream: str,
+        final: bool,
+        frames: int,
+        stale_since: float | None = None,
+        options: Mapping[str, Any],
+    ) -> tuple[list[Any], float]:
+        """Decode ``audio`` as ``WhisperModel.transcribe(audio, **options)`` would.
+
+        Blocks until done. Returns the segments and the seconds attributed to this decode.
+        ``frames`` is the encoder window this request needs (the round may pad it).
+        """
+        group = tuple(
+            sorted((k, _freeze(v)) for k, v in options.items() if k not in _PER_REQUEST_OPTIONS)
+        )
+        with self._cond:
+            if self._closed:
+                raise EngineClosed("the decode engine is closed")
+            request = DecodeRequest(
+                id=next(self._ids),
+                stream=stream,
+                final=final,
+                frames=max(1, frames),
+                group=group,
+                submitted=self._clock(),
+                stale_since=stale_since,
+            )
+            job = _Job(self, request)
+            self._jobs[request.id] = job
+            self.scheduler.submit(request)
+            self._cond.notify_all()
+        job.admitted.wait()
+        if job.error is not None:
+            raise job.error
+        view = copy.copy(self._model)
+        view.model = _ModelProxy(job, self._ct2)
+        view.encode_frames = job.frames
+        view.engine_job = job
+        started = time.thread_time()
+        try:
+            segments, _info = view.transcribe(audio, **options)
+            out = list(segments)
+        finally:
+            own = time.thread_time() - started
+            with self._cond:
+                job.finished = True
+                self.stats.decodes_total += 1
+                self.stats.decodes.add(self._clock())
+                self._cond.notify_all()
+        return out, job.attributed + own
+
+    def _call(self, job: _Job, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = _Call(kind, _call_key(kind, args, kwargs, self._sot), args, kwargs)
+        with self._cond:
+            job.call_pending = call
+            self._cond.notify_all()
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def cancel_stream(self, stream: str) -> int:
+        """Drop the waiting decodes of ``stream`` (it went away); they raise
+        :class:`DecodeCancelled` in their callers. Returns how many were dropped."""
+        dropped = 0
+        with self._cond:
+            for job in list(self._jobs.values()):
+                if job.request.stream == stream and self.scheduler.cancel(job.request.id):
+                    del self._jobs[job.request.id]
+                    job.error = DecodeCancelled(f"stream {stream} was cancelled")
+                    job.admitted.set()
+                    dropped += 1
+        return dropped
+
+    def close(self) -> None:
+        """Stop the engine thread; waiting decodes fail with :class:`EngineClosed`."""
+        with self._cond:
+            self._closed = True
+            for job in self._jobs.values():
+                if not job.admitted.is_set():
+                    job.error = EngineClosed("the decode engine is closed")
+                    job.admitted.set()
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=10)
+
+    # ------------------------------------------------------------------ engine thread
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or len(self.scheduler) > 0)
+                if self._closed:
+                    return
+                jobs = self._admit(urgent_only=False)
+                if not jobs:  # lingering: until the deadline or the next submission
+                    deadline = self.scheduler.deadline
+                    wait = 0.01 if deadline is None else deadline - self._clock()
+                    self._cond.wait(timeout=max(0.001, wait))
+                    continue
+            try:
+                self._round(jobs, nested=False)
+            except Exception:  # never lose the engine thread
+                log.exception("decode engine round failed")
+            with self._cond:
+                self.scheduler.round_done(self._clock())
+
+    def _admit(self, *, urgent_only: bool) -> list[_Job]:
+        """Take the scheduler's next batch and let its members start (under the lock)."""
+        now = self._clock()
+        batch = self.scheduler.next_batch(now, urgent_only=urgent_only)
+        if batch is None:
+            return []
+        jobs = [self._jobs.pop(i) for i in batch.ids]
+        self.stats.batch_size.observe(len(jobs))
+        self.stats.batches_total += 1
+        for job in jobs:
+            self.stats.queue_wait.observe(now - job.request.submitted)
+            self.stats.finals_total += job.request.final
+            job.frames = batch.frames
+            job.admitted.set()
+        return jobs
+
+    def _round(self, jobs: list[_Job], *, nested: bool) -> None:
+        """Run the model calls of the admitted members until every member is done.
+
+        Between two steps of a round of partials, finals that arrived meanwhile run as a
+        round of their own first (the partials' members just wait a little longer), so a
+        final waits for at most one batched call of partials, not for their whole round.
+        """
+        while True:
+            if not nested:
+                with self._cond:
+                    urgent = self._admit(urgent_only=True)
+                if urgent:
+                    self.stats.preemptions += 1
+                    self._round(urgent, nested=True)
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: all(j.finished or j.call_pending is not None for j in jobs)
+                )
+                waiting = [j for j in jobs if not j.finished]
+                if not waiting:
+                    return
+                calls = [(j, j.call_pending) for j in waiting]
+                for j in waiting:
+                    j.call_pending = None
+            groups: dict[tuple[str, Hashable], list[tuple[_Job, _Call]]] = {}
+            for job, call in calls:
+                assert call is not None
+                groups.setdefault((call.kind, call.key), []).append((job, call))
+            for (kind, _key), members in groups.items():
+                self._execute(kind, members)
+
+    def _execute(self, kind: str, members: list[tuple[_Job, _Call]]) -> None:
+        started = time.perf_counter()
+        try:
+            if kind == "encode":
+                results = self._encode([c for _, c in members])
+            elif kind == "generate":
+                results = self._generate(members)
+            elif kind == "align":
+                results = self._align([c for _, c in members])
+            else:
+                results = [self._direct(c) for _, c in members]
+            for (_, call), result in zip(members, results, strict=True):
+                call.result = result
+        except Exception as exc:
+            for _, call in members:
+                call.error = exc
+        elapsed = time.perf_counter() - started
+        with self._cond:
+            self.stats.busy_seconds += elapsed
+            self.stats.busy.add(self._clock(), elapsed)
+        share = elapsed / len(members)
+        for job, call in members:
+            job.attributed += share
+            call.done.set()
+
+    # ------------------------------------------------------------------ batched calls
+
+    def _storage(self, arrays: list[npt.NDArray[np.float32]]) -> Any:
+        import ctranslate2
+
+        stacked = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+        return ctranslate2.StorageView.from_array(np.ascontiguousarray(stacked))
+
+    def _encode(self, calls: list[_Call]) -> list[Any]:
+        features = [c.args[0] for c in calls]
+        storage = self._storage(features)
+        out = self._ct2.encode(storage, to_cpu=self._to_cpu)
+        encoded = np.array(out)
+        return [encoded[i : i + 1] for i in range(len(calls))]
+
+    def _generate(self, members: list[tuple[_Job, _Call]]) -> list[Any]:
+        calls = [c for _, c in members]
+        prompts: list[list[int]] = []
+        for c in calls:
+            prompts.extend(c.args[1])
+        limits = [int(c.kwargs.get("max_length", 448)) for c in calls]
+        kwargs = dict(calls[0].kwargs)
+        kwargs["max_length"] = max(limits)
+        storage = self._storage([c.args[0] for c in calls])
+        results = self._ct2.generate(storage, prompts, **kwargs)
+        out: list[Any] = []
+        for (job, call), limit, result in zip(members, limits, results, strict=True):
+            if len(calls) > 1 and limit < kwargs["max_length"]:
+                # CTranslate2 stops a Whisper decode after at least (max_length - prompt) / 2
+                # new tokens (measured: about max_length / 2 for short prompts). A member that
+                # generated fewer than that under its own limit ended by itself and is exact;
+                # otherwise the batch's larger limit may have let it run on: re-run it alone.
+                longest = max(len(seq) for seq in result.sequences_ids)
+                if longest >= (limit - len(call.args[1][0])) // 2 - 1:
+                    started = time.perf_counter()
+                    result = self._ct2.generate(
+                        self._storage([call.args[0]]), call.args[1], **call.kwargs
+                    )[0]
+                    job.attributed += time.perf_counter() - started
+            out.append([result])
+        return out
+
+    def _align(self, calls: list[_Call]) -> list[Any]:
+        features: list[npt.NDArray[np.float32]] = []
+        tokens: list[list[int]] = []
+        frames: list[int] = []
+        counts: list[int] = []
+        for c in calls:
+            enc, _start, text_tokens, num_frames = c.args
+            n = len(text_tokens)
+            counts.append(n)
+            features.extend([enc] * n)
+            tokens.extend(text_tokens)
+            frames.extend(num_frames if isinstance(num_frames, list) else [num_frames] * n)
+        if not tokens:
+            return [[] for _ in calls]
+        results = self._ct2.align(
+            self._storage(features), calls[0].args[1], tokens, frames, **calls[0].kwargs
+        )
+        out: list[Any] = []
+        pos = 0
+        for n in counts:
+            out.append(results[pos : pos + n])
+            pos += n
+        return out
+
+    def _direct(self, call: _Call) -> Any:
+        method = getattr(self._ct2, call.kind)
+        return method(self._storage([call.args[0]]), *call.args[1:], **call.kwargs)
+
+
+def _call_key(kind: str, args: tuple[Any, ...], kwargs: dict[str, Any], sot: int) -> Hashable:
+    """Calls with equal keys run as one batched call.
+
+    CTranslate2 batches ``generate`` prompts only when <|startoftranscript|> sits at the same
+    position in each (the previous-text part must have the same length), hence that position
+    in the key; :func:`prompt_bucket` makes most streams' prompts the same length.
+    """
+    if kind == "encode":
+        return tuple(args[0].shape[1:])
+    if kind == "generate":
+        shape = tuple(args[0].shape[1:])
+        rest = tuple(sorted((k, _freeze(v)) for k, v in kwargs.items() if k != "max_length"))
+        sot_at = tuple(p.index(sot) if sot in p else -1 for p in args[1])
+        return (shape, sot_at, rest)
+    if kind == "align":
+        return (tuple(args[0].shape[1:]), tuple(args[1]), _freeze(kwargs))
+    return object()  # never batched

@@ -1,0 +1,377 @@
+"""The decode engine with the real tiny.en model: batched decodes equal faster-whisper's.
+
+Several decodes are submitted at once from threads, so the engine runs them as batches; each
+result is compared with ``WhisperModel.transcribe`` run alone with the same options and the
+same encoder window. Natural speech from ``../shared/data/speech`` is used when present.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from echopanel.asr.whisper import default_model_path
+
+executor = pytest.importorskip("echopanel.asr.engine.executor")
+
+pytestmark = pytest.mark.slow
+
+DATA = Path(__file__).parents[3] / "echopanel" / "data"
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "audio"
+SPEECH = Path("/work/shared/data/speech")
+
+OPTIONS: dict[str, Any] = dict(
+    language="en",
+    beam_size=1,
+    best_of=1,
+    temperature=0.0,
+    condition_on_previous_text=False,
+    word_timestamps=True,
+    vad_filter=False,
+    compression_ratio_threshold=None,
+    log_prob_threshold=None,
+    no_speech_threshold=None,
+)
+
+
+def load(path: Path) -> npt.NDArray[np.float32]:
+    from faster_whisper import decode_audio
+
+    return np.asarray(decode_audio(str(path), sampling_rate=16000), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    return executor.engine_model_class()(
+        str(default_model_path()),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=2,
+        local_files_only=True,
+    )
+
+
+@pytest.fixture
+def engine(model: Any) -> Iterator[Any]:
+    eng = executor.DecodeEngine(model)
+    yield eng
+    eng.close()
+
+
+def reference(model: Any, audio: npt.NDArray[np.float32], frames: int, **options: Any) -> list[Any]:
+    model.encode_frames = frames
+    try:
+        segments, _ = model.transcribe(audio, **options)
+        return list(segments)
+    finally:
+        model.encode_frames = None
+
+
+def concurrently(
+    engine: Any, jobs: list[tuple[npt.NDArray[np.float32], int, dict[str, Any]]]
+) -> list[Any]:
+    out: list[Any] = [None] * len(jobs)
+    errors: list[BaseException] = []
+    gate = threading.Barrier(len(jobs))
+
+    def run(i: int) -> None:
+        audio, frames, options = jobs[i]
+        gate.wait(timeout=30)
+        try:
+            out[i] = engine.transcribe(
+                audio, stream=f"s{i}", final=False, frames=frames, options=options
+            )
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    return out
+
+
+def words(segments: list[Any]) -> list[Any]:
+    return [w for s in segments for w in s.words]
+
+
+def assert_same(got: list[Any], want: list[Any]) -> None:
+    """Same text and segmentation; times and scores equal up to batched-GEMM rounding."""
+    assert [s.text for s in got] == [s.text for s in want]
+    for a, b in zip(words(got), words(want), strict=True):
+        assert a.word == b.word
+        assert a.start == pytest.approx(b.start, abs=0.021)
+        assert a.end == pytest.approx(b.end, abs=0.021)
+        assert a.probability == pytest.approx(b.probability, abs=0.03)
+    for a, b in zip(got, want, strict=True):
+        assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=0.02)
+        assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=0.02)
+
+
+def clips() -> list[npt.NDArray[np.float32]]:
+    jfk = load(DATA / "jfk.flac")
+    out = [jfk[: 16000 * n] for n in (3, 6, 9)] + [jfk]
+    out += [load(FIXTURES / f"{name}.flac") for name in ("meeting", "weather")]
+    if SPEECH.is_dir():
+        out += [load(SPEECH / "1988-24833-0001.flac"), load(SPEECH / "1272-141231-0002.flac")]
+    return out
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"beam_size": 5},
+        {"initial_prompt": "And so my fellow Americans,"},
+    ],
+    ids=["greedy", "beam5", "prompt"],
+)
+def test_batched_decodes_equal_transcribe_alone(
+    model: Any, engine: Any, extra: dict[str, Any]
+) -> None:
+    audios = clips()
+    frames = 1800  # one window for all: the round's padded window
+    options = {**OPTIONS, **extra}
+    expected = [reference(model, a, frames, **options) for a in audios]
+    results = concurrently(engine, [(a, frames, options) for a in audios])
+    for want, (got, seconds) in zip(expected, results, strict=True):
+        assert_same(got, want)
+        assert seconds > 0
+    snap = engine.snapshot()
+    assert snap["decodes_total"] == len(audios)
+    assert snap["batch_size"].total > snap["batch_size"].count  # some batch held > 1 decode
+
+
+def test_prompts_of_different_lengths_in_one_round(model: Any, engine: Any) -> None:
+    """Streams prompt with their own recent text; lengths differ (CTranslate2 batches only
+    prompts whose start-of-transcript token sits at the same position)."""
+    audios = clips()[:4]
+    prompts = [None, "And so", "And so my fellow Americans,", "Ask not what your country can do"]
+    jobs = [
+        (a, 1300, {**OPTIONS, "initial_prompt": p}) for a, p in zip(audios, prompts, strict=True)
+    ]
+    jobs += [(a, 1300, {**OPTIONS, "initial_prompt": "And so"}) for a in audios[:2]]
+    expected = [reference(model, a, f, **o) for a, f, o in jobs]
+    results = concurrently(engine, jobs)
+    for want, (got, _) in zip(expected, results, strict=True):
+        assert_same(got, want)
+
+
+def test_prompt_bucket_keeps_the_newest_tokens() -> None:
+    assert executor.prompt_bucket(list(range(10))) == list(range(10))
+    assert executor.prompt_bucket(list(range(40))) == list(range(8, 40))
+    assert executor.prompt_bucket(list(range(100))) == list(range(52, 100))
+
+
+def test_per_request_token_limits_in_one_batch(model: Any, engine: Any) -> None:
+    """Requests with different ``max_new_tokens`` share a generate call, results stay exact."""
+    audios = clips()[:4]
+    frames = 1300
+    jobs = []
+    for i, a in enumerate(audios):
+        jobs.append((a, frames, {**OPTIONS, "max_new_tokens": 4 + 6 * i}))
+    expected = [reference(model, a, f, **o) for a, f, o in jobs]
+    results = concurrently(engine, jobs)
+    for want, (got, _) in zip(expected, results, strict=True):
+        assert_same(got, want)
+    sizes = engine.snapshot()["batch_size"]
+    assert sizes.total > sizes.count  # the limits really met in one batch
+
+
+def test_windows_of_different_lengths_are_padded_to_the_round(model: Any, engine: Any) -> None:
+    """Members asking for different encoder windows run in one round on the longest."""
+    jfk = load(DATA / "jfk.flac")
+    jobs = [(jfk[: 16000 * 4], 1000, OPTIONS), (jfk, 1300, OPTIONS)]
+    results = concurrently(engine, jobs)
+    texts = ["".join(s.text for s in got) for got, _ in results]
+    assert "fellow Americans" in texts[0] and "country" in texts[1]
+
+
+def test_a_failing_decode_fails_alone_and_the_engine_goes_on(engine: Any) -> None:
+    jfk = load(DATA / "jfk.flac")
+    with pytest.raises(Exception):  # noqa: B017 - faster-whisper's own validation error
+        engine.transcribe(jfk, stream="bad", final=True, frames=1300,
+                          options={**OPTIONS, "max_new_tokens": 10_000})  # fmt: skip
+    got, _ = engine.transcribe(jfk, stream="ok", final=True, frames=1300, options=OPTIONS)
+    assert "country" in "".join(s.text for s in got)
+    assert engine.snapshot()["finals_total"] == 2
+
+
+def test_closing_the_engine_fails_waiting_decodes(model: Any) -> None:
+    eng = executor.DecodeEngine(model)
+    eng.close()
+    with pytest.raises(executor.EngineClosed):
+        eng.transcribe(np.zeros(16000, np.float32), stream="s", final=False, frames=1000,
+                       options=OPTIONS)  # fmt: skip
+
+
+async def test_backend_streams_mark_finals_and_attribute_time() -> None:
+    """Through WhisperBackend: endpoint decodes reach the engine as finals; RTF is attributed."""
+    from echopanel.asr.whisper import WhisperBackend
+
+    backend = WhisperBackend(max_batch=4)
+    await backend.load()
+    try:
+        engine = backend.engine
+        assert engine is not None and engine.config.max_batch == 4
+        before = engine.snapshot()
+        streams = [backend.open_stream("system"), backend.open_stream("mic")]
+        pcm = (load(FIXTURES / "weather.flac") * 32767).astype("<i2").tobytes()
+        pcm += bytes(32000)  # 1 s of silence: an endpoint
+
+        async def run(i: int) -> None:
+            for k in range(0, len(pcm), 3200):
+                await streams[i].feed(pcm[k : k + 3200])
+            await streams[i].flush()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, 0)
+            tg.start_soon(run, 1)
+        after = engine.snapshot()
+        assert after["finals_total"] - before["finals_total"] >= 2
+        assert after["decodes_total"] - before["decodes_total"] > 4
+        for s in streams:
+            assert 0 < s.inference_seconds < 60
+            await s.aclose()
+    finally:
+        await backend.aclose()
+
+
+async def test_a_busy_engine_stretches_the_partial_cadence() -> None:
+    from echopanel.asr.whisper import WhisperBackend
+    from echopanel.ports import AsrTuning
+
+    backend = WhisperBackend()
+    await backend.load()
+    try:
+        engine = backend.engine
+        assert engine is not None
+        stream = backend.open_stream("mic")
+        stream.tune(AsrTuning(decode_interval=0.5))
+        speech = (load(DATA / "jfk.flac")[:32000] * 32767).astype("<i2").tobytes()
+        updates = await stream.feed(speech)  # 2 s of speech: a first partial
+        assert any(u.kind == "partial" for u in updates)
+        assert stream.policy.config.decode_interval == 0.5  # idle engine
+        engine.stats.busy.add(engine.now(), 3.0)  # 3 s of model calls in the last 3 s
+        await stream.feed(bytes(3200))
+        assert stream.policy.config.decode_interval == pytest.approx(1.5)
+        stream.tune(AsrTuning(decode_interval=1.0))  # the ladder's level 1 on top
+        await stream.feed(bytes(3200))
+        assert stream.policy.config.decode_interval == pytest.approx(3.0)
+        fresh = backend.open_stream("system")  # no partial shown yet: first partial on time
+        await fresh.feed(bytes(3200))
+        assert fresh.policy.config.decode_interval == 0.5
+        await stream.aclose()
+        await fresh.aclose()
+    finally:
+        await backend.aclose()
+
+
+async def test_a_cancelled_stream_drops_its_decodes() -> None:
+    """A session that goes away (flush timeout, disconnect) leaves no decode behind."""
+    from echopanel.asr.whisper import WhisperBackend
+    from echopanel.errors import AsrError
+
+    backend = WhisperBackend()
+    await backend.load()
+    try:
+        engine = backend.engine
+        assert engine is not None
+        streams = [backend.open_stream("system") for _ in range(4)]
+        pcm = (load(DATA / "jfk.flac") * 32767).astype("<i2").tobytes()
+        with anyio.move_on_after(0.05):
+            async with anyio.create_task_group() as tg:
+                for s in streams:
+                    tg.start_soon(s.feed, pcm)
+        for s in streams:
+            with pytest.raises(AsrError, match="closed"):
+                await s.feed(pcm[:3200])
+        for _ in range(300):  # the abandoned threads end; nothing stays queued
+            if engine.snapshot()["waiting"] == 0:
+                break
+            await anyio.sleep(0.1)
+        assert engine.snapshot()["waiting"] == 0
+    finally:
+        await backend.aclose()
+
+
+def test_cancel_stream_fails_only_that_streams_waiting_decode(model: Any) -> None:
+    eng = executor.DecodeEngine(model)
+    try:
+        jfk = load(DATA / "jfk.flac")
+        errors: dict[str, BaseException] = {}
+        done: dict[str, Any] = {}
+
+        def run(name: str) -> None:
+            try:
+                done[name] = eng.transcribe(
+                    jfk, stream=name, final=False, frames=1300, options=OPTIONS
+                )
+            except BaseException as exc:
+                errors[name] = exc
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b", "c")]
+        for t in threads:
+            t.start()
+        dropped = 0
+        for _ in range(200):  # cancel "c" while it waits behind the first round
+            dropped = eng.cancel_stream("c")
+            if dropped or "c" in done:
+                break
+            threading.Event().wait(0.005)
+        for t in threads:
+            t.join(timeout=120)
+        assert "a" in done and "b" in done
+        if dropped:
+            assert isinstance(errors["c"], executor.DecodeCancelled)
+        else:
+            assert "c" in done  # it was already admitted: it completes
+    finally:
+        eng.close()
+
+
+def test_a_final_arriving_mid_round_runs_between_its_steps(model: Any, engine: Any) -> None:
+    """Finals do not wait for a whole round of partials; both stay exact."""
+    audios = clips()[:4]
+    frames = 1300
+    beam5 = {**OPTIONS, "beam_size": 5}  # slow partials: a long round
+    expected_partials = [reference(model, a, frames, **beam5) for a in audios]
+    expected_final = reference(model, audios[3], frames, **OPTIONS)
+    results: dict[str, Any] = {}
+    order: list[str] = []
+
+    def run(name: str, audio: Any, options: dict[str, Any], final: bool) -> None:
+        results[name] = engine.transcribe(
+            audio, stream=name, final=final, frames=frames, options=options
+        )
+        order.append(name)
+
+    partials = [
+        threading.Thread(target=run, args=(f"p{i}", a, beam5, False)) for i, a in enumerate(audios)
+    ]
+    for t in partials:
+        t.start()
+    for _ in range(500):  # until the round of partials has started
+        if engine.snapshot()["batches_total"] >= 1:
+            break
+        threading.Event().wait(0.01)
+    final = threading.Thread(target=run, args=("final", audios[3], OPTIONS, True))
+    final.start()
+    for t in [*partials, final]:
+        t.join(timeout=300)
+    for i, want in enumerate(expected_partials):
+        assert_same(results[f"p{i}"][0], want)
+    assert_same(results["final"][0], expected_final)
+    snap = engine.snapshot()
+    if snap["preemptions"]:
+        assert order.index("final") < len(order) - 1  # it overtook the round
+    assert snap["finals_total"] == 1
