@@ -813,7 +813,12 @@ class Session:
             attempt.buffered_bytes -= len(dropped)
             attempt.dropped_frames += 1
             if attempt.dropped_frames == 1:
-                self._log(logging.WARNING, "Pre-start audio buffer full: dropping oldest frames")
+                self._log(
+                    logging.WARNING,
+                    "Audio buffer full while disconnected: dropping oldest frames"
+                    if attempt.reconnecting
+                    else "Pre-start audio buffer full: dropping oldest frames",
+                )
 
     async def _flush_audio(self, attempt: _Attempt) -> None:
         assert self._audio_lock is not None
