@@ -63,9 +63,11 @@ class ErrorCode(enum.StrEnum):
     BACKEND_START_TIMEOUT = "backend_start_timeout"
     IDLE_TIMEOUT = "idle_timeout"
     INTERNAL_ERROR = "internal_error"
+    RESUME_UNKNOWN = "resume_unknown"
     # client-side outcomes of a session that was streaming (never sent by the server)
     CONNECTION_LOST = "connection_lost"
     SUMMARY_MISSING = "summary_missing"
+    RECONNECT_FAILED = "reconnect_failed"
 
 
 _MESSAGES: dict[ErrorCode, str] = {
@@ -86,8 +88,12 @@ _MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.BACKEND_START_TIMEOUT: "Backend did not start streaming within 5 seconds",
     ErrorCode.IDLE_TIMEOUT: "No audio received for too long: the server ended the session",
     ErrorCode.INTERNAL_ERROR: "The server hit an internal error and ended the session",
+    ErrorCode.RESUME_UNKNOWN: (
+        "The server does not know this session any more; the client starts a new one"
+    ),
     ErrorCode.CONNECTION_LOST: "Connection to the backend lost",
     ErrorCode.SUMMARY_MISSING: "No final summary from the backend",
+    ErrorCode.RECONNECT_FAILED: "Could not reconnect to the backend in time",
 }
 
 #: WebSocket close code the server uses when it closes because of an error.
@@ -99,6 +105,7 @@ CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.START_TIMEOUT: 1008,
     ErrorCode.FRAME_TOO_LARGE: 1009,
     ErrorCode.IDLE_TIMEOUT: 4408,  # application range: its own code (cf. HTTP 408)
+    ErrorCode.RESUME_UNKNOWN: 4404,  # application range (cf. HTTP 404)
     ErrorCode.INTERNAL_ERROR: 1011,  # before asr_unavailable: a bare 1011 maps to that
     ErrorCode.ASR_UNAVAILABLE: 1011,
 }
@@ -122,7 +129,9 @@ EXIT_CODES: dict[ErrorCode, int] = {
     ErrorCode.SYSTEM_CAPTURE_FAILED: 4,
     ErrorCode.MICROPHONE_CAPTURE_FAILED: 4,
     ErrorCode.CONNECTION_LOST: 5,
+    ErrorCode.RESUME_UNKNOWN: 5,
     ErrorCode.SUMMARY_MISSING: 5,
+    ErrorCode.RECONNECT_FAILED: 5,
 }
 
 

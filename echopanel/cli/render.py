@@ -185,9 +185,12 @@ class LiveView:
 
     def status_line(self) -> Text:
         line = Text()
-        style = {"listening": "bold green", "error": "bold red", "starting": "yellow"}.get(
-            self.state, "bold"
-        )
+        style = {
+            "listening": "bold green",
+            "error": "bold red",
+            "starting": "yellow",
+            "reconnecting": "bold yellow",
+        }.get(self.state, "bold")
         line.append(f"● {self.state}", style=style)
         line.append(f"  {_fmt_clock(self.elapsed)}")
         if self.backlog is not None:

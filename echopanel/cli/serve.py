@@ -57,6 +57,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "10 s burst (default 2; 0: unbounded)",
     )
     parser.add_argument(
+        "--resume-window",
+        type=float,
+        help="seconds a session whose connection was lost is held for the client to resume "
+        "it (default 30; 0: never)",
+    )
+    parser.add_argument(
         "--asr", choices=("whisper", "fake"), help="speech backend (default whisper)"
     )
     parser.add_argument("--model", dest="model_path", help="CTranslate2 Whisper model directory")
@@ -130,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             start_timeout=args.start_timeout,
             idle_timeout=args.idle_timeout,
             max_audio_rate=args.max_audio_rate,
+            resume_window=args.resume_window,
             asr=args.asr,
             model_path=args.model_path,
             record_dir=args.record_dir,

@@ -147,6 +147,7 @@ def event_record(event: object) -> dict[str, Any]:
                 record.setdefault(inner_key, inner)
         else:
             record[key] = plain
+    record.pop("resume_token", None)  # a credential: never in a bundle
     return record
 
 
@@ -239,6 +240,8 @@ class _Attempt:
     client_dropped: int = 0
     finals: list[dict[str, Any]] = attrs.Factory(list)
     states: list[str] = attrs.Factory(list)
+    #: where the server lost the session and a new server session continued it
+    gaps: list[dict[str, Any]] = attrs.Factory(list)
     last_error: dict[str, Any] | None = None
     writes_dropped_at_open: dict[str, int] = attrs.Factory(dict)
 
@@ -362,6 +365,10 @@ class SessionBundle:
             attempt.dropped[source] = max(attempt.dropped.get(source, 0), dropped)
         elif kind == "state":
             attempt.states.append(str(record.get("state")))
+        elif kind == "status" and record.get("reason") == "resume_gap":
+            attempt.gaps.append(
+                {"t": round(at - attempt.started_at, 3), "message": record.get("message")}
+            )
         attempt.counts["events"] += 1
         line = {
             "t": round(at - attempt.started_at, 3),
@@ -494,7 +501,8 @@ class SessionBundle:
             "attempt_id": attempt.attempt_id,
             "finals": finals,
             "text": " ".join(str(f.get("text", "")).strip() for f in finals).strip(),
-            "markdown": summary.markdown if summary is not None else "",
+            "markdown": summary.markdown if summary is not None and not attempt.gaps else "",
+            **({"gaps": list(attempt.gaps)} if attempt.gaps else {}),
         }
 
     def _zip(self, directory: Path) -> Path:

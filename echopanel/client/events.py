@@ -34,9 +34,10 @@ __all__ = [
 
 @attrs.frozen(kw_only=True)
 class StateChanged:
-    """The session's state changed (``idle``, ``starting``, ``listening``, ``finalizing``,
-    ``error``). Within ``starting``, ``step`` names the step (``permissions``, ``capture``,
-    ``connecting``, ``awaiting_ack``) and an event is sent for each step."""
+    """The session's state changed (``idle``, ``starting``, ``listening``, ``reconnecting``,
+    ``finalizing``, ``error``). Within ``starting``, ``step`` names the step
+    (``permissions``, ``capture``, ``connecting``, ``awaiting_ack``) and an event is sent for
+    each step."""
 
     state: str
     previous: str

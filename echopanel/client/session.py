@@ -33,6 +33,7 @@ import contextlib
 import functools
 import logging
 import math
+import random
 import re
 import time
 from collections import deque
@@ -63,7 +64,17 @@ from echopanel.errors import (
 )
 from echopanel.ports import Capture, PermissionGate, PermissionKind, Transport
 from echopanel.protocol.frames import HEADER_BYTES, MAX_FRAME_BYTES, encode_audio_frame
-from echopanel.protocol.messages import FinalSummary, Source, decode_server, encode
+from echopanel.protocol.messages import (
+    AsrFinal,
+    AsrPartial,
+    FinalSummary,
+    ResumeMessage,
+    ServerMessage,
+    Source,
+    StatusMessage,
+    decode_server,
+    encode,
+)
 from echopanel.session import (
     AbortRequested,
     AnnounceState,
@@ -85,6 +96,7 @@ from echopanel.session import (
     RejectStart,
     ReportError,
     RequestPermission,
+    SendResume,
     SendStart,
     SendStop,
     SessionMachine,
@@ -142,6 +154,19 @@ class _Attempt:
     buffered_bytes: int = 0
     dropped_frames: int = 0  # dropped from the pre-acknowledgment buffer (it was full)
     carry: dict[Source, bytes] = attrs.field(factory=dict)
+    connection: int = 0  # the current connection's number (Connect.connection)
+    sent_bytes: dict[Source, int] = attrs.field(factory=dict)  # audio sent, per source
+    reconnecting: bool = False  # the buffer then holds up to reconnect_buffer seconds
+    #: per source, the newest audio sent (offset in bytes, pcm), up to reconnect_buffer
+    #: seconds: after a resume, what the server never received is sent again from here
+    sent_ring: dict[Source, deque[tuple[int, bytes]]] = attrs.field(factory=dict)
+    #: per source, the audio position the server said it has (the resumed ACK)
+    server_position: dict[str, float] | None = None
+    #: server sessions after the first (the server lost the session) and, per source, the
+    #: audio position where the current one starts: its finals are re-based onto the
+    #: session's timeline and get unique segment ids (``<id>~<part>``)
+    part: int = 0
+    offsets: dict[str, float] = attrs.field(factory=dict)
     settled: anyio.Event = attrs.field(factory=anyio.Event)  # listening or ended
     ended: anyio.Event = attrs.field(factory=anyio.Event)
     error: SessionError | None = None
@@ -169,7 +194,7 @@ class Session:
         id_factory: Callable[[], str] | None = None,
     ) -> None:
         self.config = config
-        self._machine = SessionMachine(config, id_factory=id_factory)
+        self._machine = SessionMachine(config, id_factory=id_factory, jitter=random.random)
         self._transport_factory = transport_factory
         self._capture_factory = capture_factory
         self._gate = permission_gate
@@ -195,7 +220,7 @@ class Session:
 
     @property
     def state(self) -> str:
-        """``idle``, ``starting``, ``listening``, ``finalizing`` or ``error``."""
+        """``idle``, ``starting``, ``listening``, ``reconnecting``, ``finalizing`` or ``error``."""
         return self._machine.state
 
     @property
@@ -405,6 +430,12 @@ class Session:
         attempt = self._attempt
         match effect:
             case AnnounceState(state=state, previous=previous, step=step):
+                if attempt is not None:
+                    attempt.reconnecting = state == "reconnecting"
+                if state == "reconnecting":
+                    self._log(logging.WARNING, "Connection lost: reconnecting")
+                elif previous == "reconnecting" and state == "listening":
+                    self._log(logging.INFO, "Session resumed")
                 self._emit(StateChanged(state=state, previous=previous, step=step))
             case CreateBundle():
                 await self._begin_attempt(effect)
@@ -419,14 +450,39 @@ class Session:
             case StopCapture(source=source):
                 assert attempt is not None
                 await self._stop_capture(attempt, source)
-            case Connect(url=url, headers=headers):
+            case Connect(url=url, headers=headers, connection=connection):
                 assert attempt is not None
                 self._log(logging.INFO, "WebSocket connecting", url=url)
+                attempt.connection = connection
+                attempt.transport = None
                 attempt.transport_task = self._spawn(
-                    "transport", self._connect, attempt, url, dict(headers)
+                    "transport", self._connect, attempt, url, dict(headers), connection
+                )
+            case SendResume(session_id=sid, resume_token=token, last_segment_id=last):
+                assert attempt is not None
+                suffix = f"~{attempt.part}"
+                if attempt.part and last is not None and last.endswith(suffix):
+                    last = last.removesuffix(suffix)  # the server's own id
+                message = ResumeMessage(
+                    session_id=sid,
+                    resume_token=token,
+                    last_segment_id=last,
+                    audio_seconds={
+                        source: round(n / _BYTES_PER_SECOND, 3)
+                        for source, n in attempt.sent_bytes.items()
+                    },
+                )
+                attempt.others.append(
+                    self._spawn("send resume", self._send_text, attempt, encode(message))
                 )
             case SendStart(message=message) | SendStop(message=message):
                 assert attempt is not None
+                if isinstance(effect, SendStart) and attempt.connection > 0:
+                    attempt.part += 1  # a new server session continues this one
+                    attempt.offsets = {
+                        source: n / _BYTES_PER_SECOND for source, n in attempt.sent_bytes.items()
+                    }
+                    self._log(logging.WARNING, "Server lost the session: starting a new one")
                 if isinstance(effect, SendStop):
                     self._log(logging.INFO, "Session stopping")
                 # not inline: a send blocked on a full socket must not hold the machine (the
@@ -440,6 +496,13 @@ class Session:
                 self._log(logging.INFO, "Session started")
                 attempt.settled.set()
             case EmitMessage(message=message):
+                if (
+                    attempt is not None
+                    and isinstance(message, StatusMessage)
+                    and message.resumed
+                    and message.audio_seconds is not None
+                ):
+                    attempt.server_position = dict(message.audio_seconds)
                 event = event_for_message(message)
                 if event is not None:
                     self._emit(event)
@@ -625,19 +688,22 @@ class Session:
                     await task.done.wait()
                 await task.cancel_and_wait()
 
-    async def _connect(self, attempt: _Attempt, url: str, headers: dict[str, str]) -> None:
+    async def _connect(
+        self, attempt: _Attempt, url: str, headers: dict[str, str], connection: int = 0
+    ) -> None:
         """Open the transport, receive until it closes, then wait to be cancelled; on the
         way out (cancelled by ``_close_transport`` or the attempt's end) close it, here."""
         # Entered before connect: any scope the transport keeps on this task is inside it,
         # so shielding it below protects the close without nesting a new scope over them.
+        held: list[Transport] = []  # this task's transport (a reconnect makes another)
         with anyio.CancelScope() as owner:
             try:
-                await self._connect_and_receive(attempt, url, headers)
+                await self._connect_and_receive(attempt, url, headers, connection, held)
                 await anyio.sleep_forever()  # the close waits for CloseTransport's code
             finally:
                 owner.shield = True
                 owner.deadline = anyio.current_time() + _CLEANUP_TIMEOUT
-                transport = attempt.transport
+                transport = held[0] if held else None
                 if transport is not None:
                     code = attempt.close_code
                     try:
@@ -646,7 +712,12 @@ class Session:
                         logger.exception("closing the transport failed")
 
     async def _connect_and_receive(
-        self, attempt: _Attempt, url: str, headers: dict[str, str]
+        self,
+        attempt: _Attempt,
+        url: str,
+        headers: dict[str, str],
+        connection: int,
+        held: list[Transport],
     ) -> None:
         aid = attempt.attempt_id
         try:
@@ -661,38 +732,43 @@ class Session:
                 )
             else:
                 transport = factory()
+            held.append(transport)
             attempt.transport = transport
             await transport.connect(url, headers)
         except EchoPanelError as exc:
-            await self._post(ConnectFailed(attempt_id=aid, message=exc.message))
+            await self._post(
+                ConnectFailed(attempt_id=aid, message=exc.message, connection=connection)
+            )
             return
         except Exception as exc:
-            await self._post(ConnectFailed(attempt_id=aid, message=repr(exc)))
+            await self._post(
+                ConnectFailed(attempt_id=aid, message=repr(exc), connection=connection)
+            )
             return
-        await self._post(Connected(attempt_id=aid))
+        await self._post(Connected(attempt_id=aid, connection=connection))
         while True:
             try:
                 data = await transport.receive()
             except TransportError as exc:
-                await self._post(_closed_event(aid, exc))
+                await self._post(_closed_event(aid, exc, connection))
                 return
             if isinstance(data, bytes):
                 continue
             try:
-                message = decode_server(data)
+                message = _rebase(decode_server(data), attempt.part, attempt.offsets)
             except ProtocolError as exc:
                 self._log(logging.WARNING, "Undecodable server message dropped", reason=exc.message)
                 continue
             await self._post(MessageReceived(attempt_id=aid, message=message))
 
     async def _send_text(self, attempt: _Attempt, text: str) -> None:
-        transport = attempt.transport
+        transport, connection = attempt.transport, attempt.connection
         if transport is None:
             return
         try:
             await transport.send_text(text)
         except TransportError as exc:
-            await self._post(_closed_event(attempt.attempt_id, exc))
+            await self._post(_closed_event(attempt.attempt_id, exc, connection))
 
     async def _close_transport(self, attempt: _Attempt, code: int) -> None:
         """Record the close code; the transport task closes the transport as it ends."""
@@ -720,53 +796,141 @@ class Session:
             else:
                 self._buffer(attempt, source, pcm)
 
-    def _buffer(self, attempt: _Attempt, source: Source, pcm: bytes) -> None:
-        limit = max(
-            int(self.config.start_timeout * _BYTES_PER_SECOND) * len(self.config.sources),
-            _MIN_BUFFER,
-        )
-        attempt.buffer.append((source, pcm))
+    def _buffer(
+        self, attempt: _Attempt, source: Source, pcm: bytes, *, front: bool = False
+    ) -> None:
+        seconds = self.config.start_timeout
+        if attempt.reconnecting:  # while disconnected: the reconnect buffer
+            seconds = max(seconds, self.config.reconnect_buffer)
+        limit = max(int(seconds * _BYTES_PER_SECOND) * len(self.config.sources), _MIN_BUFFER)
+        if front:
+            attempt.buffer.appendleft((source, pcm))
+        else:
+            attempt.buffer.append((source, pcm))
         attempt.buffered_bytes += len(pcm)
         while attempt.buffered_bytes > limit and len(attempt.buffer) > 1:
             _, dropped = attempt.buffer.popleft()
             attempt.buffered_bytes -= len(dropped)
             attempt.dropped_frames += 1
             if attempt.dropped_frames == 1:
-                self._log(logging.WARNING, "Pre-start audio buffer full: dropping oldest frames")
+                self._log(
+                    logging.WARNING,
+                    "Audio buffer full while disconnected: dropping oldest frames"
+                    if attempt.reconnecting
+                    else "Pre-start audio buffer full: dropping oldest frames",
+                )
 
     async def _flush_audio(self, attempt: _Attempt) -> None:
         assert self._audio_lock is not None
         async with self._audio_lock:
+            if attempt.server_position is not None:  # resumed: first what never arrived
+                for source, pcm in self._unreceived(attempt, attempt.server_position):
+                    self._buffer(attempt, source, pcm, front=True)
+                attempt.server_position = None
             while attempt.buffer:
                 source, pcm = attempt.buffer.popleft()
                 attempt.buffered_bytes -= len(pcm)
                 if not await self._send_audio(attempt, source, pcm):
-                    attempt.buffer.clear()
-                    attempt.buffered_bytes = 0
-                    return
+                    return  # the frame went back to the buffer, for a reconnect
             attempt.streaming = True
 
+    def _unreceived(
+        self, attempt: _Attempt, position: dict[str, float]
+    ) -> list[tuple[Source, bytes]]:
+        """Audio sent but not received by the server (newest first, to be put in front)."""
+        out: list[tuple[Source, bytes]] = []
+        for source, ring in attempt.sent_ring.items():
+            have = int(position.get(source, 0.0) * _BYTES_PER_SECOND) // 2 * 2
+            sent = attempt.sent_bytes.get(source, 0)
+            if have >= sent:
+                continue
+            chunks = [
+                pcm[max(0, have - offset) :] for offset, pcm in ring if offset + len(pcm) > have
+            ]
+            missing = b"".join(chunks)
+            if missing:
+                self._log(
+                    logging.INFO,
+                    "Resending audio the server did not receive",
+                    source=source,
+                    seconds=round(len(missing) / _BYTES_PER_SECOND, 3),
+                )
+                attempt.sent_bytes[source] = sent - len(missing)  # sent again below
+                out.append((source, missing))
+        return out
+
+    def _remember(self, attempt: _Attempt, source: Source, offset: int, pcm: bytes) -> None:
+        ring = attempt.sent_ring.setdefault(source, deque())
+        ring.append((offset, pcm))
+        limit = int(self.config.reconnect_buffer * _BYTES_PER_SECOND)
+        while ring and ring[-1][0] + len(ring[-1][1]) - ring[0][0] - len(ring[0][1]) >= limit:
+            ring.popleft()
+
     async def _send_audio(self, attempt: _Attempt, source: Source, pcm: bytes) -> bool:
-        transport = attempt.transport
+        transport, connection = attempt.transport, attempt.connection
         if transport is None:
+            self._buffer(attempt, source, pcm, front=True)
             return False
+        sent = 0
         try:
             for offset in range(0, len(pcm), _MAX_PCM):
-                await transport.send_bytes(
-                    encode_audio_frame(source, pcm[offset : offset + _MAX_PCM])
-                )
+                chunk = pcm[offset : offset + _MAX_PCM]
+                await transport.send_bytes(encode_audio_frame(source, chunk))
+                sent += len(chunk)
+                offset_before = attempt.sent_bytes.get(source, 0)
+                attempt.sent_bytes[source] = offset_before + len(chunk)
+                if self.config.reconnect_window and self.config.reconnect_buffer:
+                    self._remember(attempt, source, offset_before, chunk)
         except TransportError as exc:
             attempt.streaming = False
+            self._buffer(attempt, source, pcm[sent:], front=True)  # kept for a reconnect
             # may run inside the driver (flushing after the acknowledgment): never wait here
-            self._post_soon(_closed_event(attempt.attempt_id, exc))
+            self._post_soon(_closed_event(attempt.attempt_id, exc, connection))
             return False
         return True
+
+
+def _rebase(message: ServerMessage, part: int, offsets: dict[str, float]) -> ServerMessage:
+    """A later server session's message on the session's timeline, with unique ids."""
+    if not part:
+        return message
+
+    def shift(source: str, t: float) -> float:
+        return round(t + offsets.get(source, 0.0), 3)
+
+    tag = f"~{part}"
+    match message:
+        case AsrFinal():
+            return attrs.evolve(
+                message,
+                segment_id=message.segment_id + tag,
+                t0=shift(message.source, message.t0),
+                t1=shift(message.source, message.t1),
+            )
+        case AsrPartial():
+            return attrs.evolve(
+                message, t0=shift(message.source, message.t0), t1=shift(message.source, message.t1)
+            )
+        case FinalSummary():
+            entries = tuple(
+                attrs.evolve(
+                    e,
+                    segment_id=e.segment_id + tag,
+                    t0=shift(e.source, e.t0),
+                    t1=shift(e.source, e.t1),
+                )
+                for e in message.transcript
+            )
+            return attrs.evolve(message, transcript=entries)
+    return message
 
 
 _GENERIC_CLOSE = re.compile(r"connection (?:closed|lost)(?: \(\d+(?:: (?P<reason>.*))?\))?")
 
 
-def _closed_event(attempt_id: str, exc: TransportError) -> TransportClosed:
+def _closed_event(
+    attempt_id: str, exc: TransportError, connection: int | None = None
+) -> TransportClosed:
     """The machine's fact for a closed transport. The transport's generic wording
     ("connection closed (1000: bye)", "connection lost") is reduced to the peer's close
     reason, if any: the machine words the message from the close code."""
@@ -776,5 +940,9 @@ def _closed_event(attempt_id: str, exc: TransportError) -> TransportClosed:
     if generic is not None:
         message = generic.group("reason") or ""
     return TransportClosed(
-        attempt_id=attempt_id, close_code=exc.close_code, code=code, message=message
+        attempt_id=attempt_id,
+        close_code=exc.close_code,
+        code=code,
+        message=message,
+        connection=connection,
     )

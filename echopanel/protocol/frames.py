@@ -77,9 +77,7 @@ def decode_audio_frame(data: bytes) -> AudioFrame:
     if data[:2] == FRAME_MAGIC and len(data) >= HEADER_BYTES:
         version, source_byte = data[2], data[3]
         if version != FRAME_VERSION:
-            raise ProtocolError(
-                ErrorCode.INVALID_MESSAGE, f"unsupported frame version {version}"
-            )
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"unsupported frame version {version}")
         source = _BYTE_SOURCES.get(source_byte)
         if source is None:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"unknown source byte {source_byte}")

@@ -23,7 +23,9 @@ __all__ = [
     "CHANNELS",
     "ENDPOINT_PATH",
     "FORMAT",
+    "MAX_RESUME_TOKEN_LEN",
     "MAX_SESSION_ID_LEN",
+    "PROTOCOL_VERSION",
     "SAMPLE_RATE",
     "SOURCES",
     "STATUS_STATES",
@@ -35,6 +37,7 @@ __all__ = [
     "ErrorMessage",
     "FinalSummary",
     "MetricsMessage",
+    "ResumeMessage",
     "ServerMessage",
     "Source",
     "SourceStats",
@@ -55,6 +58,10 @@ SAMPLE_RATE: Final = 16000
 FORMAT: Final = "pcm_s16le"
 CHANNELS: Final = 1
 MAX_SESSION_ID_LEN: Final = 256
+#: Longest ``resume_token`` accepted in a ``resume`` (the server's are 43 characters).
+MAX_RESUME_TOKEN_LEN: Final = 256
+#: The wire protocol's version: 1.1 adds ``resume`` (v1 and v0.2 clients are unaffected).
+PROTOCOL_VERSION: Final = "1.1"
 #: The live-listener WebSocket endpoint.
 ENDPOINT_PATH: Final = "/ws/live-listener"
 STATUS_STATES: Final = frozenset(
@@ -129,7 +136,23 @@ class StopMessage:
     type: Literal["stop"] = attrs.field(default="stop", init=False)
 
 
-ClientMessage: TypeAlias = StartMessage | AudioMessage | StopMessage
+@attrs.frozen(kw_only=True)
+class ResumeMessage:
+    """``{"type": "resume"}``: re-attach a session whose connection was lost (protocol 1.1).
+
+    Sent instead of ``start`` on a new connection. ``resume_token`` is the one the server
+    gave in the session's ``status: streaming``; ``last_segment_id`` the last final the
+    client received (``None``: none); ``audio_seconds`` the audio sent so far per source.
+    """
+
+    session_id: str
+    resume_token: str = attrs.field(repr=False)
+    last_segment_id: str | None = None
+    audio_seconds: Mapping[str, float] = attrs.field(factory=dict)
+    type: Literal["resume"] = attrs.field(default="resume", init=False)
+
+
+ClientMessage: TypeAlias = StartMessage | AudioMessage | StopMessage | ResumeMessage
 
 
 # --------------------------------------------------------------------------- server → client
@@ -140,6 +163,9 @@ class StatusMessage:
     """``status``: ``connected``, ``streaming`` (the start ACK), load states, ``warning``.
 
     ``reason`` names why, when a machine should know (``drain``: the server shuts down).
+    The ``streaming`` ACK carries ``resume_token`` when the server can resume the session;
+    the ACK of a ``resume`` has ``resumed: true`` and ``audio_seconds``: per source, the
+    audio position (seconds since the stream start) from which the server needs audio.
     """
 
     state: str
@@ -148,6 +174,9 @@ class StatusMessage:
     dropped_frames: int | None = None
     degrade_level: int | None = None
     reason: str | None = None
+    resume_token: str | None = attrs.field(default=None, repr=False)
+    resumed: bool | None = None
+    audio_seconds: Mapping[str, float] | None = None
     session_id: str | None = _ids_fields()
     attempt_id: str | None = _ids_fields()
     connection_id: str | None = _ids_fields()
@@ -286,9 +315,7 @@ def _to_wire(value: Any) -> Any:
         return value.value
     if attrs.has(type(value)):
         return {
-            k: _to_wire(v)
-            for k, v in attrs.asdict(value, recurse=False).items()
-            if v is not None
+            k: _to_wire(v) for k, v in attrs.asdict(value, recurse=False).items() if v is not None
         }
     if isinstance(value, tuple | list):
         return [_to_wire(v) for v in value]
@@ -376,8 +403,7 @@ def _bool(obj: Mapping[str, Any], key: str, *, default: bool) -> bool:
 
 def _ids(obj: Mapping[str, Any]) -> dict[str, str | None]:
     return {
-        key: _str(obj, key, optional=True)
-        for key in ("session_id", "attempt_id", "connection_id")
+        key: _str(obj, key, optional=True) for key in ("session_id", "attempt_id", "connection_id")
     }
 
 
@@ -442,6 +468,32 @@ def _decode_audio(obj: Mapping[str, Any]) -> AudioMessage:
     return AudioMessage(source=source, pcm=pcm)
 
 
+def _seconds_map(obj: Mapping[str, Any], key: str) -> dict[str, float]:
+    raw = obj.get(key, {})
+    if not isinstance(raw, dict):
+        raise _invalid(f"field {key!r} must be an object")
+    result: dict[str, float] = {}
+    for name in raw:
+        source = normalize_source(name)
+        seconds = _float(raw, name)
+        if seconds < 0:
+            raise _invalid(f"{key}.{name} must not be negative")
+        result[source] = seconds
+    return result
+
+
+def _decode_resume(obj: Mapping[str, Any]) -> ResumeMessage:
+    token = _str(obj, "resume_token")
+    if not token or len(token) > MAX_RESUME_TOKEN_LEN:
+        raise _invalid(f"resume_token must be 1-{MAX_RESUME_TOKEN_LEN} characters")
+    return ResumeMessage(
+        session_id=validate_session_id(obj.get("session_id")),
+        resume_token=token,
+        last_segment_id=_str(obj, "last_segment_id", optional=True),
+        audio_seconds=_seconds_map(obj, "audio_seconds"),
+    )
+
+
 def decode_client(text: str | bytes) -> ClientMessage:
     """Decode a client → server JSON text message.
 
@@ -456,6 +508,8 @@ def decode_client(text: str | bytes) -> ClientMessage:
         return _decode_audio(obj)
     if kind == "stop":
         return StopMessage(session_id=_str(obj, "session_id"))
+    if kind == "resume":
+        return _decode_resume(obj)
     raise _invalid(f"unknown message type {kind!r}")
 
 
@@ -529,6 +583,11 @@ def decode_server(text: str | bytes) -> ServerMessage:
             dropped_frames=_opt_int(obj, "dropped_frames"),
             degrade_level=_opt_int(obj, "degrade_level"),
             reason=_str(obj, "reason", optional=True),
+            resume_token=_str(obj, "resume_token", optional=True),
+            resumed=None if obj.get("resumed") is None else _bool(obj, "resumed", default=False),
+            audio_seconds=(
+                None if obj.get("audio_seconds") is None else _seconds_map(obj, "audio_seconds")
+            ),
             **_ids(obj),
         )
     if kind == "asr_partial":

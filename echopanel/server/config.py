@@ -43,6 +43,7 @@ ENV_VARS: Final[dict[str, str]] = {
     "ssl_keyfile": "ECHOPANEL_SSL_KEYFILE",
     "idle_timeout": "ECHOPANEL_IDLE_TIMEOUT",
     "max_audio_rate": "ECHOPANEL_MAX_AUDIO_RATE",
+    "resume_window": "ECHOPANEL_RESUME_WINDOW",
 }
 
 
@@ -175,6 +176,9 @@ class ServerConfig:
     audio_burst: float = attrs.field(default=10.0, validator=v.gt(0))
     #: the encoded ``final_summary`` stays below this many bytes (oldest finals left out)
     max_summary_bytes: int = attrs.field(default=2 * 1024 * 1024, validator=v.ge(4096))
+    #: seconds a session whose connection was lost abnormally is held (slot and ASR
+    #: streams) for a ``resume`` from a client that supports it (0: never)
+    resume_window: float = attrs.field(default=30.0, validator=v.ge(0))
 
     def __attrs_post_init__(self) -> None:
         if self.token is not None and not self.token:

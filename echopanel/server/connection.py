@@ -10,12 +10,21 @@ exit path — stop, disconnect, error, cancellation — ends in :meth:`_cleanup`
 run once every task has ended: the slot is released, streams and recorder closed, the
 session forgotten. ``_Closed`` is the only exception used for control flow; it never
 crosses the task group (each task is guarded).
+
+Resume (protocol 1.1). When the peer of a resumable session is lost abnormally, the core
+parks the session: the reader ends, every other task (ASR, recorder, timer) keeps running,
+nothing is sent. A new connection whose first message is ``resume`` looks the session up in
+``ServerState.resumable`` and offers it its socket (:meth:`take_over`); the session's core
+decides (the token). On ``Attach`` the session reads and writes the new socket from then on,
+and the new connection's handler only waits until the session no longer uses its socket
+(``_handed_over``) — it never closes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable
 
@@ -24,7 +33,7 @@ import anyio.abc
 import attrs
 from starlette.websockets import WebSocket
 
-from echopanel.protocol import ServerMessage, Source, TranscriptEntry, encode
+from echopanel.protocol import ResumeMessage, ServerMessage, Source, TranscriptEntry, encode
 from echopanel.server.core import CoreConfig, ServerSession, check_token, render_markdown
 from echopanel.server.core import actions as act
 from echopanel.server.core import events as ev
@@ -58,7 +67,10 @@ class LiveConnection:
             max_finals=MAX_FINALS,  # read here: tests may change it
             analysis_window=ANALYSIS_WINDOW,
         )
-        self.core = ServerSession(rules, connection_id=f"srv-{uuid.uuid4().hex[:16]}")
+        token = secrets.token_urlsafe(32) if rules.resume_window else None
+        self.core = ServerSession(
+            rules, connection_id=f"srv-{uuid.uuid4().hex[:16]}", resume_token=token
+        )
         self.sources = SessionSources(server, self._feed)
         self.recorder: SessionRecorder | None = None
         self._slot_key: str | None = None
@@ -67,6 +79,12 @@ class LiveConnection:
         self._tg: anyio.abc.TaskGroup | None = None
         self._wake = anyio.Event()
         self._ended = anyio.Event()
+        self._reader_scope: anyio.CancelScope | None = None
+        #: set once the session stops using the current socket (a resume moved it on)
+        self._attachment_done = anyio.Event()
+        self._incoming: WebSocket | None = None
+        #: this connection's socket now belongs to a resumed session: wait for it to end
+        self._handed_over: anyio.Event | None = None
 
     # ------------------------------------------------------------------ views of the core
 
@@ -94,12 +112,17 @@ class LiveConnection:
                 self._tg = tg
                 tg.start_soon(self._guard, self._timer)
                 tg.start_soon(self._guard, self._reader)
+            if self._handed_over is not None:  # the resumed session uses our socket
+                await self._handed_over.wait()
         except Exception:  # never let one connection hurt the server
             log.exception("connection %s failed", self.connection_id)
         finally:
             self._tg = None
+            if self.core.session_id is not None:
+                self.server.resumable.discard(self.core.session_id, self)
             with anyio.CancelScope(shield=True):
                 await self._cleanup()
+            self._attachment_done.set()
             self.server.open_connections -= 1
             self.server.connections.discard(self)
             self._ended.set()
@@ -141,10 +164,13 @@ class LiveConnection:
     # ------------------------------------------------------------------ feeding the core
 
     async def _feed(self, event: ev.Event) -> None:
+        was_closed = self.core.closed
         actions = self.core.handle(event, anyio.current_time())
         self._wake.set()  # the deadline may have moved
         for action in actions:
             await self._do(action)
+        if self.core.closed and not was_closed and not any(type(a) is act.Close for a in actions):
+            self._cancel()  # closed without a socket to close (a parked session expired)
 
     async def _reader(self) -> None:
         authorized = check_token(self.config.token, self.ws.headers) or self.server.tickets.redeem(
@@ -153,8 +179,92 @@ class LiveConnection:
         await self._feed(ev.Opened(authorized=authorized))
         if self.server.draining:  # accepted while the server began to drain
             await self._feed(ev.DrainRequested())
-        while True:
-            await self._feed(await self._receive())
+        await self._read_loop()
+
+    async def _read_loop(self) -> None:
+        """Read the current socket until it is lost (a parked session's reader just ends)."""
+        ws = self.ws
+        with anyio.CancelScope() as scope:
+            self._reader_scope = scope
+            while True:
+                event = await self._receive(ws)
+                if event is None:
+                    return
+                await self._feed(event)
+
+    # ------------------------------------------------------------------ resume
+
+    async def take_over(self, ws: WebSocket, request: ev.ResumeRequested) -> anyio.Event | None:
+        """Offer this session another connection's socket (that connection got ``resume``).
+
+        Returns the event set once this session no longer uses ``ws``, or ``None`` when the
+        core refused (wrong token, not resumable, already over): ``ws`` stays the caller's.
+        """
+        if self._tg is None or self.core.closed:
+            return None
+        actions = self.core.handle(request, anyio.current_time())
+        self._wake.set()
+        if not any(isinstance(a, act.Attach) for a in actions):
+            return None
+        self._incoming = ws
+        done = anyio.Event()
+        try:
+            for action in actions:
+                if isinstance(action, act.Attach):
+                    done = self._attach(action)
+                else:
+                    await self._do(action)
+        except _Closed:
+            self._cancel()
+        except Exception:
+            log.exception("resume failed", extra=self.core.ids())
+            self._cancel()
+        return done
+
+    def _attach(self, attach: act.Attach) -> anyio.Event:
+        """Move the session onto the socket offered by :meth:`take_over`."""
+        assert self._incoming is not None and self._tg is not None
+        old, old_closing = self.ws, self._closing
+        self.ws, self._incoming, self._closing = self._incoming, None, False
+        previous, self._attachment_done = self._attachment_done, anyio.Event()
+        previous.set()  # a handler waiting on the previous socket may return
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()  # a half-open socket's reader
+        if not old_closing:
+            self._tg.start_soon(self._drop_socket, old)
+        self._tg.start_soon(self._guard, self._read_loop)
+        self.server.metrics.resumes.inc()
+        log.info(
+            "Session resumed (%d final(s) re-sent)",
+            attach.resent_finals,
+            extra=self.core.ids(),
+        )
+        return self._attachment_done
+
+    async def _drop_socket(self, ws: WebSocket) -> None:
+        with anyio.move_on_after(self.config.send_timeout), contextlib.suppress(Exception):
+            await ws.close(1001, "session resumed on another connection")
+
+    async def _lookup(self, message: ResumeMessage) -> None:
+        """This connection's first message is ``resume``: hand our socket to that session."""
+        for session in self.server.resumable.candidates(message.session_id):
+            if session is self:
+                continue
+            request = ev.ResumeRequested(
+                resume_token=message.resume_token,
+                last_segment_id=message.last_segment_id,
+                audio_seconds=message.audio_seconds,
+                connection_id=self.connection_id,
+                new_token=secrets.token_urlsafe(32),
+            )
+            done = await session.take_over(self.ws, request)
+            if done is not None:
+                self._handed_over = done
+                self._closing = True  # the socket is the session's now: never close it here
+                self.core.handle(ev.ResumeAccepted(), anyio.current_time())
+                raise _Closed  # stop reading: the session reads this socket now
+        self.server.metrics.resumes_failed.inc()
+        await self._feed(ev.ResumeRefused())
 
     async def _timer(self) -> None:
         """Sleep until the core's deadline and feed ``TimerFired``; re-plan when it moves."""
@@ -185,6 +295,13 @@ class LiveConnection:
                 log.info("closing connection: %s %s", code.value, message, extra=self.core.ids())
             case act.CountDroppedFrames(source=source, frames=frames):
                 self.server.metrics.frames_dropped.labels(source=source).inc(frames)
+            case act.LookupSession(message=message):
+                await self._lookup(message)
+            case act.ResumeExpired():
+                self.server.metrics.resume_expired.inc()
+                log.info("Resume window passed: session released", extra=self.core.ids())
+            case act.CountReplayedAudio(seconds=seconds):
+                self.server.metrics.resume_audio_seconds.inc(seconds)
             case act.WaitForAsr():
                 await self._wait_for_asr()
             case act.AcquireSlot():
@@ -226,6 +343,8 @@ class LiveConnection:
 
     def _start_session(self, started: act.SessionStarted) -> None:
         self.server.metrics.start_ack.observe(started.ack_seconds)
+        if self.core.resumable:
+            self.server.resumable.add(started.session_id, self)
         extra = {"sources": list(started.sources), "asr": self.server.asr.name}
         log.info("Session started", extra={**self.core.ids(), **extra})
         assert self._tg is not None
@@ -269,31 +388,45 @@ class LiveConnection:
 
     # ------------------------------------------------------------------ socket I/O
 
-    async def _receive(self) -> ev.TextReceived | ev.BinaryReceived:
+    async def _receive(self, ws: WebSocket) -> ev.TextReceived | ev.BinaryReceived | None:
+        """The next frame of ``ws``; ``None`` once the session parked or moved to another."""
         try:
-            message = await self.ws.receive()
+            message = await ws.receive()
         except Exception:  # the socket broke: as good as a disconnect
-            message = {"type": "websocket.disconnect"}
+            message = {"type": "websocket.disconnect", "code": None}
         if message["type"] == "websocket.disconnect":
-            self._closing = True
-            await self._feed(ev.PeerGone())
-            raise _Closed
+            if ws is not self.ws or self.core.parked:
+                return None  # a socket the session already left
+            await self._lost(message.get("code"))
+            return None
         text, data = message.get("text"), message.get("bytes")
         if data is not None:
             return ev.BinaryReceived(data=bytes(data))
         return ev.TextReceived(text=text if text is not None else "")
 
+    async def _lost(self, code: int | None) -> None:
+        """The current socket is gone: the core parks the session, or it ends here."""
+        self._closing = True
+        await self._feed(ev.PeerGone(code=code))
+        if not self.core.parked:
+            raise _Closed
+        log.info("Connection lost (close %s): session parked", code, extra=self.core.ids())
+
     async def _send(self, message: ServerMessage) -> None:
         if self._closing:
+            if self.core.parked:
+                return  # lost while running this step's actions: kept by the core
             raise _Closed
         text = encode(message)
+        ws = self.ws
         try:
             with anyio.fail_after(self.config.send_timeout):
                 async with self._send_lock:
-                    await self.ws.send_text(text)
+                    await ws.send_text(text)
         except Exception:
-            self._closing = True
-            raise _Closed from None
+            if ws is not self.ws:
+                return  # a socket the session already left
+            await self._lost(None)
 
     async def _close(self, code: int, reason: str = "") -> None:
         if self._closing:

@@ -95,7 +95,24 @@ class ServerMetrics:
             buckets=_ACK_BUCKETS,
             registry=r,
         )
-
+        self.resumes = Counter(
+            "echopanel_resumes", "Sessions re-attached to a new connection by resume", registry=r
+        )
+        self.resumes_failed = Counter(
+            "echopanel_resumes_failed",
+            "resume requests answered with resume_unknown",
+            registry=r,
+        )
+        self.resume_audio_seconds = Counter(
+            "echopanel_resume_audio_seconds",
+            "Audio seconds accepted beyond the rate bound as a resumed session's backlog",
+            registry=r,
+        )
+        self.resume_expired = Counter(
+            "echopanel_resume_expired",
+            "Sessions released because no resume came within the resume window",
+            registry=r,
+        )
         r.register(_EngineCollector(engine))
 
     def render(self) -> bytes:

@@ -17,6 +17,7 @@ from echopanel.ports import AsrBackend
 from echopanel.server.analysis import Analyzer
 from echopanel.server.config import ServerConfig
 from echopanel.server.metrics import ServerMetrics
+from echopanel.server.resumes import ResumableSessions
 from echopanel.server.slots import SlotController
 from echopanel.server.tickets import TicketStore
 
@@ -50,6 +51,8 @@ class ServerState:
     #: ``async drain()`` for a graceful shutdown
     connections: set[Any] = attrs.field(factory=set)
     open_connections: int = 0
+    #: sessions a ``resume`` may re-attach (``LiveConnection``s; see ``server.resumes``)
+    resumable: ResumableSessions[Any] = attrs.field(factory=ResumableSessions)
     #: why the ASR is unavailable, for clients (no paths, no exception reprs)
     asr_error: str | None = None
     #: the same with the cause (may name paths): the log and ``/health`` with the token

@@ -123,6 +123,14 @@ class SessionConfig:
         default=DEFAULT_SEND_TIMEOUT, validator=attrs.validators.gt(0)
     )
     stop_on_capture_end: bool = True
+    #: a lost connection is retried (and the server's session resumed) for this many
+    #: seconds before the session ends with ``reconnect_failed`` (0: never reconnect)
+    reconnect_window: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
+    #: the first retry waits this long (doubling, with jitter, up to ``reconnect_backoff_max``)
+    reconnect_backoff: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    reconnect_backoff_max: float = attrs.field(default=8.0, validator=attrs.validators.gt(0))
+    #: seconds of audio per source kept while disconnected (beyond: oldest dropped, counted)
+    reconnect_buffer: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
 
     @property
     def permissions(self) -> tuple[PermissionKind, ...]:

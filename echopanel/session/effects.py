@@ -34,6 +34,7 @@ __all__ = [
     "RejectStart",
     "ReportError",
     "RequestPermission",
+    "SendResume",
     "SendStart",
     "SendStop",
     "StartCapture",
@@ -89,6 +90,9 @@ class Connect:
     headers: Mapping[str, str] = attrs.field(
         factory=dict, repr=lambda h: "{" + ", ".join(f"{k!r}: '***'" for k in h) + "}"
     )
+    #: the connection's number within the attempt (0 first; each reconnect adds one): the
+    #: shell tags that connection's ``Connected`` / ``ConnectFailed`` / ``TransportClosed``
+    connection: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -120,6 +124,15 @@ class SendStop:
     """Send the ``stop`` message (the server flushes and answers ``final_summary``)."""
 
     message: StopMessage
+
+
+@attrs.frozen(kw_only=True)
+class SendResume:
+    """Send ``resume`` on the new connection; the shell adds the audio seconds it sent."""
+
+    session_id: str
+    resume_token: str = attrs.field(repr=False)
+    last_segment_id: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -164,6 +177,7 @@ Effect: TypeAlias = (
     | EnterListening
     | EmitMessage
     | SendStop
+    | SendResume
     | CloseTransport
     | ReportError
     | RejectStart

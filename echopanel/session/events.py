@@ -88,6 +88,7 @@ class Connected:
     """``Transport.connect()`` returned."""
 
     attempt_id: str
+    connection: int | None = None  # from ``Connect.connection``; None: not told
 
 
 @attrs.frozen(kw_only=True)
@@ -96,6 +97,7 @@ class ConnectFailed:
 
     attempt_id: str
     message: str = ""
+    connection: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -114,6 +116,7 @@ class TransportClosed:
     close_code: int | None = None
     code: ErrorCode | None = None
     message: str = ""
+    connection: int | None = None
 
 
 @attrs.frozen(kw_only=True)

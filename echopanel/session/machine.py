@@ -19,7 +19,8 @@ is ``None``. It never raises for any event in any state; a start while a session
 yields ``RejectStart`` and changes nothing.
 
 Timers: the machine keeps at most one deadline (the start timeout while starting, the stop
-timeout while finalizing); :attr:`SessionMachine.deadline` is the only source of truth and
+timeout while finalizing, the backoff or the try's bound while reconnecting — both capped by
+the end of the reconnect window); :attr:`SessionMachine.deadline` is the only source of truth and
 no effect announces it. The shell sleeps until it and feeds ``TimerFired`` with ``now``
 clamped up to the deadline it slept for (a timer may wake a little early, as aioquic's
 shell allows for); a ``TimerFired`` before the current deadline is dropped as early.
@@ -42,6 +43,7 @@ from transitions import EventData, Machine
 from echopanel.errors import ErrorCode, default_message
 from echopanel.ports import PermissionKind
 from echopanel.protocol.messages import (
+    AsrFinal,
     ErrorMessage,
     FinalSummary,
     Source,
@@ -62,6 +64,7 @@ from echopanel.session.effects import (
     RejectStart,
     ReportError,
     RequestPermission,
+    SendResume,
     SendStart,
     SendStop,
     StartCapture,
@@ -86,6 +89,7 @@ from echopanel.session.table import (
     FINALIZING,
     IDLE,
     LISTENING,
+    RECONNECTING,
     STATES,
     TRANSITIONS,
     phase_of,
@@ -103,7 +107,13 @@ __all__ = [
 ]
 
 #: ``client_features`` sent in every ``start``.
-CLIENT_FEATURES: dict[str, Any] = {"binary_audio": True}
+CLIENT_FEATURES: dict[str, Any] = {"binary_audio": True, "resume": True}
+
+#: Closes after which a listening session reconnects (when the server gave a resume token):
+#: no close frame or a dropped connection, going away, a proxy's 1011, a restart, try again.
+#: A server's own fatal error always comes as an ``error`` message first, which ends the
+#: session before the close.
+RECONNECT_CLOSES: frozenset[int | None] = frozenset({None, 1001, 1006, 1011, 1012, 1013, 1014})
 
 _PERMISSION_CODES = {
     PermissionKind.SCREEN_RECORDING: ErrorCode.SCREEN_RECORDING_PERMISSION_REQUIRED,
@@ -196,9 +206,15 @@ class _Attempt:
 
     state: str
 
-    def __init__(self, config: SessionConfig, id_factory: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        config: SessionConfig,
+        id_factory: Callable[[], str],
+        jitter: Callable[[], float] = lambda: 0.5,
+    ) -> None:
         self.config = config
         self.id_factory = id_factory
+        self.jitter = jitter
         self.effects: list[Effect] = []
         self.session_id: str | None = None
         self.attempt_id: str | None = None
@@ -215,6 +231,14 @@ class _Attempt:
         self.ended: set[Source] = set()
         self.connect_issued = False
         self.connection_id = None
+        self.connection = 0  # the attempt's connection number (one more per reconnect)
+        self.resume_token: str | None = None
+        self.last_segment_id: str | None = None
+        self.seen_segments: set[str] = set()
+        self.tries = 0  # reconnect tries in the current outage
+        self.part = 0  # server sessions after the first (a server that lost the session)
+        self.lost_in: str | None = None  # the state the connection was lost in
+        self.outage_end: float | None = None
 
     # ------------------------------------------------------------------ hooks
 
@@ -227,8 +251,12 @@ class _Attempt:
             self.started.append(event.source)
         elif isinstance(event, CaptureEnded):
             self.ended.add(event.source)
-        elif isinstance(event, MessageReceived) and event.message.connection_id is not None:
-            self.connection_id = event.message.connection_id
+        elif isinstance(event, MessageReceived):
+            message = event.message
+            if message.connection_id is not None:
+                self.connection_id = message.connection_id
+            if isinstance(message, StatusMessage) and message.resume_token:
+                self.resume_token = message.resume_token
 
     def announce(self, ed: EventData) -> None:
         """``on_enter`` of every state: tell listeners the state or step changed."""
@@ -248,6 +276,42 @@ class _Attempt:
 
     def all_captures_started(self, ed: EventData) -> bool:
         return all(source in self.started for source in self.config.sources)
+
+    def can_reconnect(self, ed: EventData) -> bool:
+        event = ed.kwargs["event"]
+        return (
+            self.config.reconnect_window > 0
+            and self.resume_token is not None
+            and isinstance(event, TransportClosed)
+            and event.close_code in RECONNECT_CLOSES
+        )
+
+    def outage_over(self, ed: EventData) -> bool:
+        return self.outage_end is not None and ed.kwargs["now"] >= self.outage_end
+
+    def backoff_due(self, ed: EventData) -> bool:
+        return self.timer is not None and self.timer.name == "backoff"
+
+    def server_busy(self, ed: EventData) -> bool:
+        event = ed.kwargs["event"]
+        return (
+            isinstance(event, MessageReceived)
+            and isinstance(event.message, ErrorMessage)
+            and event.message.code is ErrorCode.SERVER_AT_CAPACITY
+        )
+
+    def stopping(self, ed: EventData) -> bool:
+        return self.lost_in == FINALIZING
+
+    def session_unknown(self, ed: EventData) -> bool:
+        event = ed.kwargs["event"]
+        return (
+            self.lost_in != FINALIZING  # after stop a new server session has nothing to send
+            and isinstance(event, MessageReceived)
+            and isinstance(event.message, ErrorMessage)
+            and event.message.code is ErrorCode.RESUME_UNKNOWN
+            and self.resume_token is not None
+        )
 
     def should_auto_stop(self, ed: EventData) -> bool:
         return self.config.stop_on_capture_end and all(
@@ -327,7 +391,114 @@ class _Attempt:
     def emit_message(self, ed: EventData) -> None:
         event = ed.kwargs["event"]
         assert isinstance(event, MessageReceived)
+        message = event.message
+        if isinstance(message, AsrFinal):
+            if message.segment_id in self.seen_segments:
+                return  # re-sent after a resume: the app has it already
+            self.seen_segments.add(message.segment_id)
+            self.last_segment_id = message.segment_id
+        self.effects.append(EmitMessage(message=message))
+
+    # ------------------------------------------------------------------ reconnecting
+
+    def _arm_capped(self, name: str, seconds: float, now: float) -> None:
+        """Arm ``name``, never past the end of the outage window."""
+        deadline = now + seconds
+        if self.outage_end is not None:
+            deadline = min(deadline, self.outage_end)
+        self.timer = _Timer(name, deadline)
+
+    def _backoff(self) -> float:
+        """The wait before try ``tries`` (0: at once), doubling, with jitter of ±50 %."""
+        if self.tries == 0:
+            return 0.0
+        base = min(
+            self.config.reconnect_backoff_max,
+            self.config.reconnect_backoff * 2 ** (self.tries - 1),
+        )
+        jitter = min(max(float(self.jitter()), 0.0), 1.0)
+        return float(base * (0.5 + jitter))
+
+    def begin_reconnect(self, ed: EventData) -> None:
+        """The connection is lost: close what is left of it and try again at once."""
+        now: float = ed.kwargs["now"]
+        assert ed.transition is not None
+        self.lost_in = ed.transition.source
+        self.tries = 0
+        self.outage_end = now + self.config.reconnect_window
+        self.effects.append(CloseTransport(code=1001))
+        self._arm_capped("backoff", 0.0, now)
+
+    def reconnect_now(self, ed: EventData) -> None:
+        now: float = ed.kwargs["now"]
+        assert self.session_id is not None
+        self.tries += 1
+        self.connection += 1
+        self.connect_issued = True
+        url = with_routing_key(self.config.url, self.session_id)
+        self.effects.append(
+            Connect(url=url, headers=auth_headers(self.config.token), connection=self.connection)
+        )
+        self._arm_capped("try", self.config.start_timeout, now)  # connect + acknowledgment
+
+    def retry(self, ed: EventData) -> None:
+        """This try failed (or took too long): close it, wait the backoff, try again."""
+        self.effects.append(CloseTransport(code=1001))
+        self._arm_capped("backoff", self._backoff(), ed.kwargs["now"])
+
+    def start_fresh(self, ed: EventData) -> None:
+        """The server lost the session (restart, window passed): start a new server session
+        for this session on the next connection, and mark the gap for the app."""
+        self.resume_token = None
+        self.part += 1
+        self.effects.append(
+            EmitMessage(
+                message=StatusMessage(
+                    state="warning",
+                    reason="resume_gap",
+                    message=(
+                        "the server no longer had the session: a new server session "
+                        "continues it; what was said during the outage may be missing"
+                    ),
+                    session_id=self.session_id,
+                    attempt_id=self.attempt_id,
+                )
+            )
+        )
+        self.effects.append(CloseTransport(code=1001))
+        self._arm_capped("backoff", 0.0, ed.kwargs["now"])
+
+    def send_resume(self, ed: EventData) -> None:
+        if self.resume_token is None:  # a new server session for this session
+            self.send_start(ed)
+            return
+        assert self.session_id is not None
+        self.effects.append(
+            SendResume(
+                session_id=self.session_id,
+                resume_token=self.resume_token,
+                last_segment_id=self.last_segment_id,
+            )
+        )
+
+    def resume_finalizing(self, ed: EventData) -> None:
+        """Resumed after the stop: the summary follows; wait for it (the stop timeout)."""
+        event = ed.kwargs["event"]
+        assert isinstance(event, MessageReceived)
+        self.outage_end = None
+        self.tries = 0
+        self.lost_in = None
         self.effects.append(EmitMessage(message=event.message))
+        self._arm("stop", self.config.stop_timeout, ed.kwargs["now"])
+
+    def resume_listening(self, ed: EventData) -> None:
+        event = ed.kwargs["event"]
+        assert isinstance(event, MessageReceived)
+        self.outage_end = None
+        self.tries = 0
+        self.lost_in = None
+        self.effects.append(EmitMessage(message=event.message))  # status: streaming, resumed
+        self.enter_listening(ed)
 
     def _teardown(self) -> None:
         for source in reversed(self.captures):
@@ -397,6 +568,13 @@ class _Attempt:
                 f"{closed}: {event.message}" if event.message else closed
             )
         if isinstance(event, TimerFired):
+            if source == RECONNECTING:
+                code = ErrorCode.RECONNECT_FAILED
+                shown = f"{self.config.reconnect_window:g}"
+                return code, (
+                    f"{default_message(code)}: no resume within {shown} s; "
+                    "the finals received are kept"
+                )
             if source == FINALIZING:
                 code = ErrorCode.SUMMARY_MISSING
                 shown = f"{self.config.stop_timeout:g}"
@@ -408,16 +586,22 @@ class _Attempt:
 class SessionMachine:
     """Pure, deterministic client session state machine (see the module docstring).
 
-    ``id_factory`` makes session and attempt ids (default: UUID4). ``state`` is the phase
-    (``idle``, ``starting``, ``listening``, ``finalizing``, ``error``), ``step`` the step
-    within ``starting`` and ``node`` the table's state name (``starting_capture`` …).
+    ``id_factory`` makes session and attempt ids (default: UUID4); ``jitter`` returns a
+    number in [0, 1) for the reconnect backoff (default: 0.5; the shell passes
+    ``random.random``). ``state`` is the phase (``idle``, ``starting``, ``listening``,
+    ``reconnecting``, ``finalizing``, ``error``), ``step`` the step within ``starting`` and
+    ``node`` the table's state name (``starting_capture`` …).
     """
 
     def __init__(
-        self, config: SessionConfig, *, id_factory: Callable[[], str] | None = None
+        self,
+        config: SessionConfig,
+        *,
+        id_factory: Callable[[], str] | None = None,
+        jitter: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
-        self._model = _Attempt(config, id_factory or uuid_factory)
+        self._model = _Attempt(config, id_factory or uuid_factory, jitter or (lambda: 0.5))
         self._machine = Machine(
             model=self._model,
             states=[{"name": name, "on_enter": "announce"} for name in STATES],
@@ -439,7 +623,7 @@ class SessionMachine:
 
     @property
     def state(self) -> str:
-        """The phase: ``idle``, ``starting``, ``listening``, ``finalizing`` or ``error``."""
+        """The phase: ``idle``, ``starting``, ``listening``, ``reconnecting``, ``finalizing``…"""
         return phase_of(self._model.state)
 
     @property
@@ -467,6 +651,21 @@ class SessionMachine:
     @property
     def summary(self) -> FinalSummary | None:
         return self._model.summary
+
+    @property
+    def resume_token(self) -> str | None:
+        """The server's token for resuming this session (from its last acknowledgment)."""
+        return self._model.resume_token
+
+    @property
+    def timer_name(self) -> str | None:
+        """The armed timer: ``start``, ``stop``, ``backoff``, ``try`` (or ``None``)."""
+        return None if self._model.timer is None else self._model.timer.name
+
+    @property
+    def connection(self) -> int:
+        """The attempt's current connection number (0 first; one more per reconnect try)."""
+        return self._model.connection
 
     @property
     def last_drop(self) -> Drop | None:
@@ -523,6 +722,13 @@ class SessionMachine:
                 return "timeout" if now >= deadline else DropReason.EARLY_TIMER
         if self._is_stale(event.attempt_id):
             return DropReason.STALE_ATTEMPT
+        if isinstance(
+            event, Connected | ConnectFailed | TransportClosed
+        ) and event.connection not in (
+            None,
+            model.connection,
+        ):
+            return DropReason.STALE_ATTEMPT  # a connection the attempt already left
         match event:
             case PermissionAnswered(kind=kind, granted=granted):
                 if not model.asked or model.asked[-1] != kind or kind in model.granted:

@@ -35,12 +35,20 @@ CONNECTING: Final = "starting_connecting"
 AWAITING_ACK: Final = "starting_awaiting_ack"
 LISTENING: Final = "listening"
 FINALIZING: Final = "finalizing"
+RECONNECTING: Final = "reconnecting"
 ERROR: Final = "error"
 
 STARTING_STATES: Final[tuple[str, ...]] = (PERMISSIONS, CAPTURE, CONNECTING, AWAITING_ACK)
-STATES: Final[tuple[str, ...]] = (IDLE, *STARTING_STATES, LISTENING, FINALIZING, ERROR)
+STATES: Final[tuple[str, ...]] = (
+    IDLE,
+    *STARTING_STATES,
+    LISTENING,
+    RECONNECTING,
+    FINALIZING,
+    ERROR,
+)
 #: States in which something may be running (captures, transport, timers).
-ACTIVE_STATES: Final[tuple[str, ...]] = (*STARTING_STATES, LISTENING, FINALIZING)
+ACTIVE_STATES: Final[tuple[str, ...]] = (*STARTING_STATES, LISTENING, RECONNECTING, FINALIZING)
 _CONNECTED: Final[tuple[str, ...]] = (CONNECTING, AWAITING_ACK, LISTENING)
 
 
@@ -141,8 +149,13 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
         conditions=("all_captures_started",),
         after="connect",
     ),
-    _row("capture_failed", (CAPTURE, CONNECTING, AWAITING_ACK, LISTENING), ERROR, after="fail"),
-    _row("capture_ended", (CAPTURE, CONNECTING, AWAITING_ACK, LISTENING), None),
+    _row(
+        "capture_failed",
+        (CAPTURE, CONNECTING, AWAITING_ACK, LISTENING, RECONNECTING),
+        ERROR,
+        after="fail",
+    ),
+    _row("capture_ended", (CAPTURE, CONNECTING, AWAITING_ACK, LISTENING, RECONNECTING), None),
     # --- connection and start handshake
     _row("connected", CONNECTING, AWAITING_ACK, after="send_start"),
     _row("connect_failed", CONNECTING, ERROR, after="fail"),
@@ -153,6 +166,32 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
     # close only means the server dropped one message: the session goes on)
     _row("server_warning", (AWAITING_ACK, LISTENING, FINALIZING), None, after="emit_message"),
     _row("server_error", (*_CONNECTED, FINALIZING), ERROR, after="fail"),
+    # --- an abnormal loss while listening: reconnect and resume (bounded by the window)
+    _row(
+        "transport_closed",
+        (LISTENING, FINALIZING),
+        RECONNECTING,
+        conditions=("can_reconnect",),
+        after="begin_reconnect",
+    ),
+    _row("timeout", RECONNECTING, ERROR, conditions=("outage_over",), after="fail"),
+    _row("timeout", RECONNECTING, None, conditions=("backoff_due",), after="reconnect_now"),
+    _row("timeout", RECONNECTING, None, after="retry"),  # a try took too long
+    _row("connect_failed", RECONNECTING, None, after="retry"),
+    _row("transport_closed", RECONNECTING, None, after="retry"),
+    _row("connected", RECONNECTING, None, after="send_resume"),
+    _row("server_connected", RECONNECTING, None),
+    _row("message", RECONNECTING, None, after="emit_message"),  # the re-sent finals
+    _row("server_warning", RECONNECTING, None, after="emit_message"),
+    _row("server_error", RECONNECTING, None, conditions=("server_busy",), after="retry"),
+    # the server no longer has the session: a new server session continues it (gap marked)
+    _row("server_error", RECONNECTING, None, conditions=("session_unknown",), after="start_fresh"),
+    _row("server_error", RECONNECTING, ERROR, after="fail"),  # resume_unknown, auth, …
+    # lost after stop: resumed for the summary
+    _row("ack", RECONNECTING, FINALIZING, conditions=("stopping",), after="resume_finalizing"),
+    _row("ack", RECONNECTING, LISTENING, after="resume_listening"),
+    _row("summary", RECONNECTING, IDLE, after="complete"),
+    _row("stop", RECONNECTING, IDLE, after="complete"),  # ends with what was received
     _row("transport_closed", _CONNECTED, ERROR, after="fail"),
     _row("timeout", STARTING_STATES, ERROR, after="fail"),
     # --- stopping

@@ -13,22 +13,26 @@ from typing import TypeAlias
 import attrs
 
 from echopanel.errors import ErrorCode
-from echopanel.protocol.messages import ServerMessage, Source, TranscriptEntry
+from echopanel.protocol.messages import ResumeMessage, ServerMessage, Source, TranscriptEntry
 
 __all__ = [
     "AcquireSlot",
     "Action",
     "Analyze",
+    "Attach",
     "CancelAsr",
     "Close",
     "CloseAsrStreams",
     "CountDroppedFrames",
+    "CountReplayedAudio",
     "EndAudio",
     "FeedAudio",
     "FlushRecording",
+    "LookupSession",
     "OpenAsrStream",
     "Rejected",
     "ReleaseSlot",
+    "ResumeExpired",
     "Send",
     "SessionStarted",
     "WaitForAsr",
@@ -137,6 +141,42 @@ class CloseAsrStreams:
     """Close every ASR stream (idempotent)."""
 
 
+@attrs.frozen(kw_only=True)
+class LookupSession:
+    """This connection asks to resume a session: find it among those held by the server.
+
+    Feed the matching session's core ``ResumeRequested``; answer this core
+    ``ResumeAccepted`` when that core attached the socket, else ``ResumeRefused``.
+    """
+
+    message: ResumeMessage
+
+
+@attrs.frozen(kw_only=True)
+class Attach:
+    """A ``resume`` was accepted: from now on this session talks to the new connection's socket.
+
+    Run it before the ``Send`` actions that follow (they go to the new socket); drop the
+    old socket if it is still open (a half-open connection). Count a resume.
+    """
+
+    connection_id: str
+    resent_finals: int
+
+
+@attrs.frozen(kw_only=True)
+class ResumeExpired:
+    """A parked session's resume window passed: count it (the release actions follow)."""
+
+
+@attrs.frozen(kw_only=True)
+class CountReplayedAudio:
+    """Add ``seconds`` to the audio accepted beyond the rate bound after a resume."""
+
+    source: Source
+    seconds: float
+
+
 Action: TypeAlias = (
     Send
     | Close
@@ -153,4 +193,8 @@ Action: TypeAlias = (
     | CancelAsr
     | FlushRecording
     | CloseAsrStreams
+    | LookupSession
+    | Attach
+    | ResumeExpired
+    | CountReplayedAudio
 )

@@ -8,6 +8,7 @@ the analysis answered, time passed, the server is draining, or the shell itself 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TypeAlias
 
 import attrs
@@ -33,6 +34,9 @@ __all__ = [
     "Opened",
     "PeerGone",
     "RecordingFailed",
+    "ResumeAccepted",
+    "ResumeRefused",
+    "ResumeRequested",
     "SlotAcquired",
     "SlotRefused",
     "SourceLoad",
@@ -81,7 +85,14 @@ class BinaryReceived:
 
 @attrs.frozen(kw_only=True)
 class PeerGone:
-    """The peer disconnected or a send failed: nothing more can be sent."""
+    """The peer disconnected or a send failed: nothing more can be sent.
+
+    ``code`` is the peer's close code; ``None`` when there was no close frame (a dropped
+    connection, a failed send). Any code but 1000 is an abnormal loss, which parks a
+    resumable session instead of ending it.
+    """
+
+    code: int | None = None
 
 
 # --------------------------------------------------------------------------- answers to actions
@@ -202,6 +213,31 @@ class RecordingFailed:
 
 
 @attrs.frozen(kw_only=True)
+class ResumeRequested:
+    """A ``resume`` on a new connection names this session (fed to the session's core).
+
+    ``connection_id`` is the new connection's; ``new_token`` the token the shell made for
+    the session's next loss (tokens are single-use).
+    """
+
+    resume_token: str = attrs.field(repr=False)
+    last_segment_id: str | None = None
+    audio_seconds: Mapping[str, float] = attrs.field(factory=dict)
+    connection_id: str
+    new_token: str = attrs.field(repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class ResumeAccepted:
+    """The session named by this connection's ``resume`` took this socket over."""
+
+
+@attrs.frozen(kw_only=True)
+class ResumeRefused:
+    """No session held here matches this connection's ``resume`` (or its token)."""
+
+
+@attrs.frozen(kw_only=True)
 class TimerFired:
     """The shell's clock reached :attr:`ServerSession.deadline`."""
 
@@ -236,6 +272,9 @@ Event: TypeAlias = (
     | AnalysisTick
     | AnalysisDone
     | RecordingFailed
+    | ResumeRequested
+    | ResumeAccepted
+    | ResumeRefused
     | TimerFired
     | DrainRequested
     | Fault

@@ -27,6 +27,7 @@ sent after the summary.
 from __future__ import annotations
 
 import collections
+import hmac
 import json
 from typing import Any, Final
 
@@ -45,6 +46,7 @@ from echopanel.protocol.messages import (
     AudioMessage,
     ErrorMessage,
     MetricsMessage,
+    ResumeMessage,
     ServerMessage,
     Source,
     SourceStats,
@@ -58,16 +60,20 @@ from echopanel.server.core.actions import (
     AcquireSlot,
     Action,
     Analyze,
+    Attach,
     CancelAsr,
     Close,
     CloseAsrStreams,
     CountDroppedFrames,
+    CountReplayedAudio,
     EndAudio,
     FeedAudio,
     FlushRecording,
+    LookupSession,
     OpenAsrStream,
     Rejected,
     ReleaseSlot,
+    ResumeExpired,
     Send,
     SessionStarted,
     WaitForAsr,
@@ -90,6 +96,9 @@ from echopanel.server.core.events import (
     Opened,
     PeerGone,
     RecordingFailed,
+    ResumeAccepted,
+    ResumeRefused,
+    ResumeRequested,
     SlotAcquired,
     SlotRefused,
     SourceLoad,
@@ -99,7 +108,7 @@ from echopanel.server.core.events import (
     TimerFired,
 )
 from echopanel.server.core.summary import build_summary
-from echopanel.server.core.table import CLOSED, INITIAL, PHASES, TRANSITIONS
+from echopanel.server.core.table import CLOSED, INITIAL, PARKED, PHASES, TRANSITIONS
 
 __all__ = ["MAX_TEXT_BYTES", "CoreConfig", "ServerSession"]
 
@@ -127,6 +136,8 @@ class CoreConfig:
     audio_burst: float = attrs.field(default=10.0, validator=v.gt(0))
     #: the encoded ``final_summary`` stays below this (the client accepts up to 4 MiB)
     max_summary_bytes: int = attrs.field(default=2 * 1024 * 1024, validator=v.ge(4096))
+    #: seconds a resumable session lost abnormally is held for a ``resume`` (0: never)
+    resume_window: float = attrs.field(default=0.0, validator=v.ge(0))
 
 
 @attrs.frozen
@@ -142,8 +153,9 @@ class _Cause:
 class _Frame:
     """A decoded frame: ``kind`` is the trigger it maps to."""
 
-    kind: str  # start | audio | stop | invalid | fatal
+    kind: str  # start | resume | audio | stop | invalid | fatal
     start: StartMessage | None = None
+    resume: ResumeMessage | None = None
     source: Source | None = None
     pcm: bytes = b""
     message: str = ""
@@ -177,6 +189,8 @@ class _SourceState:
     refilled_at: float = 0.0
     over_rate: int = 0  # frames dropped for arriving faster than max_audio_rate
     last_rate_warning: float | None = None
+    received_seconds: float = 0.0  # every audio frame received: the stream position
+    last_audio_at: float | None = None
 
     def dropped(self) -> int:
         """Every frame of this source dropped so far: the queue's and the rate bound's."""
@@ -188,8 +202,12 @@ class _Connection:
 
     state: str
 
-    def __init__(self, config: CoreConfig, connection_id: str) -> None:
+    def __init__(self, config: CoreConfig, connection_id: str, resume_token: str | None) -> None:
         self.config = config
+        self.resume_token = resume_token
+        self.client_resumes = False  # the client announced client_features.resume
+        self.parked_at: float | None = None
+        self.parked_from: str | None = None
         self.actions: list[Action] = []
         self.connection_id = connection_id
         self.session_id: str | None = None
@@ -226,6 +244,8 @@ class _Connection:
         }
 
     def send(self, message: ServerMessage) -> None:
+        if self.state == PARKED:
+            return  # no socket: finals are kept and re-sent on resume
         self.actions.append(Send(message=message))
 
     def status(self, state: str, message: str, **fields: Any) -> None:
@@ -287,6 +307,26 @@ class _Connection:
     def all_flushed(self, ed: EventData) -> bool:
         return all(source in self.flushed_sources for source in self.open_streams)
 
+    def resumable(self, ed: EventData | None = None) -> bool:
+        return bool(self.config.resume_window and self.resume_token and self.client_resumes)
+
+    def was_finalizing(self, ed: EventData) -> bool:
+        """Parked during a stop's flush: a resume goes back to finalizing, for the summary."""
+        return self.parked_from == "finalizing"
+
+    def abnormal(self, ed: EventData) -> bool:
+        event = ed.kwargs["event"]
+        return isinstance(event, PeerGone) and event.code != 1000
+
+    def token_matches(self, ed: EventData) -> bool:
+        event = ed.kwargs["event"]
+        if not isinstance(event, ResumeRequested) or not self.resumable():
+            return False
+        assert self.resume_token is not None
+        return hmac.compare_digest(
+            event.resume_token.encode("utf-8"), self.resume_token.encode("utf-8")
+        )
+
     # ------------------------------------------------------------------ handshake
 
     def greet(self, ed: EventData) -> None:
@@ -306,6 +346,7 @@ class _Connection:
             self.connection_id = start.connection_id
         if start.sources is not None:
             self.allowed = self.declared = start.sources
+        self.client_resumes = (start.client_features or {}).get("resume") is True
         self.actions.append(WaitForAsr())
 
     def acquire_slot(self, ed: EventData) -> None:
@@ -325,7 +366,10 @@ class _Connection:
     def enter_streaming(self, ed: EventData) -> None:
         assert self.session_id is not None and self.attempt_id is not None
         now: float = ed.kwargs["now"]
-        self.status("streaming", f"streaming ({self.asr_name})", degrade_level=0)
+        token = self.resume_token if self.resumable() else None
+        self.status(
+            "streaming", f"streaming ({self.asr_name})", degrade_level=0, resume_token=token
+        )
         self.arm_idle(now)
         self.actions.append(
             SessionStarted(
@@ -362,6 +406,9 @@ class _Connection:
         now: float = ed.kwargs["now"]
         self.arm_idle(now)
         source = frame.source
+        state = self.source(source)
+        state.received_seconds += len(frame.pcm) / _BYTES_PER_SECOND
+        state.last_audio_at = now
         if not self.within_rate(source, len(frame.pcm) / _BYTES_PER_SECOND, now):
             return
         if source not in self.requested:
@@ -385,10 +432,13 @@ class _Connection:
         state = self.source(source)
         if state.tokens is None:
             state.tokens = burst
-        else:
+        elif state.tokens < burst:  # above it: a resume's replay allowance, not refilled
             state.tokens = min(burst, state.tokens + (now - state.refilled_at) * rate)
         state.refilled_at = now
         if state.tokens >= min(seconds, burst):
+            if state.tokens > burst:
+                replayed = min(seconds, state.tokens - burst)
+                self.actions.append(CountReplayedAudio(source=source, seconds=replayed))
             state.tokens -= seconds
             return True
         state.over_rate += 1
@@ -569,6 +619,90 @@ class _Connection:
         assert isinstance(event, RecordingFailed)
         self.status("warning", f"recording to --record-dir stopped: {event.message}")
 
+    # ------------------------------------------------------------------ resume
+
+    def ask_resume(self, ed: EventData) -> None:
+        """A new connection's first message is ``resume``: look the session up."""
+        frame: _Frame = ed.kwargs["frame"]
+        assert frame.resume is not None
+        self.timer = None
+        self.session_id = frame.resume.session_id
+        self.actions.append(LookupSession(message=frame.resume))
+
+    def hand_over(self, ed: EventData) -> None:
+        """The resumed session owns this socket now: nothing to send, close or release."""
+
+    def park(self, ed: EventData) -> None:
+        now: float = ed.kwargs["now"]
+        self.parked_at = now
+        assert ed.transition is not None
+        self.parked_from = ed.transition.source
+        self.arm("resume", now + self.config.resume_window)
+
+    def expire(self, ed: EventData) -> None:
+        self.actions.append(ResumeExpired())
+        self.release()
+
+    def reattach(self, ed: EventData) -> None:
+        """Re-attach to the new connection: re-send the finals the client missed, then ACK.
+
+        The ACK's ``audio_seconds`` is, per source, the position up to which audio was
+        received; the audio the client kept while disconnected may then arrive faster than
+        the rate bound: each source gets an allowance of the outage's length (plus what
+        the client sent that never arrived), at most the window plus the burst.
+        """
+        event = ed.kwargs["event"]
+        assert isinstance(event, ResumeRequested)
+        now: float = ed.kwargs["now"]
+        self.connection_id = event.connection_id
+        self.resume_token = event.new_token
+        kept = list(self.finals)
+        start = 0
+        if event.last_segment_id is not None:
+            start = next(
+                (i + 1 for i, e in enumerate(kept) if e.segment_id == event.last_segment_id), 0
+            )
+        resent = kept[start:]
+        self.actions.append(Attach(connection_id=self.connection_id, resent_finals=len(resent)))
+        for entry in resent:
+            self.send(
+                AsrFinal(
+                    source=entry.source,
+                    text=entry.text,
+                    t0=entry.t0,
+                    t1=entry.t1,
+                    confidence=entry.confidence,
+                    segment_id=entry.segment_id,
+                    **self.ids(),
+                )
+            )
+        positions: dict[str, float] = {}
+        cap = self.config.resume_window + self.config.audio_burst
+        for source in self.allowed:
+            state = self.source(source)
+            positions[source] = round(state.received_seconds, 3)
+            last = state.last_audio_at if state.last_audio_at is not None else now
+            lost = max(0.0, event.audio_seconds.get(source, 0.0) - state.received_seconds)
+            allowance = min(cap, max(0.0, now - last) + lost)
+            if self.config.max_audio_rate and allowance:
+                burst = self.config.audio_burst
+                base = burst if state.tokens is None else max(state.tokens, 0.0)
+                state.tokens = max(base, burst) + allowance
+                state.refilled_at = now
+        self.parked_at = None
+        self.status(
+            "streaming",
+            f"resumed ({len(resent)} final(s) re-sent)",
+            resumed=True,
+            resume_token=self.resume_token,
+            audio_seconds=positions,
+        )
+        if self.parked_from == "finalizing":  # the flush goes on: the summary follows
+            self.arm("flush", now + self.config.flush_timeout)
+        else:
+            self.arm_idle(now)
+        self.parked_from = None
+
     # ------------------------------------------------------------------ stop
 
     def begin_flush(self, ed: EventData) -> None:
@@ -641,6 +775,8 @@ class _Connection:
             )
         if isinstance(event, Opened):
             return _cause(ErrorCode.UNAUTHORIZED)
+        if isinstance(event, ResumeRefused):
+            return _cause(ErrorCode.RESUME_UNKNOWN)
         transition = ed.transition
         if isinstance(event, TimerFired) and transition and transition.source == "streaming":
             return _cause(
@@ -684,9 +820,11 @@ class ServerSession:
     ``connection_id`` is the server-made id (replaced by the client's from ``start``).
     """
 
-    def __init__(self, config: CoreConfig, *, connection_id: str) -> None:
+    def __init__(
+        self, config: CoreConfig, *, connection_id: str, resume_token: str | None = None
+    ) -> None:
         self.config = config
-        self._model = _Connection(config, connection_id)
+        self._model = _Connection(config, connection_id, resume_token)
         self._machine = Machine(
             model=self._model,
             states=list(PHASES),
@@ -718,12 +856,21 @@ class ServerSession:
 
     @property
     def timer(self) -> str | None:
-        """The armed timer's name (``start``, ``flush``), or ``None``."""
+        """The armed timer's name (``start``, ``idle``, ``flush``, ``resume``), or ``None``."""
         return None if self._model.timer is None else self._model.timer[0]
 
     @property
     def connection_id(self) -> str:
         return self._model.connection_id
+
+    @property
+    def resumable(self) -> bool:
+        """Whether an abnormal loss would park this session (and a ``resume`` find it)."""
+        return self._model.resumable()
+
+    @property
+    def parked(self) -> bool:
+        return self._model.state == PARKED
 
     @property
     def session_id(self) -> str | None:
@@ -838,6 +985,10 @@ class ServerSession:
             if before_start:
                 return _Frame("start", start=message)
             return _Frame("invalid", message="session already started on this connection")
+        if isinstance(message, ResumeMessage):
+            if before_start:
+                return _Frame("resume", resume=message)
+            return _Frame("invalid", message="resume on a connection that has a session")
         if isinstance(message, AudioMessage):
             if before_start:
                 return _Frame("invalid", message="audio before start")
@@ -876,5 +1027,8 @@ _TRIGGERS: Final[dict[type, str]] = {
     AnalysisDone: "analysis_done",
     RecordingFailed: "recording_failed",
     DrainRequested: "drain",
+    ResumeRequested: "resume_requested",
+    ResumeAccepted: "resume_accepted",
+    ResumeRefused: "resume_refused",
     Fault: "fault",
 }

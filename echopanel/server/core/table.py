@@ -7,8 +7,13 @@ the Mermaid diagram in ``docs/architecture.md``.
 Phases: ``accepted`` (the socket is open, the token not yet judged) → ``awaiting_start``
 (bounded by the start timeout) → ``admitting`` (a valid ``start``: wait for the shared ASR,
 a slot, the declared sources' streams) → ``streaming`` → ``finalizing`` (``stop``: bounded
-flush; also on ``drain``) → ``closed``. Timers: the start timeout (``awaiting_start``),
-the idle-audio timeout (``streaming``), the flush bound (``finalizing``). A row's ``dest``
+flush; also on ``drain``) → ``closed``. A resumable session whose peer is lost abnormally
+waits in ``parked`` (slot and streams held, nothing sent) until a ``resume`` re-attaches it
+(back to ``streaming``) or the resume window passes. A connection whose first message is
+``resume`` goes ``awaiting_start`` → ``admitting`` (the lookup) → ``closed`` (its socket
+handed over, or ``resume_unknown``). Timers: the start timeout (``awaiting_start``),
+the idle-audio timeout (``streaming``), the flush bound (``finalizing``), the resume window
+(``parked``). A row's ``dest``
 of ``None`` is an *internal* transition. A (phase, trigger) pair with no row is dropped by
 the machine, which records why (:attr:`ServerSession.dropped`): late facts are expected in
 an async world.
@@ -27,6 +32,7 @@ __all__ = [
     "FINALIZING",
     "INITIAL",
     "LIVE_PHASES",
+    "PARKED",
     "PHASES",
     "STREAMING",
     "TRANSITIONS",
@@ -39,6 +45,7 @@ AWAITING_START: Final = "awaiting_start"
 ADMITTING: Final = "admitting"
 STREAMING: Final = "streaming"
 FINALIZING: Final = "finalizing"
+PARKED: Final = "parked"
 CLOSED: Final = "closed"
 
 INITIAL: Final = ACCEPTED
@@ -48,12 +55,13 @@ PHASES: Final[tuple[str, ...]] = (
     ADMITTING,
     STREAMING,
     FINALIZING,
+    PARKED,
     CLOSED,
 )
 #: Every phase but ``closed``: the connection may still send and hold resources.
 LIVE_PHASES: Final[tuple[str, ...]] = PHASES[:-1]
 _READING: Final = (AWAITING_START, STREAMING)  # phases that judge incoming frames
-_STARTED: Final = (STREAMING, FINALIZING)
+_STARTED: Final = (STREAMING, FINALIZING, PARKED)
 
 
 def _row(
@@ -82,6 +90,10 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
     _row("opened", ACCEPTED, CLOSED, unless=("authorized",), after="fail"),
     # --- frames: judged in awaiting_start and streaming, ignored after stop
     _row("start", AWAITING_START, ADMITTING, after="begin"),
+    # --- resume (protocol 1.1) on a new connection: the session held here takes the socket
+    _row("resume", AWAITING_START, ADMITTING, after="ask_resume"),
+    _row("resume_accepted", ADMITTING, CLOSED, after="hand_over"),
+    _row("resume_refused", ADMITTING, CLOSED, after="fail"),
     _row("invalid", _READING, None, unless=("over_invalid_budget",), after="report_invalid"),
     _row("invalid", _READING, CLOSED, conditions=("over_invalid_budget",), after="fail"),
     _row("fatal", _READING, CLOSED, after="fail"),
@@ -118,7 +130,7 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
         conditions=("all_streams_open",),
         after="enter_streaming",
     ),
-    _row("stream_opened", STREAMING, None, after="feed_pending"),
+    _row("stream_opened", (STREAMING, PARKED), None, after="feed_pending"),
     _row("stream_failed", (ADMITTING, STREAMING), CLOSED, after="fail"),
     # --- streaming
     _row("audio", STREAMING, None, after="accept_audio"),
@@ -139,6 +151,34 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
     # --- drain (graceful shutdown): a session is flushed and summarized, then close 1001
     _row("drain", STREAMING, FINALIZING, after="begin_drain"),
     _row("drain", (ACCEPTED, AWAITING_START, ADMITTING), CLOSED, after="drain_now"),
+    # --- an abnormal loss parks a resumable session (slot and streams held) for the window
+    _row(
+        "peer_gone",
+        (STREAMING, FINALIZING),
+        PARKED,
+        conditions=("resumable", "abnormal"),
+        after="park",
+    ),
+    _row(
+        "resume_requested",
+        PARKED,
+        FINALIZING,
+        conditions=("token_matches", "was_finalizing"),
+        after="reattach",
+    ),
+    _row(
+        "resume_requested",
+        (STREAMING, PARKED),
+        STREAMING,
+        conditions=("token_matches",),
+        unless=("was_finalizing",),
+        after="reattach",
+    ),
+    _row("asr_done", PARKED, None),  # a stop's flush goes on while parked
+    _row("timeout", PARKED, CLOSED, after="expire"),
+    _row("asr_failed", PARKED, None, conditions=("was_finalizing",)),
+    _row("asr_failed", PARKED, CLOSED, after="abandon"),
+    _row("drain", PARKED, CLOSED, after="abandon"),
     # --- every path out releases what it holds
     _row("slot_acquired", CLOSED, None, after="release_late_slot"),
     _row("peer_gone", LIVE_PHASES, CLOSED, after="abandon"),

@@ -21,7 +21,8 @@ export const SOURCE_BYTES = {
 
 /** `client_features` sent in every start (as the Python client does). */
 export const CLIENT_FEATURES = {
-  "binary_audio": true
+  "binary_audio": true,
+  "resume": true
 };
 
 /** The one message for people of each error code (docs/errors.md). */
@@ -41,8 +42,10 @@ export const ERROR_MESSAGES = {
   "backend_start_timeout": "Backend did not start streaming within 5 seconds",
   "idle_timeout": "No audio received for too long: the server ended the session",
   "internal_error": "The server hit an internal error and ended the session",
+  "resume_unknown": "The server does not know this session any more; the client starts a new one",
   "connection_lost": "Connection to the backend lost",
-  "summary_missing": "No final summary from the backend"
+  "summary_missing": "No final summary from the backend",
+  "reconnect_failed": "Could not reconnect to the backend in time"
 };
 
 /** What a close code means, for people (as the Python client words it). */
@@ -66,5 +69,6 @@ export const CLOSE_TO_CODE = {
   "1007": "invalid_message",
   "1009": "frame_too_large",
   "4408": "idle_timeout",
+  "4404": "resume_unknown",
   "1011": "asr_unavailable"
 };

@@ -36,8 +36,10 @@ PCM = b"\x01\x00" * 1600  # 0.1 s
 class CoreDriver:
     """Feeds events to a :class:`ServerSession` with a clock; keeps every action."""
 
-    def __init__(self, **config: Any) -> None:
-        self.s = ServerSession(CoreConfig(**config), connection_id="srv-1")
+    def __init__(self, *, resume_token: str | None = None, **config: Any) -> None:
+        self.s = ServerSession(
+            CoreConfig(**config), connection_id="srv-1", resume_token=resume_token
+        )
         self.now = 0.0
         self.actions: list[Action] = []
 
@@ -66,9 +68,10 @@ class CoreDriver:
     def open(self) -> list[Action]:
         return self.feed(Opened(authorized=True))
 
-    def to_streaming(self, sources: tuple[Source, ...] | None = ("system",)) -> None:
+    def to_streaming(self, sources: tuple[Source, ...] | None = ("system",), **start: Any) -> None:
         self.open()
         fields = {} if sources is None else {"sources": list(sources)}
+        fields.update(start)
         self.start(**fields)
         self.feed(AsrReady(name="fake"))
         self.feed(SlotAcquired())

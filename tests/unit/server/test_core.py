@@ -38,6 +38,7 @@ from echopanel.server.core import (
     FeedAudio,
     FlushRecording,
     LevelChanged,
+    LookupSession,
     MetricsTick,
     OpenAsrStream,
     Opened,
@@ -45,6 +46,7 @@ from echopanel.server.core import (
     RecordingFailed,
     Rejected,
     ReleaseSlot,
+    ResumeRefused,
     Send,
     SessionStarted,
     SlotAcquired,
@@ -478,3 +480,24 @@ def test_max_finals_keeps_the_newest_and_the_summary_says_so(core):
     d.feed(AsrDone(source="system"))
     summary = d.summary()
     assert summary.omitted_finals == 2 and summary.truncated is True
+
+
+def test_resume_without_a_parked_session_is_resume_unknown_4404(core):
+    d = core()
+    d.open()
+    (lookup,) = d.text({"type": "resume", "session_id": "s1", "resume_token": "guess"})
+    assert isinstance(lookup, LookupSession) and lookup.message.session_id == "s1"
+    assert d.s.deadline is None  # the start timeout no longer applies
+    d.feed(ResumeRefused())
+    (error,) = d.errors()
+    assert error.code is ErrorCode.RESUME_UNKNOWN and d.closes() == [4404]
+    assert d.s.closed and not d.of(AcquireSlot)
+
+
+def test_resume_on_a_started_connection_is_invalid_and_ignored(core):
+    d = core()
+    d.to_streaming()
+    d.text({"type": "resume", "session_id": "s1", "resume_token": "t"})
+    (error,) = d.errors()
+    assert error.code is ErrorCode.INVALID_MESSAGE and not d.closes()
+    assert d.s.phase == "streaming"

@@ -32,6 +32,9 @@ from echopanel.server.core import (
     PeerGone,
     RecordingFailed,
     ReleaseSlot,
+    ResumeAccepted,
+    ResumeRefused,
+    ResumeRequested,
     Send,
     SlotAcquired,
     SlotRefused,
@@ -54,7 +57,7 @@ def reach(d, phase):
     d.open()
     if phase == "awaiting_start":
         return
-    d.start(sources=["system"])
+    d.start(sources=["system"], client_features={"resume": True})
     if phase == "admitting":
         return
     d.feed(AsrReady(name="fake"))
@@ -62,8 +65,10 @@ def reach(d, phase):
     d.feed(StreamOpened(source="system"))
     if phase == "finalizing":
         d.stop()
+    elif phase == "parked":
+        d.feed(PeerGone(code=1006))
     elif phase == "closed":
-        d.feed(PeerGone())
+        d.feed(PeerGone(code=1000))
     assert d.s.phase == phase
 
 
@@ -82,6 +87,12 @@ EVENTS = [
     BinaryReceived(data=b"EP\x01\x00\x01"),
     BinaryReceived(data=b"\x00" * 70_000),
     PeerGone(),
+    PeerGone(code=1000),
+    TextReceived(text='{"type":"resume","session_id":"s1","resume_token":"tok"}'),
+    ResumeRequested(resume_token="tok", connection_id="c2", new_token="tok2"),
+    ResumeRequested(resume_token="bad", connection_id="c2", new_token="tok2"),
+    ResumeAccepted(),
+    ResumeRefused(),
     AsrReady(name="fake"),
     AsrUnavailable(reason="down"),
     SlotAcquired(),
@@ -113,7 +124,7 @@ EVENTS = [
 @pytest.mark.parametrize("index", range(len(EVENTS)))
 @pytest.mark.parametrize("late", [False, True])
 def test_every_phase_and_event(core, phase, index, late):
-    d = core(start_timeout=10.0, flush_timeout=8.0)
+    d = core(start_timeout=10.0, flush_timeout=8.0, resume_window=30.0, resume_token="tok")
     reach(d, phase)
     held = d.s._model.slot_held
     deadline = d.s.deadline
@@ -144,7 +155,7 @@ def test_every_phase_and_event(core, phase, index, late):
         assert d.s.deadline is None
     else:
         assert Close not in kinds
-    timed = d.s.phase in ("awaiting_start", "streaming", "finalizing")
+    timed = d.s.phase in ("awaiting_start", "streaming", "finalizing", "parked")
     assert (d.s.deadline is not None) == timed
 
 

@@ -49,7 +49,7 @@ class Driver:
     def server(self, message: ServerMessage) -> list[Effect]:
         return self.feed(MessageReceived(attempt_id=self.attempt, message=message))
 
-    def to_listening(self) -> None:
+    def to_listening(self, **ack: object) -> None:
         self.feed(StartRequested())
         for kind in self.m.config.permissions:
             self.feed(PermissionAnswered(attempt_id=self.attempt, kind=kind, granted=True))
@@ -57,7 +57,7 @@ class Driver:
             self.feed(CaptureStarted(attempt_id=self.attempt, source=source))
         self.feed(Connected(attempt_id=self.attempt))
         self.server(StatusMessage(state="connected", connection_id="conn-1"))
-        self.server(StatusMessage(state="streaming"))
+        self.server(StatusMessage(state="streaming", **ack))  # type: ignore[arg-type]
         assert self.m.state == "listening"
 
     def of(self, kind: type) -> list[Effect]:

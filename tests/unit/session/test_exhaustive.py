@@ -49,15 +49,17 @@ def reach(d, node):
     a = d.attempt
     if node == "error":
         d.feed(PermissionAnswered(attempt_id=a, kind=SCREEN, granted=False))
-    elif node in ("listening", "finalizing"):
+    elif node in ("listening", "finalizing", "reconnecting"):
         d.feed(PermissionAnswered(attempt_id=a, kind=SCREEN, granted=True))
         d.feed(PermissionAnswered(attempt_id=a, kind=MIC, granted=True))
         d.feed(CaptureStarted(attempt_id=a, source="system"))
         d.feed(CaptureStarted(attempt_id=a, source="mic"))
         d.feed(Connected(attempt_id=a))
-        d.server(StatusMessage(state="streaming"))
+        d.server(StatusMessage(state="streaming", resume_token="tok"))
         if node == "finalizing":
             d.feed(StopRequested())
+        elif node == "reconnecting":
+            d.feed(TransportClosed(attempt_id=a, close_code=1006))
     else:
         facts = [
             PermissionAnswered(attempt_id=a, kind=SCREEN, granted=True),
@@ -132,7 +134,7 @@ def test_every_state_and_event(drive, node, index, late):
     if getattr(event, "attempt_id", d.m.attempt_id) == "stale-attempt":
         pytest.fail(f"stale {event!r} changed something in {before}")
     # a timed state keeps a deadline, an untimed one has none
-    timed = d.m.state in ("starting", "finalizing")
+    timed = d.m.state in ("starting", "finalizing", "reconnecting")
     assert (d.m.deadline is not None) == timed
 
 
