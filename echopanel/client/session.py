@@ -115,6 +115,9 @@ __all__ = ["EVENT_CHANNEL_LIMIT", "HISTORY_LIMIT", "Session", "SessionStateError
 logger = logging.getLogger("echopanel.session")
 
 _CLEANUP_TIMEOUT = 2.0
+#: how long a failed send waits for the receiver to report the close it ran into (the peer
+#: may have sent an error just before closing, which must win over "connection closed")
+_SEND_FAILURE_GRACE = 2.0
 #: events a session keeps for its iterators (about an hour of partials and metrics)
 HISTORY_LIMIT = 20_000
 #: facts waiting for the driver at most; a task posting to a full channel waits
@@ -155,6 +158,8 @@ class _Attempt:
     dropped_frames: int = 0  # dropped from the pre-acknowledgment buffer (it was full)
     carry: dict[Source, bytes] = attrs.field(factory=dict)
     connection: int = 0  # the current connection's number (Connect.connection)
+    #: per connection number, set once its receiver has reported how the connection ended
+    receivers: dict[int, anyio.Event] = attrs.field(factory=dict)
     sent_bytes: dict[Source, int] = attrs.field(factory=dict)  # audio sent, per source
     reconnecting: bool = False  # the buffer then holds up to reconnect_buffer seconds
     #: per source, the newest audio sent (offset in bytes, pcm), up to reconnect_buffer
@@ -719,6 +724,20 @@ class Session:
         connection: int,
         held: list[Transport],
     ) -> None:
+        done = attempt.receivers[connection] = anyio.Event()
+        try:
+            await self._connect_and_receive_inner(attempt, url, headers, connection, held)
+        finally:
+            done.set()
+
+    async def _connect_and_receive_inner(
+        self,
+        attempt: _Attempt,
+        url: str,
+        headers: dict[str, str],
+        connection: int,
+        held: list[Transport],
+    ) -> None:
         aid = attempt.attempt_id
         try:
             factory = self._transport_factory
@@ -768,6 +787,15 @@ class Session:
         try:
             await transport.send_text(text)
         except TransportError as exc:
+            # A peer that answers with an error and closes (e.g. ``unauthorized``) makes this
+            # send fail while its error is still being read: the receiver reports the close
+            # after every message the peer sent before it, so let it speak first (bounded).
+            received = attempt.receivers.get(connection)
+            if received is not None:
+                with anyio.move_on_after(_SEND_FAILURE_GRACE):
+                    await received.wait()
+                if received.is_set():
+                    return
             await self._post(_closed_event(attempt.attempt_id, exc, connection))
 
     async def _close_transport(self, attempt: _Attempt, code: int) -> None:
