@@ -40,6 +40,13 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.natural import (
+    Session,
+    build_sessions,
+    invented_phrases,
+    repeated_sequences,
+    score,
+)
 from echopanel.asr.whisper import WhisperBackend
 from echopanel.ports import AsrFinalUpdate, AsrPartialUpdate, AsrTuning
 from echopanel.server.config import DegradeConfig
@@ -298,12 +305,161 @@ async def bench_concurrency(
     }
 
 
+def offline_text(backend: WhisperBackend, audio: np.ndarray, cache: Path | None) -> str:
+    """The same model on the whole file, faster-whisper defaults (beam 5, no VAD)."""
+    import hashlib
+    import json
+
+    key = hashlib.sha1(audio.tobytes()).hexdigest()[:16]
+    store: dict[str, str] = {}
+    if cache is not None and cache.exists():
+        store = json.loads(cache.read_text())
+        if key in store:
+            return store[key]
+    shared = backend._shared
+    assert shared is not None
+    with shared.lock:
+        shared.model.encode_frames = None
+        segs, _ = shared.model.transcribe(audio, language="en", beam_size=5)
+        text = " ".join(seg.text.strip() for seg in segs)
+    if cache is not None:
+        store[key] = text
+        cache.write_text(json.dumps(store, indent=1))
+    return text
+
+
+async def replay(
+    backend: WhisperBackend, audio: np.ndarray, source: Any, tuning: AsrTuning | None
+) -> dict[str, Any]:
+    """Feed 100 ms chunks as the server's pipeline does when it keeps up, without sleeping.
+
+    The text is deterministic (the policy only counts samples). Latencies use a simulated
+    clock: a chunk is fed when its audio is complete or when the previous feed returned,
+    whichever is later, and a feed takes the model time it measured.
+    """
+    s = backend.open_stream(source, tuning=tuning)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    clock = 0.0
+    log: list[Any] = []
+    for i in range(0, len(pcm), CHUNK * 2):
+        audio_t = (i // 2 + CHUNK) / SR
+        before = s.inference_seconds
+        updates = await s.feed(pcm[i : i + CHUNK * 2])
+        clock = max(clock, audio_t) + (s.inference_seconds - before)
+        log += [(clock, u) for u in updates]
+    before = s.inference_seconds
+    updates = await s.flush()
+    clock = max(clock, len(audio) / SR) + (s.inference_seconds - before)
+    log += [(clock, u) for u in updates]
+    return {"stream": s, "log": log, "lags": [0.0], "rss": []}
+
+
+def _session_row(sess: Session, res: dict[str, Any], offline: str) -> dict[str, Any]:
+    log = res["log"]
+    s = res["stream"]
+    finals = [u for _, u in log if isinstance(u, AsrFinalUpdate)]
+    streamed = " ".join(u.text for u in finals)
+    onset, ending = latencies(log, sess.spans)
+    return {
+        "session": sess.name,
+        "audio_s": round(sess.seconds, 1),
+        "streamed": score([sess.ref], [streamed]),
+        "offline": score([sess.ref], [offline]),
+        "invented": invented_phrases(sess.ref, streamed),
+        "repeats": repeated_sequences(sess.ref, streamed),
+        "offline_invented": invented_phrases(sess.ref, offline),
+        "offline_repeats": repeated_sequences(sess.ref, offline),
+        "onset": [v for _, v in onset],
+        "ending": [v for _, v in ending],
+        "rtf": s.inference_seconds / s.audio_seconds,
+        "max_lag_s": max(res["lags"]) if res["lags"] else 0.0,
+        "text": streamed,
+        "offline_text": offline,
+        "finals": [(u.t0, u.t1, u.text) for u in finals],
+    }
+
+
+def _summary(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def tot(kind: str) -> dict[str, Any]:
+        parts = {k: sum(r[kind][k] for r in rows) for k in ("sub", "del", "ins", "words")}
+        errors = parts["sub"] + parts["del"] + parts["ins"]
+        return {"wer": round(errors / parts["words"] * 100, 2), **parts}
+
+    onset = [v for r in rows for v in r["onset"]]
+    ending = [v for r in rows for v in r["ending"]]
+    return {
+        "condition": label,
+        "sessions": len(rows),
+        "audio_s": round(sum(r["audio_s"] for r in rows), 1),
+        "streamed": tot("streamed"),
+        "offline": tot("offline"),
+        "invented": sum(len(r["invented"]) for r in rows),
+        "repeats": sum(len(r["repeats"]) for r in rows),
+        "offline_invented": sum(len(r["offline_invented"]) for r in rows),
+        "offline_repeats": sum(len(r["offline_repeats"]) for r in rows),
+        "onset_to_partial_p50": round(pct(onset, 50), 3),
+        "onset_to_partial_p90": round(pct(onset, 90), 3),
+        "end_to_final_p50": round(pct(ending, 50), 3),
+        "end_to_final_p90": round(pct(ending, 90), 3),
+        "rtf_mean": round(statistics.mean(r["rtf"] for r in rows), 3),
+        "max_lag_s": round(max(r["max_lag_s"] for r in rows), 2),
+    }
+
+
+async def bench_natural(backend: WhisperBackend, args: argparse.Namespace) -> None:
+    """Streamed vs offline on joined natural-speech sessions (``--natural DIR``)."""
+    import json
+
+    root = Path(args.natural)
+    cache = Path(args.offline_cache) if args.offline_cache else None
+    tuning = plan_for(0, DegradeConfig(), 2.0).tuning
+    conditions = {"pauses": (0.4, 1.5), "no-pause": (0.1, 0.3)}
+    dump: dict[str, Any] = {}
+    for label in args.conditions.split(","):
+        sessions = build_sessions(
+            root, pause=conditions[label], seed=args.seed, session_seconds=args.session_seconds
+        )
+        if args.sessions:
+            sessions = sessions[: args.sessions]
+        offline = [offline_text(backend, sess.audio, cache) for sess in sessions]
+        rows: list[dict[str, Any]] = [{} for _ in sessions]
+        if args.pace == "fast":
+            for i, sess in enumerate(sessions):
+                res = await replay(backend, sess.audio, "mic", tuning)
+                rows[i] = _session_row(sess, res, offline[i])
+        else:
+            # Real-time pace, ``--natural-concurrency`` sessions at once.
+            n = args.natural_concurrency
+            for start in range(0, len(sessions), n):
+
+                async def one(i: int) -> None:
+                    log: list[Any] = []
+                    res = await stream_one(
+                        backend, sessions[i].audio, "mic", "realtime", log, tuning
+                    )
+                    res["log"] = log
+                    rows[i] = _session_row(sessions[i], res, offline[i])
+
+                async with anyio.create_task_group() as tg:
+                    for i in range(start, min(start + n, len(sessions))):
+                        tg.start_soon(one, i)
+        summary = _summary(label, rows)
+        print(json.dumps(summary))
+        dump[label] = {"summary": summary, "sessions": rows}
+    if args.dump:
+        Path(args.dump).write_text(json.dumps(dump, indent=1))
+
+
 async def run(args: argparse.Namespace) -> None:
     backend = WhisperBackend(cpu_threads=args.threads)
     t = time.perf_counter()
     await backend.load()
     print(f"# load+warm-up {time.perf_counter() - t:.2f} s; {dict(backend.describe())}")
     print(f"# machine: {os.cpu_count()} CPUs; pace={args.pace}")
+    if args.natural:
+        await bench_natural(backend, args)
+        await backend.aclose()
+        return
     print(await bench_file(backend, "jfk", load(Path(args.jfk)), JFK_TEXT, args.pace))
     with tempfile.TemporaryDirectory() as tmp:
         long_audio, long_text = make_long_form(args.long_minutes, Path(tmp))
@@ -332,6 +488,18 @@ def main() -> None:
         default=0,
         help="tune the concurrent sources as the server's degrade ladder does at this level",
     )
+    p.add_argument(
+        "--natural",
+        default="",
+        help="natural-speech mode over this directory (e.g. ../shared/data/speech)",
+    )
+    p.add_argument("--conditions", default="pauses,no-pause")
+    p.add_argument("--seed", type=int, default=8)
+    p.add_argument("--session-seconds", type=float, default=120.0)
+    p.add_argument("--sessions", type=int, default=0, help="only the first N sessions")
+    p.add_argument("--natural-concurrency", type=int, default=1)
+    p.add_argument("--offline-cache", default="", help="JSON file caching offline texts")
+    p.add_argument("--dump", default="", help="write per-session texts and finals here")
     anyio.run(run, p.parse_args())
 
 

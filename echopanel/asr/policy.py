@@ -60,7 +60,9 @@ __all__ = [
     "Vad",
     "Word",
     "break_repetitions",
+    "is_anomalous",
     "normalize_word",
+    "word_anomaly",
 ]
 
 SAMPLE_RATE: Final = 16000
@@ -198,6 +200,33 @@ def break_repetitions(words: Sequence[Word], max_repeats: int = 2) -> list[Word]
         if not cut:
             i += 1
     return out
+
+
+def word_anomaly(word: Word) -> float:
+    """How unlike a spoken word ``word`` is: improbable, squeezed to nothing or stretched.
+
+    Whisper's hallucinations at pauses come out as words of near-zero probability or
+    duration (several words stacked on the audio's last frame); the score is the one
+    openai-whisper uses for its ``hallucination_silence_threshold``.
+    """
+    score = 0.0
+    if word.probability < 0.15:
+        score += 1.0
+    duration = word.end - word.start
+    if duration < 0.133:
+        score += (0.133 - duration) * 15
+    if duration > 2.0:
+        score += duration - 2.0
+    return score
+
+
+def is_anomalous(words: Sequence[Word]) -> bool:
+    """Whether a segment's first words (up to 8) look hallucinated rather than heard."""
+    spoken = [w for w in words if normalize_word(w.text)][:8]
+    if not spoken:
+        return False
+    score = sum(word_anomaly(w) for w in spoken)
+    return score >= 3 or score + 0.01 >= len(spoken)
 
 
 def _text(words: Sequence[Word]) -> str:
@@ -363,6 +392,8 @@ class StreamingPolicy:
                 seg.no_speech_prob > cfg.no_speech_threshold
                 and seg.avg_logprob < cfg.logprob_threshold
             ):
+                continue
+            if is_anomalous(seg.words):
                 continue
             for w in seg.words:
                 if not normalize_word(w.text) or not self._speech_near(w.start, w.end):

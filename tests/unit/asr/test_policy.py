@@ -19,13 +19,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from echopanel.asr import (
+from echopanel.asr.policy import (
     SAMPLE_RATE,
     DecodedSegment,
     PolicyConfig,
     StreamingPolicy,
     Word,
     break_repetitions,
+    is_anomalous,
     normalize_word,
 )
 from echopanel.ports import AsrFinalUpdate, AsrPartialUpdate, AsrTuning, AsrUpdate
@@ -71,6 +72,9 @@ class ScriptedDecoder:
     quality: dict[str, float] = attrs.Factory(dict)
     extra: list[Word] = attrs.Factory(list)  # words appended to every hypothesis
     replace: str | None = None  # whole hypothesis text, one word over all runs
+    # A hallucinated segment after the speech (Whisper at a pause): its first word has
+    # near-zero probability, the rest are stacked on the audio's last instant.
+    tail: tuple[str, ...] = ()
     calls: list[tuple[float, str, int]] = attrs.Factory(list)
 
     def decode(
@@ -105,7 +109,15 @@ class ScriptedDecoder:
                 )
             ]
         words += self.extra
-        return [DecodedSegment(words=tuple(words), **self.quality)]
+        segments = [DecodedSegment(words=tuple(words), **self.quality)]
+        if self.tail and words:
+            end = len(audio) / SAMPLE_RATE
+            ghost = [Word(text=f" {self.tail[0]}", start=words[-1].end, end=end, probability=0.01)]
+            ghost += [Word(text=f" {t}", start=end, end=end, probability=0.9) for t in self.tail[1:]]
+            segments.append(
+                DecodedSegment(words=tuple(ghost), no_speech_prob=0.57, avg_logprob=-0.67)
+            )
+        return segments
 
 
 def run(
@@ -260,6 +272,34 @@ def test_words_where_the_vad_heard_nothing_are_dropped() -> None:
     audio = np.concatenate([utterance(["alpha", "bravo"]), silence(4)])
     fin = finals(run(policy, audio))
     assert [f.text for f in fin] == ["alpha bravo"]
+
+
+@pytest.mark.parametrize(
+    "tail", [("Thank",), ("Thank", "you", "for", "watching."), ("And,", "and,", "and,")]
+)
+def test_a_hallucinated_segment_after_the_speech_is_dropped(tail: tuple[str, ...]) -> None:
+    # Cause 1 (issue 8): the final decode of a buffer ending in a pause made tiny.en append
+    # "Thank you for watching" as its own segment -- first word p=0.01, the rest stacked
+    # at the buffer's end. The word VAD guard let the first word through (it touches the
+    # speech) and the rest were inside its padding.
+    decoder = ScriptedDecoder(tail=tail)
+    policy = make(decoder)
+    audio = np.concatenate(
+        [utterance(["alpha", "bravo"]), silence(1), utterance(["charlie"]), silence(1)]
+    )
+    updates = run(policy, audio) + policy.flush()
+    assert [f.text for f in finals(updates)] == ["alpha bravo", "charlie"]
+    assert not any(tail[0] in p.text for p in partials(updates))
+    assert all(tail[0] not in prompt for _, prompt, _ in decoder.calls)
+
+
+def test_anomaly_score_spares_ordinary_words() -> None:
+    spoken = [Word(text=f" w{i}", start=i * 0.3, end=i * 0.3 + 0.25, probability=0.4) for i in range(5)]
+    assert not is_anomalous(spoken)
+    assert not is_anomalous([Word(text=" Okay.", start=0, end=0.3, probability=0.3)])
+    assert is_anomalous([Word(text=" Thank", start=0, end=0.6, probability=0.01)])
+    stacked = [Word(text=f" w{i}", start=2.0, end=2.0, probability=0.9) for i in range(3)]
+    assert is_anomalous(spoken[:2] + stacked)
 
 
 def test_blocklisted_hallucination_on_a_blip_is_dropped() -> None:
