@@ -446,8 +446,8 @@ async def bench_natural(backend: WhisperBackend, args: argparse.Namespace) -> No
         summary = _summary(label, rows)
         print(json.dumps(summary))
         dump[label] = {"summary": summary, "sessions": rows}
-    if args.dump:
-        Path(args.dump).write_text(json.dumps(dump, indent=1))
+        if args.dump:
+            Path(args.dump).write_text(json.dumps(dump, indent=1))
 
 
 async def run(args: argparse.Namespace) -> None:

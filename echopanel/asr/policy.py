@@ -143,8 +143,8 @@ class PolicyConfig:
     emit_partials: bool = True
     max_buffer: float = attrs.field(default=15.0, validator=attrs.validators.gt(1.0))
     endpoint_silence: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
-    vad_threshold: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
-    vad_neg_threshold: float = attrs.field(default=0.35, validator=attrs.validators.ge(0))
+    vad_threshold: float = attrs.field(default=0.3, validator=attrs.validators.ge(0))
+    vad_neg_threshold: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
     min_speech: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
     preroll: float = attrs.field(default=0.4, validator=attrs.validators.ge(0))
     word_vad_pad: float = attrs.field(default=0.4, validator=attrs.validators.ge(0))
@@ -153,6 +153,8 @@ class PolicyConfig:
     min_avg_logprob: float = -1.5
     max_compression_ratio: float = 2.4
     max_repeats: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    repeat_phrase_words: int = attrs.field(default=3, validator=attrs.validators.ge(2))
+    max_word_seconds: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
     blocklist_max_speech: float = 1.0
     blocklist_min_confidence: float = 0.6
     prompt_chars: int = attrs.field(default=200, validator=attrs.validators.ge(0))
@@ -177,24 +179,29 @@ def normalize_word(text: str) -> str:
     return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
-def break_repetitions(words: Sequence[Word], max_repeats: int = 2) -> list[Word]:
-    """Cut repetition loops: an n-gram (n ≤ 8) repeated back to back more than ``max_repeats``
-    times keeps only its first ``max_repeats`` occurrences."""
+def break_repetitions(
+    words: Sequence[Word], max_repeats: int = 2, phrase_words: int = 3
+) -> list[Word]:
+    """Cut repetition loops: an n-gram (n ≤ 12) repeated back to back more than ``max_repeats``
+    times keeps only its first ``max_repeats`` occurrences; a phrase of ``phrase_words`` or
+    more words repeated back to back keeps one ("no, no" is speech; "I am sure I can sleep.
+    I am sure I can sleep." is tiny.en looping over a pause)."""
     out = list(words)
     keys = [normalize_word(w.text) for w in out]
     i = 0
     while i < len(out):
         cut = False
-        for n in range(1, 9):
+        for n in range(1, 13):
             gram = keys[i : i + n]
             if len(gram) < n:
                 break
             reps = 1
             while keys[i + reps * n : i + (reps + 1) * n] == gram:
                 reps += 1
-            if reps > max_repeats:
-                del out[i + max_repeats * n : i + reps * n]
-                del keys[i + max_repeats * n : i + reps * n]
+            keep = 1 if n >= phrase_words else max_repeats
+            if reps > keep:
+                del out[i + keep * n : i + reps * n]
+                del keys[i + keep * n : i + reps * n]
                 cut = True
                 break
         if not cut:
@@ -313,7 +320,7 @@ class StreamingPolicy:
         while (end := self._advance_vad()) is not None:
             updates += self._endpoint(end)
         if self._has_speech():
-            hyp = self._hypothesis(len(self._buffer), final=True)
+            hyp = self._final_hypothesis(len(self._buffer))
             updates += self._finalize(hyp or self._committed)
         elif self._committed:
             updates += self._finalize(self._committed)
@@ -365,13 +372,47 @@ class StreamingPolicy:
             return lo * self._frame < len(self._buffer)
         return any(p >= self.config.vad_threshold for p in self._probs[lo:hi])
 
+    def _mostly_silent(self, words: Sequence[Word]) -> bool:
+        """Whether the VAD heard speech in less than half of the span of ``words``."""
+        start, end = words[0].start, max(words[-1].end, words[0].start + 0.2)
+        lo = max(0, int(start * SAMPLE_RATE) // self._frame)
+        hi = min(len(self._probs), int(end * SAMPLE_RATE) // self._frame + 1)
+        if hi <= lo:
+            return False
+        speech = sum(p >= self.config.vad_threshold for p in self._probs[lo:hi])
+        return speech < 0.5 * (hi - lo)
+
     # ------------------------------------------------------------------ decoding
 
     def _prompt(self) -> str:
         text = " ".join(self._final_text)
         return text[-self.config.prompt_chars :].lstrip() if self.config.prompt_chars else ""
 
-    def _hypothesis(self, end: int, *, final: bool = False) -> list[Word]:
+    def _final_hypothesis(self, end: int) -> list[Word]:
+        """The decode that makes ``buffer[:end]`` final, with a retry when it is truncated.
+
+        tiny.en sometimes ends a hypothesis early and stretches its last word over the rest
+        of the speech ("allowed to[8.4-15.2 s]", the next 7 s of speech lost). A word longer
+        than ``max_word_seconds`` over audio the VAD calls speech marks such a truncated
+        decode; the buffer is then decoded again greedily and the longer result kept.
+        """
+        hyp = self._hypothesis(end, final=True)
+        if not self._truncated(hyp):
+            return hyp
+        retry = self._hypothesis(end, beam_size=1)
+        return retry if len(retry) > len(hyp) else hyp
+
+    def _truncated(self, words: Sequence[Word]) -> bool:
+        offset = self._buffer_start / SAMPLE_RATE
+        return any(
+            w.end - w.start > self.config.max_word_seconds
+            and not self._mostly_silent([attrs.evolve(w, start=w.start - offset, end=w.end - offset)])
+            for w in words
+        )
+
+    def _hypothesis(
+        self, end: int, *, final: bool = False, beam_size: int | None = None
+    ) -> list[Word]:
         """Decode ``buffer[:end]``; guarded words with absolute times.
 
         The decode that makes an utterance final uses ``final_beam_size`` (once per
@@ -380,6 +421,8 @@ class StreamingPolicy:
         cfg = self.config
         self.decodes += 1
         beam = max(cfg.beam_size, cfg.final_beam_size) if final else cfg.beam_size
+        if beam_size is not None:
+            beam = beam_size
         segments = self._decoder.decode(self._buffer[:end], prompt=self._prompt(), beam_size=beam)
         offset = self._buffer_start / SAMPLE_RATE
         words: list[Word] = []
@@ -393,14 +436,14 @@ class StreamingPolicy:
                 and seg.avg_logprob < cfg.logprob_threshold
             ):
                 continue
-            if is_anomalous(seg.words):
+            if is_anomalous(seg.words) and self._mostly_silent(seg.words):
                 continue
             for w in seg.words:
                 if not normalize_word(w.text) or not self._speech_near(w.start, w.end):
                     continue
                 start = max(offset + w.start, words[-1].end if words else 0.0)
                 words.append(attrs.evolve(w, start=start, end=max(offset + w.end, start)))
-        return break_repetitions(words, cfg.max_repeats)
+        return break_repetitions(words, cfg.max_repeats, cfg.repeat_phrase_words)
 
     def _merge_tail(self, hyp: list[Word]) -> list[Word]:
         """The part of ``hyp`` after the committed words."""
@@ -450,7 +493,7 @@ class StreamingPolicy:
         """End of an utterance at ``end`` (buffer sample): finalize all of it, trim."""
         updates: list[AsrUpdate] = []
         if self._has_speech():
-            hyp = self._hypothesis(end, final=True)
+            hyp = self._final_hypothesis(end)
             updates += self._finalize(hyp or self._committed)
         elif self._committed:
             updates += self._finalize(self._committed)

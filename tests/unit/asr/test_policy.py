@@ -110,8 +110,8 @@ class ScriptedDecoder:
             ]
         words += self.extra
         segments = [DecodedSegment(words=tuple(words), **self.quality)]
-        if self.tail and words:
-            end = len(audio) / SAMPLE_RATE
+        end = len(audio) / SAMPLE_RATE
+        if self.tail and words and words[-1].end < end - 0.2:
             ghost = [Word(text=f" {self.tail[0]}", start=words[-1].end, end=end, probability=0.01)]
             ghost += [Word(text=f" {t}", start=end, end=end, probability=0.9) for t in self.tail[1:]]
             segments.append(
@@ -324,8 +324,11 @@ def test_repetition_loops_are_broken() -> None:
 
     assert out("go go go go go") == "go go"
     assert out("I said I said I said I said stop") == "I said I said stop"
-    assert out("a b c a b c a b c") == "a b c a b c"
+    # Cause 3 (issue 8): a phrase of 3+ words is never repeated back to back in a final.
+    assert out("a b c a b c a b c") == "a b c"
+    assert out("I am sure I can sleep. I am sure I can sleep.") == "I am sure I can sleep."
     assert out("one two three") == "one two three"
+    assert out("no no no") == "no no"
 
 
 def test_normalize_word() -> None:
