@@ -75,6 +75,9 @@ class ScriptedDecoder:
     # A hallucinated segment after the speech (Whisper at a pause): its first word has
     # near-zero probability, the rest are stacked on the audio's last instant.
     tail: tuple[str, ...] = ()
+    # Beam decodes stop after this many words, the last one stretched to the audio's end
+    # (tiny.en ending a hypothesis early over continuing speech).
+    truncate_beam: int | None = None
     calls: list[tuple[float, str, int]] = attrs.Factory(list)
 
     def decode(
@@ -108,6 +111,9 @@ class ScriptedDecoder:
                     probability=0.3,
                 )
             ]
+        if self.truncate_beam is not None and beam_size > 1 and len(words) > self.truncate_beam:
+            words = words[: self.truncate_beam]
+            words[-1] = attrs.evolve(words[-1], end=len(audio) / SAMPLE_RATE)
         words += self.extra
         segments = [DecodedSegment(words=tuple(words), **self.quality)]
         end = len(audio) / SAMPLE_RATE
@@ -291,6 +297,32 @@ def test_a_hallucinated_segment_after_the_speech_is_dropped(tail: tuple[str, ...
     assert [f.text for f in finals(updates)] == ["alpha bravo", "charlie"]
     assert not any(tail[0] in p.text for p in partials(updates))
     assert all(tail[0] not in prompt for _, prompt, _ in decoder.calls)
+
+
+def test_a_truncated_final_decode_is_decoded_again_greedily() -> None:
+    # Cause 4 (issue 8): the beam-5 final decode of 13 s of speech stopped after "allowed
+    # to", stretching "to" over the next 7 s; the final lost 12 words the partials had.
+    decoder = ScriptedDecoder(truncate_beam=3)
+    policy = make(decoder)
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    fin = finals(run(policy, np.concatenate([utterance(words), silence(1)])))
+    assert [f.text for f in fin] == [" ".join(words)]
+    assert [beam for _, _, beam in decoder.calls][-2:] == [5, 1]
+
+
+class SoftVad(EnergyVad):
+    """Scores speech 0.4: a hoarse or distant voice Silero is unsure about."""
+
+    def speech_probs(self, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return super().speech_probs(audio) * np.float32(0.4)
+
+
+def test_soft_speech_reaches_the_decoder() -> None:
+    # Cause 5 (issue 8): a speaker with a cold scored 0.1-0.45 on Silero for 6 s; with a 0.5
+    # gate the policy trimmed that speech away undecoded (offline transcribed it).
+    policy = StreamingPolicy(ScriptedDecoder(), SoftVad(), PolicyConfig())
+    audio = np.concatenate([utterance(["alpha", "bravo", "charlie"]), silence(1)])
+    assert [f.text for f in finals(run(policy, audio))] == ["alpha bravo charlie"]
 
 
 def test_anomaly_score_spares_ordinary_words() -> None:
