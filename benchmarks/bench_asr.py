@@ -406,6 +406,85 @@ def _summary(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+async def listen_session(url: str, wav: Path) -> dict[str, Any]:
+    """Stream ``wav`` at real-time pace through ``echopanel listen --json`` to a running
+    ``echopanel serve``; the partials and finals with the wall time they arrived, in
+    seconds since the session reported ``streaming`` (when the file starts being sent)."""
+    import json
+
+    cmd = [sys.executable, "-m", "echopanel", "listen", "--json", "--no-bundle"]
+    cmd += ["--url", url, "--source", f"file:{wav}"]
+    log: list[Any] = []
+    start: float | None = None
+    async with await anyio.open_process(cmd) as proc:
+        assert proc.stdout is not None
+        buf = b""
+        async for chunk in proc.stdout:
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                now = time.perf_counter()
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                kind = str(rec.get("event", ""))
+                if start is None and "streaming" in json.dumps(rec):
+                    start = now
+                if {"text", "t0", "t1"} <= rec.keys() and "summary" not in kind:
+                    final = "segment_id" in rec
+                    cls = AsrFinalUpdate if final else AsrPartialUpdate
+                    u = cls(
+                        text=rec["text"],
+                        t0=float(rec["t0"]),
+                        t1=float(rec["t1"]),
+                        **(
+                            {"confidence": 1.0, "segment_id": str(rec.get("segment_id", "x"))}
+                            if final
+                            else {}
+                        ),
+                    )
+                    log.append((now - (start if start is not None else now), u))
+        await proc.wait()
+    return {"log": log}
+
+
+class _ListenedStream:
+    """What ``_session_row`` reads from a stream, for a session run through the server."""
+
+    def __init__(self, seconds: float) -> None:
+        self.audio_seconds = seconds
+        self.inference_seconds = float("nan")
+
+
+async def _natural_one(
+    how: str,
+    backend: WhisperBackend,
+    sess: Session,
+    offline: str,
+    tuning: AsrTuning,
+    rows: list[dict[str, Any]],
+    i: int,
+) -> None:
+    """One session: ``replay`` (fast, deterministic) or ``realtime`` (wall clock)."""
+    if how == "replay":
+        res = await replay(backend, sess.audio, "mic", tuning)
+    else:
+        log: list[Any] = []
+        res = await stream_one(backend, sess.audio, "mic", "realtime", log, tuning)
+        res["log"] = log
+    rows[i] = _session_row(sess, res, offline)
+
+
+async def _listen_one(
+    url: str, sess: Session, wav: Path, offline: str, rows: list[dict[str, Any]], i: int
+) -> None:
+    res = await listen_session(url, wav)
+    res["stream"] = _ListenedStream(sess.seconds)
+    res["lags"] = [0.0]
+    rows[i] = _session_row(sess, res, offline)
+
+
 async def bench_natural(backend: WhisperBackend, args: argparse.Namespace) -> None:
     """Streamed vs offline on joined natural-speech sessions (``--natural DIR``)."""
     import json
@@ -415,6 +494,8 @@ async def bench_natural(backend: WhisperBackend, args: argparse.Namespace) -> No
     tuning = plan_for(0, DegradeConfig(), 2.0).tuning
     conditions = {"pauses": (0.4, 1.5), "no-pause": (0.1, 0.3)}
     dump: dict[str, Any] = {}
+    how = "server" if args.server_url else ("replay" if args.pace == "fast" else "realtime")
+    n = 1 if how == "replay" else args.natural_concurrency
     for label in args.conditions.split(","):
         sessions = build_sessions(
             root, pause=conditions[label], seed=args.seed, session_seconds=args.session_seconds
@@ -423,31 +504,29 @@ async def bench_natural(backend: WhisperBackend, args: argparse.Namespace) -> No
             sessions = sessions[: args.sessions]
         offline = [offline_text(backend, sess.audio, cache) for sess in sessions]
         rows: list[dict[str, Any]] = [{} for _ in sessions]
-        if args.pace == "fast":
-            for i, sess in enumerate(sessions):
-                res = await replay(backend, sess.audio, "mic", tuning)
-                rows[i] = _session_row(sess, res, offline[i])
-        else:
-            # Real-time pace, ``--natural-concurrency`` sessions at once.
-            n = args.natural_concurrency
-            for start in range(0, len(sessions), n):
-
-                async def one(i: int) -> None:
-                    log: list[Any] = []
-                    res = await stream_one(
-                        backend, sessions[i].audio, "mic", "realtime", log, tuning
-                    )
-                    res["log"] = log
-                    rows[i] = _session_row(sessions[i], res, offline[i])
-
+        with tempfile.TemporaryDirectory() as tmp:
+            wavs = [Path(tmp) / f"{label}-{sess.name}.wav" for sess in sessions]
+            if how == "server":
+                for sess, wav in zip(sessions, wavs, strict=True):
+                    sf.write(wav, sess.audio, SR, subtype="PCM_16")
+            for first in range(0, len(sessions), n):
                 async with anyio.create_task_group() as tg:
-                    for i in range(start, min(start + n, len(sessions))):
-                        tg.start_soon(one, i)
-        summary = _summary(label, rows)
-        print(json.dumps(summary))
+                    for i in range(first, min(first + n, len(sessions))):
+                        if how == "server":
+                            tg.start_soon(
+                                _listen_one, args.server_url, sessions[i], wavs[i],
+                                offline[i], rows, i,
+                            )  # fmt: skip
+                        else:
+                            tg.start_soon(
+                                _natural_one, how, backend, sessions[i], offline[i], tuning,
+                                rows, i,
+                            )  # fmt: skip
+        summary = _summary(f"{label} x{n} {how}", rows)
+        print(json.dumps(summary), flush=True)
         dump[label] = {"summary": summary, "sessions": rows}
         if args.dump:
-            Path(args.dump).write_text(json.dumps(dump, indent=1))
+            await anyio.Path(args.dump).write_text(json.dumps(dump, indent=1))
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -500,6 +579,11 @@ def main() -> None:
     p.add_argument("--natural-concurrency", type=int, default=1)
     p.add_argument("--offline-cache", default="", help="JSON file caching offline texts")
     p.add_argument("--dump", default="", help="write per-session texts and finals here")
+    p.add_argument(
+        "--server-url",
+        default="",
+        help="with --natural: stream through a running `echopanel serve` at this ws:// URL",
+    )
     anyio.run(run, p.parse_args())
 
 

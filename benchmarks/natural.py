@@ -45,7 +45,7 @@ HALLUCINATIONS = (
 
 
 def normalize(text: str) -> str:
-    text = text.lower().replace("’", "'")
+    text = text.lower().replace("\u2019", "'")
     text = re.sub(r"[^\w' ]+", " ", text)
     return " ".join(w.strip("'") for w in text.split() if w.strip("'"))
 

@@ -406,7 +406,9 @@ class StreamingPolicy:
         offset = self._buffer_start / SAMPLE_RATE
         return any(
             w.end - w.start > self.config.max_word_seconds
-            and not self._mostly_silent([attrs.evolve(w, start=w.start - offset, end=w.end - offset)])
+            and not self._mostly_silent(
+                [attrs.evolve(w, start=w.start - offset, end=w.end - offset)]
+            )
             for w in words
         )
 

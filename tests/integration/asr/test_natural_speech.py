@@ -27,7 +27,6 @@ from echopanel.ports import AsrFinalUpdate
 whisper = pytest.importorskip("echopanel.asr.whisper")
 
 
-
 def _speech_dir() -> Path:
     """``../shared/data/speech`` from the repo root (a worktree may sit one level deeper)."""
     root = Path(__file__).resolve().parents[3]
@@ -67,7 +66,7 @@ pytestmark = [
 
 
 def normalize(text: str) -> str:
-    text = re.sub(r"[^\w' ]+", " ", text.lower().replace("’", "'"))
+    text = re.sub(r"[^\w' ]+", " ", text.lower().replace("\u2019", "'"))
     return " ".join(w.strip("'") for w in text.split() if w.strip("'"))
 
 

@@ -119,7 +119,9 @@ class ScriptedDecoder:
         end = len(audio) / SAMPLE_RATE
         if self.tail and words and words[-1].end < end - 0.2:
             ghost = [Word(text=f" {self.tail[0]}", start=words[-1].end, end=end, probability=0.01)]
-            ghost += [Word(text=f" {t}", start=end, end=end, probability=0.9) for t in self.tail[1:]]
+            ghost += [
+                Word(text=f" {t}", start=end, end=end, probability=0.9) for t in self.tail[1:]
+            ]
             segments.append(
                 DecodedSegment(words=tuple(ghost), no_speech_prob=0.57, avg_logprob=-0.67)
             )
@@ -326,7 +328,9 @@ def test_soft_speech_reaches_the_decoder() -> None:
 
 
 def test_anomaly_score_spares_ordinary_words() -> None:
-    spoken = [Word(text=f" w{i}", start=i * 0.3, end=i * 0.3 + 0.25, probability=0.4) for i in range(5)]
+    spoken = [
+        Word(text=f" w{i}", start=i * 0.3, end=i * 0.3 + 0.25, probability=0.4) for i in range(5)
+    ]
     assert not is_anomalous(spoken)
     assert not is_anomalous([Word(text=" Okay.", start=0, end=0.3, probability=0.3)])
     assert is_anomalous([Word(text=" Thank", start=0, end=0.6, probability=0.01)])
