@@ -61,6 +61,7 @@ __all__ = [
     "Word",
     "break_repetitions",
     "is_anomalous",
+    "is_stock_phrase",
     "normalize_word",
     "word_anomaly",
 ]
@@ -234,6 +235,12 @@ def is_anomalous(words: Sequence[Word]) -> bool:
         return False
     score = sum(word_anomaly(w) for w in spoken)
     return score >= 3 or score + 0.01 >= len(spoken)
+
+
+def is_stock_phrase(words: Sequence[Word]) -> bool:
+    """Whether ``words`` are one of Whisper's stock sign-offs ("Thank you very much.")."""
+    text = normalize_word("".join(w.text for w in words))
+    return text in HALLUCINATION_BLOCKLIST or text.startswith(("thank you", "thanks for"))
 
 
 def _text(words: Sequence[Word]) -> str:
@@ -438,7 +445,9 @@ class StreamingPolicy:
                 and seg.avg_logprob < cfg.logprob_threshold
             ):
                 continue
-            if is_anomalous(seg.words) and self._mostly_silent(seg.words):
+            if self._mostly_silent(seg.words) and (
+                is_anomalous(seg.words) or is_stock_phrase(seg.words)
+            ):
                 continue
             for w in seg.words:
                 if not normalize_word(w.text) or not self._speech_near(w.start, w.end):

@@ -78,6 +78,8 @@ class ScriptedDecoder:
     # Beam decodes stop after this many words, the last one stretched to the audio's end
     # (tiny.en ending a hypothesis early over continuing speech).
     truncate_beam: int | None = None
+    # A separate segment appended to every hypothesis (times relative to the audio).
+    ghost: tuple[Word, ...] = ()
     calls: list[tuple[float, str, int]] = attrs.Factory(list)
 
     def decode(
@@ -117,6 +119,9 @@ class ScriptedDecoder:
         words += self.extra
         segments = [DecodedSegment(words=tuple(words), **self.quality)]
         end = len(audio) / SAMPLE_RATE
+        ghost = tuple(w for w in self.ghost if w.end <= end)
+        if ghost:
+            segments.append(DecodedSegment(words=ghost))
         if self.tail and words and words[-1].end < end - 0.2:
             ghost = [Word(text=f" {self.tail[0]}", start=words[-1].end, end=end, probability=0.01)]
             ghost += [
@@ -325,6 +330,24 @@ def test_soft_speech_reaches_the_decoder() -> None:
     policy = StreamingPolicy(ScriptedDecoder(), SoftVad(), PolicyConfig())
     audio = np.concatenate([utterance(["alpha", "bravo", "charlie"]), silence(1)])
     assert [f.text for f in finals(run(policy, audio))] == ["alpha bravo charlie"]
+
+
+def test_a_stock_phrase_in_a_pause_is_dropped_but_kept_over_speech() -> None:
+    # "He persisted. Thank you." -- the sign-off came as its own segment of ordinary-looking
+    # words over the 0.5 s of silence before the endpoint.
+    thanks = (
+        Word(text=" Thank", start=1.0, end=1.2, probability=0.5),
+        Word(text=" you.", start=1.2, end=1.4, probability=0.9),
+    )
+    policy = make(ScriptedDecoder(ghost=thanks))
+    audio = np.concatenate([utterance(["alpha", "bravo"]), silence(1)])
+    assert [f.text for f in finals(run(policy, audio))] == ["alpha bravo"]
+    # The same segment over audio the VAD calls speech is kept: people do say thank you.
+    policy = make(ScriptedDecoder(ghost=thanks))
+    fin = finals(
+        run(policy, np.concatenate([utterance(["alpha", "bravo", "charlie"]), silence(1)]))
+    )
+    assert "Thank you." in fin[0].text
 
 
 def test_anomaly_score_spares_ordinary_words() -> None:
