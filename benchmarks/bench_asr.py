@@ -403,6 +403,7 @@ def _summary(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "end_to_final_p90": round(pct(ending, 90), 3),
         "rtf_mean": round(statistics.mean(r["rtf"] for r in rows), 3),
         "max_lag_s": round(max(r["max_lag_s"] for r in rows), 2),
+        "max_degrade_level": max(r.get("max_degrade_level", 0) for r in rows),
     }
 
 
@@ -415,6 +416,8 @@ async def listen_session(url: str, wav: Path) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "echopanel", "listen", "--json", "--no-bundle"]
     cmd += ["--url", url, "--source", f"file:{wav}"]
     log: list[Any] = []
+    rtfs: list[float] = []
+    levels: list[int] = []
     start: float | None = None
     async with await anyio.open_process(cmd) as proc:
         assert proc.stdout is not None
@@ -429,8 +432,11 @@ async def listen_session(url: str, wav: Path) -> dict[str, Any]:
                 except ValueError:
                     continue
                 kind = str(rec.get("event", ""))
-                if start is None and "streaming" in json.dumps(rec):
+                if start is None and kind == "state" and rec.get("state") == "listening":
                     start = now
+                if kind == "metrics":
+                    rtfs.append(float(rec.get("realtime_factor", 0.0)))
+                    levels.append(int(rec.get("degrade_level", 0)))
                 if {"text", "t0", "t1"} <= rec.keys() and "summary" not in kind:
                     final = "segment_id" in rec
                     cls = AsrFinalUpdate if final else AsrPartialUpdate
@@ -446,15 +452,16 @@ async def listen_session(url: str, wav: Path) -> dict[str, Any]:
                     )
                     log.append((now - (start if start is not None else now), u))
         await proc.wait()
-    return {"log": log}
+    return {"log": log, "rtfs": rtfs, "levels": levels}
 
 
 class _ListenedStream:
-    """What ``_session_row`` reads from a stream, for a session run through the server."""
+    """What ``_session_row`` reads from a stream, for a session run through the server
+    (the RTF is the mean of the server's ``metrics`` events)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, rtf: float) -> None:
         self.audio_seconds = seconds
-        self.inference_seconds = float("nan")
+        self.inference_seconds = rtf * seconds
 
 
 async def _natural_one(
@@ -480,9 +487,11 @@ async def _listen_one(
     url: str, sess: Session, wav: Path, offline: str, rows: list[dict[str, Any]], i: int
 ) -> None:
     res = await listen_session(url, wav)
-    res["stream"] = _ListenedStream(sess.seconds)
+    rtf = statistics.mean(res["rtfs"]) if res["rtfs"] else float("nan")
+    res["stream"] = _ListenedStream(sess.seconds, rtf)
     res["lags"] = [0.0]
     rows[i] = _session_row(sess, res, offline)
+    rows[i]["max_degrade_level"] = max(res["levels"], default=0)
 
 
 async def bench_natural(backend: WhisperBackend, args: argparse.Namespace) -> None:

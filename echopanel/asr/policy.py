@@ -25,13 +25,22 @@ unit tests and against Whisper + Silero in production (``echopanel.asr.whisper``
   exceed ``max_buffer`` seconds, the committed words become a final and the buffer is trimmed
   to the end of the last committed word, so never more than ``max_buffer`` seconds are
   re-decoded. ``flush()`` (end of stream) turns everything pending into finals.
+* **Context.** The final decode also hears up to ``final_context`` seconds of the audio
+  before the buffer (the end of the previous utterance): an utterance cut at a short pause
+  is then decoded with the speech that led into it, as offline decoding would. Words of that
+  context are dropped (they are in earlier finals) and the prompt skips those finals.
 * **Prompt.** The text of recent finals (the committed text from before the buffer) is the
   decoding prompt; the decoder must not condition on its own previous output otherwise.
 * **Guards.** Segments with a high no-speech probability and a low average log-probability,
-  a very low average log-probability or a high compression ratio are dropped; words that lie
-  where the VAD heard no speech are dropped; repetition loops are cut; a short blocklist of
-  Whisper's classic silence hallucinations ("Thank you.") is applied to whole finals only
-  when the utterance had little speech or a low confidence.
+  a very low average log-probability or a high compression ratio are dropped; a segment
+  mostly where the VAD heard no speech is dropped when its words look hallucinated (near-zero
+  probability, squeezed or stretched timestamps: :func:`is_anomalous`) or are a stock
+  sign-off ("Thank you."): tiny.en appends those to a buffer that ends in a pause. Words
+  that lie where the VAD heard no speech are dropped; repetition loops are cut and a phrase
+  of 3+ words never repeats back to back; a final decode that stopped early (one word
+  stretched over seconds of speech) is decoded again greedily. A short blocklist of
+  Whisper's classic silence hallucinations is also applied to whole finals when the
+  utterance had little speech or a low confidence.
 * **Times.** ``t0``/``t1`` are seconds since the source stream began; finals are monotonic.
   ``segment_id`` is ``<prefix><index>-<hash of text and times>``: stable for the same audio,
   unique per stream.
