@@ -500,7 +500,7 @@ async def bench_natural(backend: WhisperBackend, args: argparse.Namespace) -> No
 
     root = Path(args.natural)
     cache = Path(args.offline_cache) if args.offline_cache else None
-    tuning = plan_for(0, DegradeConfig(), 2.0).tuning
+    tuning = plan_for(args.degrade_level, DegradeConfig(), 2.0).tuning
     conditions = {"pauses": (0.4, 1.5), "no-pause": (0.1, 0.3)}
     dump: dict[str, Any] = {}
     how = "server" if args.server_url else ("replay" if args.pace == "fast" else "realtime")
@@ -531,7 +531,7 @@ async def bench_natural(backend: WhisperBackend, args: argparse.Namespace) -> No
                                 _natural_one, how, backend, sessions[i], offline[i], tuning,
                                 rows, i,
                             )  # fmt: skip
-        summary = _summary(f"{label} x{n} {how}", rows)
+        summary = _summary(f"{label} x{n} {how} level{args.degrade_level}", rows)
         print(json.dumps(summary), flush=True)
         dump[label] = {"summary": summary, "sessions": rows}
         if args.dump:
