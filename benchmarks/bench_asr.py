@@ -17,6 +17,20 @@ Usage (from the repo root)::
 
 The long-form speech is generated with espeak-ng (seeded sentences, 0.6-1.2 s pauses).
 ``--pace fast`` feeds without sleeping (latencies then mean compute latency only).
+
+Natural speech (issue 8; ``benchmarks/natural.py``)::
+
+    # deterministic replay (text independent of CPU load), both pause conditions
+    python benchmarks/bench_asr.py --natural ../shared/data/speech --pace fast
+    # real time through a running `echopanel serve`, 4 sessions at once
+    python benchmarks/bench_asr.py --natural ../shared/data/speech \
+        --server-url ws://127.0.0.1:8765 --natural-concurrency 4
+
+The 41 recordings are shuffled (``--seed``) and joined into ~120 s sessions with 0.4-1.5 s
+("pauses") or 0.1-0.3 s ("no-pause") of silence between utterances; offline is the same
+model on each whole session (beam 5). Reported: corpus WER with substitutions, deletions,
+insertions; invented phrases and back-to-back repeated 3+-word sequences absent from the
+reference; onset -> first partial and end of utterance -> final; RTF.
 """
 
 from __future__ import annotations
