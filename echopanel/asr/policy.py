@@ -165,7 +165,6 @@ class PolicyConfig:
     max_repeats: int = attrs.field(default=2, validator=attrs.validators.ge(1))
     repeat_phrase_words: int = attrs.field(default=3, validator=attrs.validators.ge(2))
     max_word_seconds: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
-    final_context: float = attrs.field(default=4.0, validator=attrs.validators.ge(0))
     blocklist_max_speech: float = 1.0
     blocklist_min_confidence: float = 0.6
     prompt_chars: int = attrs.field(default=200, validator=attrs.validators.ge(0))
@@ -253,11 +252,6 @@ def is_stock_phrase(words: Sequence[Word]) -> bool:
     return text in HALLUCINATION_BLOCKLIST or text.startswith(("thank you", "thanks for"))
 
 
-def _shift(seg: DecodedSegment, seconds: float) -> DecodedSegment:
-    words = tuple(attrs.evolve(w, start=w.start + seconds, end=w.end + seconds) for w in seg.words)
-    return attrs.evolve(seg, words=words)
-
-
 def _text(words: Sequence[Word]) -> str:
     return "".join(w.text for w in words).strip()
 
@@ -290,8 +284,7 @@ class StreamingPolicy:
         self._committed: list[Word] = []  # absolute times; committed, not yet final
         self._tentative: list[Word] = []  # absolute times; last hypothesis after committed
         self._last_partial = ""
-        self._final_text: list[tuple[str, float]] = []  # recent finals (text, t1): prompt
-        self._history: AudioArray = np.zeros(0, dtype=np.float32)  # audio before the buffer
+        self._final_text: list[str] = []  # recent finals, for the prompt
         self._last_t1 = 0.0
         self._finals = 0
         self.decodes = 0
@@ -350,7 +343,6 @@ class StreamingPolicy:
         self._reset_utterance()
         self._buffer_start += len(self._buffer)
         self._buffer = np.zeros(0, dtype=np.float32)
-        self._history = np.zeros(0, dtype=np.float32)
         self._probs = []
         self._vad_pos = 0
         self._since_decode = 0
@@ -408,10 +400,8 @@ class StreamingPolicy:
 
     # ------------------------------------------------------------------ decoding
 
-    def _prompt(self, before: float | None = None) -> str:
-        """Recent finals (those ending by ``before``, absolute seconds, when given)."""
-        finals = [t for t, t1 in self._final_text if before is None or t1 <= before]
-        text = " ".join(finals)
+    def _prompt(self) -> str:
+        text = " ".join(self._final_text)
         return text[-self.config.prompt_chars :].lstrip() if self.config.prompt_chars else ""
 
     def _final_hypothesis(self, end: int) -> list[Word]:
@@ -422,11 +412,10 @@ class StreamingPolicy:
         than ``max_word_seconds`` over audio the VAD calls speech marks such a truncated
         decode; the buffer is then decoded again greedily and the longer result kept.
         """
-        context = self._history[len(self._history) - int(self.config.final_context * SAMPLE_RATE) :]
-        hyp = self._hypothesis(end, final=True, context=context)
+        hyp = self._hypothesis(end, final=True)
         if not self._truncated(hyp):
             return hyp
-        retry = self._hypothesis(end, beam_size=1, context=context)
+        retry = self._hypothesis(end, beam_size=1)
         return retry if len(retry) > len(hyp) else hyp
 
     def _truncated(self, words: Sequence[Word]) -> bool:
@@ -440,45 +429,22 @@ class StreamingPolicy:
         )
 
     def _hypothesis(
-        self,
-        end: int,
-        *,
-        final: bool = False,
-        beam_size: int | None = None,
-        context: AudioArray | None = None,
+        self, end: int, *, final: bool = False, beam_size: int | None = None
     ) -> list[Word]:
         """Decode ``buffer[:end]``; guarded words with absolute times.
 
         The decode that makes an utterance final uses ``final_beam_size`` (once per
         utterance: a wider beam costs little and cut tiny.en's WER in half on the benchmark).
-        ``context`` is audio from just before the buffer decoded with it (acoustic context
-        for an utterance that follows a short pause); its words are dropped, and the prompt
-        then holds only the finals heard before it.
         """
         cfg = self.config
         self.decodes += 1
         beam = max(cfg.beam_size, cfg.final_beam_size) if final else cfg.beam_size
         if beam_size is not None:
             beam = beam_size
+        segments = self._decoder.decode(self._buffer[:end], prompt=self._prompt(), beam_size=beam)
         offset = self._buffer_start / SAMPLE_RATE
-        audio = self._buffer[:end]
-        ctx = 0.0
-        prompt = self._prompt()
-        if context is not None and len(context):
-            audio = np.concatenate([context, audio])
-            ctx = len(context) / SAMPLE_RATE
-            prompt = self._prompt(before=offset - ctx)
-        segments = self._decoder.decode(audio, prompt=prompt, beam_size=beam)
-        if ctx:
-            segments = [_shift(seg, -ctx) for seg in segments]
         words: list[Word] = []
         for seg in segments:
-            if ctx:
-                # Words of the context (midpoint before the buffer) belong to earlier finals.
-                kept = tuple(w for w in seg.words if w.start + w.end > 0)
-                if not kept:
-                    continue
-                seg = attrs.evolve(seg, words=kept)
             if seg.compression_ratio > cfg.max_compression_ratio:
                 continue
             if seg.avg_logprob < cfg.min_avg_logprob:
@@ -582,7 +548,7 @@ class StreamingPolicy:
         t0 = max(words[0].start, self._last_t1)
         t1 = max(words[-1].end, t0)
         self._last_t1 = t1
-        self._final_text.append((text, t1))
+        self._final_text.append(text)
         if len(self._final_text) > 20:
             del self._final_text[:-20]
         digest = hashlib.sha1(f"{text}|{t0:.2f}|{t1:.2f}".encode()).hexdigest()[:10]
@@ -618,9 +584,6 @@ class StreamingPolicy:
         if frames <= 0:
             return
         cut = frames * self._frame
-        if self.config.final_context > 0:
-            keep = int(self.config.final_context * SAMPLE_RATE)
-            self._history = np.concatenate([self._history, self._buffer[:cut]])[-keep:].copy()
         self._buffer = self._buffer[cut:].copy()
         self._buffer_start += cut
         del self._probs[:frames]
