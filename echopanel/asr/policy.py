@@ -25,10 +25,6 @@ unit tests and against Whisper + Silero in production (``echopanel.asr.whisper``
   exceed ``max_buffer`` seconds, the committed words become a final and the buffer is trimmed
   to the end of the last committed word, so never more than ``max_buffer`` seconds are
   re-decoded. ``flush()`` (end of stream) turns everything pending into finals.
-* **Context.** The final decode also hears up to ``final_context`` seconds of the audio
-  before the buffer (the end of the previous utterance): an utterance cut at a short pause
-  is then decoded with the speech that led into it, as offline decoding would. Words of that
-  context are dropped (they are in earlier finals) and the prompt skips those finals.
 * **Prompt.** The text of recent finals (the committed text from before the buffer) is the
   decoding prompt; the decoder must not condition on its own previous output otherwise.
 * **Guards.** Segments with a high no-speech probability and a low average log-probability,
