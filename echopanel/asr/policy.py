@@ -459,7 +459,21 @@ class StreamingPolicy:
                     continue
                 start = max(offset + w.start, words[-1].end if words else 0.0)
                 words.append(attrs.evolve(w, start=start, end=max(offset + w.end, start)))
-        return break_repetitions(words, cfg.max_repeats, cfg.repeat_phrase_words)
+        return break_repetitions(
+            self._drop_stock_tail(words), cfg.max_repeats, cfg.repeat_phrase_words
+        )
+
+    def _drop_stock_tail(self, words: list[Word]) -> list[Word]:
+        """Without a trailing stock sign-off ("... a crayfish. Thank you very much.") that the
+        decoder put in the same segment as the speech but where the VAD heard no speech."""
+        offset = self._buffer_start / SAMPLE_RATE
+        for n in range(min(5, len(words) - 1), 0, -1):
+            tail = words[-n:]
+            if is_stock_phrase(tail) and self._mostly_silent(
+                [attrs.evolve(w, start=w.start - offset, end=w.end - offset) for w in tail]
+            ):
+                return words[:-n]
+        return words
 
     def _merge_tail(self, hyp: list[Word]) -> list[Word]:
         """The part of ``hyp`` after the committed words."""

@@ -131,6 +131,7 @@ async def test_streamed_finals_are_as_accurate_as_offline(backend: object) -> No
 
     streamed_wer, offline_wer = wer(reference, streamed), wer(reference, offline)
     detail = f"streamed {streamed_wer:.3f}: {streamed!r}\noffline {offline_wer:.3f}: {offline!r}"
+    print(detail)  # shown with -s or on failure
     assert streamed_wer <= offline_wer + 0.02, detail
     assert invented(reference, streamed) == [], detail
     assert repeats(reference, streamed) == [], detail

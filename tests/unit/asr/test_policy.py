@@ -332,7 +332,7 @@ def test_soft_speech_reaches_the_decoder() -> None:
     assert [f.text for f in finals(run(policy, audio))] == ["alpha bravo charlie"]
 
 
-def test_a_stock_phrase_in_a_pause_is_dropped_but_kept_over_speech() -> None:
+def test_a_stock_phrase_segment_in_a_pause_is_dropped() -> None:
     # "He persisted. Thank you." -- the sign-off came as its own segment of ordinary-looking
     # words over the 0.5 s of silence before the endpoint.
     thanks = (
@@ -342,12 +342,20 @@ def test_a_stock_phrase_in_a_pause_is_dropped_but_kept_over_speech() -> None:
     policy = make(ScriptedDecoder(ghost=thanks))
     audio = np.concatenate([utterance(["alpha", "bravo"]), silence(1)])
     assert [f.text for f in finals(run(policy, audio))] == ["alpha bravo"]
-    # The same segment over audio the VAD calls speech is kept: people do say thank you.
-    policy = make(ScriptedDecoder(ghost=thanks))
-    fin = finals(
-        run(policy, np.concatenate([utterance(["alpha", "bravo", "charlie"]), silence(1)]))
-    )
-    assert "Thank you." in fin[0].text
+    # Spoken, it is kept: test_blocklisted_words_are_kept_when_clearly_spoken.
+
+
+def test_a_stock_phrase_after_the_speech_in_the_same_segment_is_dropped() -> None:
+    # "... but a crayfish. Thank you very much." -- one segment, the sign-off in the pause.
+    thanks = [
+        Word(text=" Thank", start=1.0, end=1.15, probability=0.4),
+        Word(text=" you", start=1.15, end=1.25, probability=0.9),
+        Word(text=" very", start=1.25, end=1.35, probability=0.6),
+        Word(text=" much.", start=1.35, end=1.45, probability=0.9),
+    ]
+    policy = make(ScriptedDecoder(extra=thanks))
+    audio = np.concatenate([utterance(["alpha", "bravo"]), silence(1)])
+    assert [f.text for f in finals(run(policy, audio))] == ["alpha bravo"]
 
 
 def test_anomaly_score_spares_ordinary_words() -> None:
