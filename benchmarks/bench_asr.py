@@ -525,6 +525,8 @@ async def bench_natural(backend: WhisperBackend, args: argparse.Namespace) -> No
         )
         if args.sessions:
             sessions = sessions[: args.sessions]
+        if args.session_names:
+            sessions = [x for x in sessions if x.name in args.session_names.split(",")]
         offline = [offline_text(backend, sess.audio, cache) for sess in sessions]
         rows: list[dict[str, Any]] = [{} for _ in sessions]
         with tempfile.TemporaryDirectory() as tmp:
@@ -599,6 +601,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=8)
     p.add_argument("--session-seconds", type=float, default=120.0)
     p.add_argument("--sessions", type=int, default=0, help="only the first N sessions")
+    p.add_argument("--session-names", default="", help="only these sessions (s0,s3)")
     p.add_argument("--natural-concurrency", type=int, default=1)
     p.add_argument("--offline-cache", default="", help="JSON file caching offline texts")
     p.add_argument("--dump", default="", help="write per-session texts and finals here")
