@@ -61,6 +61,7 @@ from benchmarks.natural import (
     repeated_sequences,
     score,
 )
+from echopanel.asr.policy import PolicyConfig
 from echopanel.asr.whisper import WhisperBackend
 from echopanel.ports import AsrFinalUpdate, AsrPartialUpdate, AsrTuning
 from echopanel.server.config import DegradeConfig
@@ -555,7 +556,8 @@ async def bench_natural(backend: WhisperBackend, args: argparse.Namespace) -> No
 
 
 async def run(args: argparse.Namespace) -> None:
-    backend = WhisperBackend(cpu_threads=args.threads)
+    overrides = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.policy)}
+    backend = WhisperBackend(cpu_threads=args.threads, config=PolicyConfig(**overrides))
     t = time.perf_counter()
     await backend.load()
     print(f"# load+warm-up {time.perf_counter() - t:.2f} s; {dict(backend.describe())}")
@@ -601,6 +603,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=8)
     p.add_argument("--session-seconds", type=float, default=120.0)
     p.add_argument("--sessions", type=int, default=0, help="only the first N sessions")
+    p.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a PolicyConfig float field (tuning experiments), e.g. vad_threshold=0.2",
+    )
     p.add_argument("--session-names", default="", help="only these sessions (s0,s3)")
     p.add_argument("--natural-concurrency", type=int, default=1)
     p.add_argument("--offline-cache", default="", help="JSON file caching offline texts")
