@@ -384,6 +384,13 @@ class StreamingPolicy:
             return lo * self._frame < len(self._buffer)
         return any(p >= self.config.vad_threshold for p in self._probs[lo:hi])
 
+    def _hallucinated(self, words: Sequence[Word]) -> bool:
+        """Words (buffer times) that look invented: hallucination-shaped (anomalous) or a
+        stock sign-off, over audio the VAD calls mostly silence -- or both shapes at once
+        ("Thank you very much." squeezed onto the buffer's last instant after speech)."""
+        anomalous, stock = is_anomalous(words), is_stock_phrase(words)
+        return (anomalous and stock) or ((anomalous or stock) and self._mostly_silent(words))
+
     def _mostly_silent(self, words: Sequence[Word]) -> bool:
         """Whether the VAD heard speech in less than half of the span of ``words``."""
         start, end = words[0].start, max(words[-1].end, words[0].start + 0.2)
@@ -450,9 +457,7 @@ class StreamingPolicy:
                 and seg.avg_logprob < cfg.logprob_threshold
             ):
                 continue
-            if self._mostly_silent(seg.words) and (
-                is_anomalous(seg.words) or is_stock_phrase(seg.words)
-            ):
+            if self._hallucinated(seg.words):
                 continue
             for w in seg.words:
                 if not normalize_word(w.text) or not self._speech_near(w.start, w.end):
@@ -469,9 +474,8 @@ class StreamingPolicy:
         offset = self._buffer_start / SAMPLE_RATE
         for n in range(min(5, len(words) - 1), 0, -1):
             tail = words[-n:]
-            if is_stock_phrase(tail) and self._mostly_silent(
-                [attrs.evolve(w, start=w.start - offset, end=w.end - offset) for w in tail]
-            ):
+            shifted = [attrs.evolve(w, start=w.start - offset, end=w.end - offset) for w in tail]
+            if is_stock_phrase(tail) and self._hallucinated(shifted):
                 return words[:-n]
         return words
 

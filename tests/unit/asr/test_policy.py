@@ -358,6 +358,34 @@ def test_a_stock_phrase_after_the_speech_in_the_same_segment_is_dropped() -> Non
     assert [f.text for f in finals(run(policy, audio))] == ["alpha bravo"]
 
 
+def test_a_squeezed_stock_phrase_at_the_end_of_speech_is_dropped() -> None:
+    # "... but a crayfish. Thank you very much." with the sign-off stacked on the end of
+    # the speech, where the VAD still heard the tail of "crayfish" (half speech frames).
+    decoder = ScriptedDecoder()
+
+    def decode(
+        audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int
+    ) -> list[DecodedSegment]:
+        heard = list(decoder.decode(audio, prompt=prompt, beam_size=beam_size)[0].words)
+        if len(heard) < 3:
+            return [DecodedSegment(words=tuple(heard))]
+        at = heard[2].start  # "charlie" is not transcribed; the sign-off sits on it
+        words = [
+            *heard[:2],
+            Word(text=" Thank", start=at, end=at + 0.05, probability=0.01),
+            Word(text=" you", start=at + 0.05, end=at + 0.05, probability=0.99),
+            Word(text=" very", start=at + 0.05, end=at + 0.05, probability=0.4),
+            Word(text=" much.", start=at + 0.05, end=at + 0.05, probability=0.99),
+        ]
+        return [DecodedSegment(words=tuple(words))]
+
+    policy = StreamingPolicy(
+        type("D", (), {"decode": staticmethod(decode)})(), EnergyVad(), PolicyConfig()
+    )
+    audio = np.concatenate([utterance(["alpha", "bravo", "charlie"]), silence(1)])
+    assert [f.text for f in finals(run(policy, audio))] == ["alpha bravo"]
+
+
 def test_anomaly_score_spares_ordinary_words() -> None:
     spoken = [
         Word(text=f" w{i}", start=i * 0.3, end=i * 0.3 + 0.25, probability=0.4) for i in range(5)
