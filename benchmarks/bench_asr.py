@@ -17,6 +17,20 @@ Usage (from the repo root)::
 
 The long-form speech is generated with espeak-ng (seeded sentences, 0.6-1.2 s pauses).
 ``--pace fast`` feeds without sleeping (latencies then mean compute latency only).
+
+Natural speech (issue 8; ``benchmarks/natural.py``)::
+
+    # deterministic replay (text independent of CPU load), both pause conditions
+    python benchmarks/bench_asr.py --natural ../shared/data/speech --pace fast
+    # real time through a running `echopanel serve`, 4 sessions at once
+    python benchmarks/bench_asr.py --natural ../shared/data/speech \
+        --server-url ws://127.0.0.1:8765 --natural-concurrency 4
+
+The 41 recordings are shuffled (``--seed``) and joined into ~120 s sessions with 0.4-1.5 s
+("pauses") or 0.1-0.3 s ("no-pause") of silence between utterances; offline is the same
+model on each whole session (beam 5). Reported: corpus WER with substitutions, deletions,
+insertions; invented phrases and back-to-back repeated 3+-word sequences absent from the
+reference; onset -> first partial and end of utterance -> final; RTF.
 """
 
 from __future__ import annotations
@@ -40,6 +54,14 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.natural import (
+    Session,
+    build_sessions,
+    invented_phrases,
+    repeated_sequences,
+    score,
+)
+from echopanel.asr.policy import PolicyConfig
 from echopanel.asr.whisper import WhisperBackend
 from echopanel.ports import AsrFinalUpdate, AsrPartialUpdate, AsrTuning
 from echopanel.server.config import DegradeConfig
@@ -298,12 +320,252 @@ async def bench_concurrency(
     }
 
 
+def offline_text(backend: WhisperBackend, audio: np.ndarray, cache: Path | None) -> str:
+    """The same model on the whole file, faster-whisper defaults (beam 5, no VAD)."""
+    import hashlib
+    import json
+
+    key = hashlib.sha1(audio.tobytes()).hexdigest()[:16]
+    store: dict[str, str] = {}
+    if cache is not None and cache.exists():
+        store = json.loads(cache.read_text())
+        if key in store:
+            return store[key]
+    shared = backend._shared
+    assert shared is not None
+    with shared.lock:
+        shared.model.encode_frames = None
+        segs, _ = shared.model.transcribe(audio, language="en", beam_size=5)
+        text = " ".join(seg.text.strip() for seg in segs)
+    if cache is not None:
+        store[key] = text
+        cache.write_text(json.dumps(store, indent=1))
+    return text
+
+
+async def replay(
+    backend: WhisperBackend, audio: np.ndarray, source: Any, tuning: AsrTuning | None
+) -> dict[str, Any]:
+    """Feed 100 ms chunks as the server's pipeline does when it keeps up, without sleeping.
+
+    The text is deterministic (the policy only counts samples). Latencies use a simulated
+    clock: a chunk is fed when its audio is complete or when the previous feed returned,
+    whichever is later, and a feed takes the model time it measured.
+    """
+    s = backend.open_stream(source, tuning=tuning)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    clock = 0.0
+    log: list[Any] = []
+    for i in range(0, len(pcm), CHUNK * 2):
+        audio_t = (i // 2 + CHUNK) / SR
+        before = s.inference_seconds
+        updates = await s.feed(pcm[i : i + CHUNK * 2])
+        clock = max(clock, audio_t) + (s.inference_seconds - before)
+        log += [(clock, u) for u in updates]
+    before = s.inference_seconds
+    updates = await s.flush()
+    clock = max(clock, len(audio) / SR) + (s.inference_seconds - before)
+    log += [(clock, u) for u in updates]
+    return {"stream": s, "log": log, "lags": [0.0], "rss": []}
+
+
+def _session_row(sess: Session, res: dict[str, Any], offline: str) -> dict[str, Any]:
+    log = res["log"]
+    s = res["stream"]
+    finals = [u for _, u in log if isinstance(u, AsrFinalUpdate)]
+    streamed = " ".join(u.text for u in finals)
+    onset, ending = latencies(log, sess.spans)
+    return {
+        "session": sess.name,
+        "audio_s": round(sess.seconds, 1),
+        "streamed": score([sess.ref], [streamed]),
+        "offline": score([sess.ref], [offline]),
+        "invented": invented_phrases(sess.ref, streamed),
+        "repeats": repeated_sequences(sess.ref, streamed),
+        "offline_invented": invented_phrases(sess.ref, offline),
+        "offline_repeats": repeated_sequences(sess.ref, offline),
+        "onset": [v for _, v in onset],
+        "ending": [v for _, v in ending],
+        "rtf": s.inference_seconds / s.audio_seconds,
+        "max_lag_s": max(res["lags"]) if res["lags"] else 0.0,
+        "text": streamed,
+        "offline_text": offline,
+        "finals": [(u.t0, u.t1, u.text) for u in finals],
+    }
+
+
+def _summary(label: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def tot(kind: str) -> dict[str, Any]:
+        parts = {k: sum(r[kind][k] for r in rows) for k in ("sub", "del", "ins", "words")}
+        errors = parts["sub"] + parts["del"] + parts["ins"]
+        return {"wer": round(errors / parts["words"] * 100, 2), **parts}
+
+    onset = [v for r in rows for v in r["onset"]]
+    ending = [v for r in rows for v in r["ending"]]
+    return {
+        "condition": label,
+        "sessions": len(rows),
+        "audio_s": round(sum(r["audio_s"] for r in rows), 1),
+        "streamed": tot("streamed"),
+        "offline": tot("offline"),
+        "invented": sum(len(r["invented"]) for r in rows),
+        "repeats": sum(len(r["repeats"]) for r in rows),
+        "offline_invented": sum(len(r["offline_invented"]) for r in rows),
+        "offline_repeats": sum(len(r["offline_repeats"]) for r in rows),
+        "onset_to_partial_p50": round(pct(onset, 50), 3),
+        "onset_to_partial_p90": round(pct(onset, 90), 3),
+        "end_to_final_p50": round(pct(ending, 50), 3),
+        "end_to_final_p90": round(pct(ending, 90), 3),
+        "rtf_mean": round(statistics.mean(r["rtf"] for r in rows), 3),
+        "max_lag_s": round(max(r["max_lag_s"] for r in rows), 2),
+        "max_degrade_level": max(r.get("max_degrade_level", 0) for r in rows),
+    }
+
+
+async def listen_session(url: str, wav: Path) -> dict[str, Any]:
+    """Stream ``wav`` at real-time pace through ``echopanel listen --json`` to a running
+    ``echopanel serve``; the partials and finals with the wall time they arrived, in
+    seconds since the session reported ``streaming`` (when the file starts being sent)."""
+    import json
+
+    cmd = [sys.executable, "-m", "echopanel", "listen", "--json", "--no-bundle"]
+    cmd += ["--url", url, "--source", f"file:{wav}"]
+    log: list[Any] = []
+    rtfs: list[float] = []
+    levels: list[int] = []
+    start: float | None = None
+    async with await anyio.open_process(cmd) as proc:
+        assert proc.stdout is not None
+        buf = b""
+        async for chunk in proc.stdout:
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                now = time.perf_counter()
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                kind = str(rec.get("event", ""))
+                if start is None and kind == "state" and rec.get("state") == "listening":
+                    start = now
+                if kind == "metrics":
+                    rtfs.append(float(rec.get("realtime_factor", 0.0)))
+                    levels.append(int(rec.get("degrade_level", 0)))
+                if {"text", "t0", "t1"} <= rec.keys() and "summary" not in kind:
+                    final = "segment_id" in rec
+                    cls = AsrFinalUpdate if final else AsrPartialUpdate
+                    u = cls(
+                        text=rec["text"],
+                        t0=float(rec["t0"]),
+                        t1=float(rec["t1"]),
+                        **(
+                            {"confidence": 1.0, "segment_id": str(rec.get("segment_id", "x"))}
+                            if final
+                            else {}
+                        ),
+                    )
+                    log.append((now - (start if start is not None else now), u))
+        await proc.wait()
+    return {"log": log, "rtfs": rtfs, "levels": levels}
+
+
+class _ListenedStream:
+    """What ``_session_row`` reads from a stream, for a session run through the server
+    (the RTF is the mean of the server's ``metrics`` events)."""
+
+    def __init__(self, seconds: float, rtf: float) -> None:
+        self.audio_seconds = seconds
+        self.inference_seconds = rtf * seconds
+
+
+async def _natural_one(
+    how: str,
+    backend: WhisperBackend,
+    sess: Session,
+    offline: str,
+    tuning: AsrTuning,
+    rows: list[dict[str, Any]],
+    i: int,
+) -> None:
+    """One session: ``replay`` (fast, deterministic) or ``realtime`` (wall clock)."""
+    if how == "replay":
+        res = await replay(backend, sess.audio, "mic", tuning)
+    else:
+        log: list[Any] = []
+        res = await stream_one(backend, sess.audio, "mic", "realtime", log, tuning)
+        res["log"] = log
+    rows[i] = _session_row(sess, res, offline)
+
+
+async def _listen_one(
+    url: str, sess: Session, wav: Path, offline: str, rows: list[dict[str, Any]], i: int
+) -> None:
+    res = await listen_session(url, wav)
+    rtf = statistics.mean(res["rtfs"]) if res["rtfs"] else float("nan")
+    res["stream"] = _ListenedStream(sess.seconds, rtf)
+    res["lags"] = [0.0]
+    rows[i] = _session_row(sess, res, offline)
+    rows[i]["max_degrade_level"] = max(res["levels"], default=0)
+
+
+async def bench_natural(backend: WhisperBackend, args: argparse.Namespace) -> None:
+    """Streamed vs offline on joined natural-speech sessions (``--natural DIR``)."""
+    import json
+
+    root = Path(args.natural)
+    cache = Path(args.offline_cache) if args.offline_cache else None
+    tuning = plan_for(args.degrade_level, DegradeConfig(), 2.0).tuning
+    conditions = {"pauses": (0.4, 1.5), "no-pause": (0.1, 0.3)}
+    dump: dict[str, Any] = {}
+    how = "server" if args.server_url else ("replay" if args.pace == "fast" else "realtime")
+    n = 1 if how == "replay" else args.natural_concurrency
+    for label in args.conditions.split(","):
+        sessions = build_sessions(
+            root, pause=conditions[label], seed=args.seed, session_seconds=args.session_seconds
+        )
+        if args.sessions:
+            sessions = sessions[: args.sessions]
+        if args.session_names:
+            sessions = [x for x in sessions if x.name in args.session_names.split(",")]
+        offline = [offline_text(backend, sess.audio, cache) for sess in sessions]
+        rows: list[dict[str, Any]] = [{} for _ in sessions]
+        with tempfile.TemporaryDirectory() as tmp:
+            wavs = [Path(tmp) / f"{label}-{sess.name}.wav" for sess in sessions]
+            if how == "server":
+                for sess, wav in zip(sessions, wavs, strict=True):
+                    sf.write(wav, sess.audio, SR, subtype="PCM_16")
+            for first in range(0, len(sessions), n):
+                async with anyio.create_task_group() as tg:
+                    for i in range(first, min(first + n, len(sessions))):
+                        if how == "server":
+                            tg.start_soon(
+                                _listen_one, args.server_url, sessions[i], wavs[i],
+                                offline[i], rows, i,
+                            )  # fmt: skip
+                        else:
+                            tg.start_soon(
+                                _natural_one, how, backend, sessions[i], offline[i], tuning,
+                                rows, i,
+                            )  # fmt: skip
+        summary = _summary(f"{label} x{n} {how} level{args.degrade_level}", rows)
+        print(json.dumps(summary), flush=True)
+        dump[label] = {"summary": summary, "sessions": rows}
+        if args.dump:
+            await anyio.Path(args.dump).write_text(json.dumps(dump, indent=1))
+
+
 async def run(args: argparse.Namespace) -> None:
-    backend = WhisperBackend(cpu_threads=args.threads)
+    overrides = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.policy)}
+    backend = WhisperBackend(cpu_threads=args.threads, config=PolicyConfig(**overrides))
     t = time.perf_counter()
     await backend.load()
     print(f"# load+warm-up {time.perf_counter() - t:.2f} s; {dict(backend.describe())}")
     print(f"# machine: {os.cpu_count()} CPUs; pace={args.pace}")
+    if args.natural:
+        await bench_natural(backend, args)
+        await backend.aclose()
+        return
     print(await bench_file(backend, "jfk", load(Path(args.jfk)), JFK_TEXT, args.pace))
     with tempfile.TemporaryDirectory() as tmp:
         long_audio, long_text = make_long_form(args.long_minutes, Path(tmp))
@@ -331,6 +593,31 @@ def main() -> None:
         type=int,
         default=0,
         help="tune the concurrent sources as the server's degrade ladder does at this level",
+    )
+    p.add_argument(
+        "--natural",
+        default="",
+        help="natural-speech mode over this directory (e.g. ../shared/data/speech)",
+    )
+    p.add_argument("--conditions", default="pauses,no-pause")
+    p.add_argument("--seed", type=int, default=8)
+    p.add_argument("--session-seconds", type=float, default=120.0)
+    p.add_argument("--sessions", type=int, default=0, help="only the first N sessions")
+    p.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a PolicyConfig float field (tuning experiments), e.g. vad_threshold=0.2",
+    )
+    p.add_argument("--session-names", default="", help="only these sessions (s0,s3)")
+    p.add_argument("--natural-concurrency", type=int, default=1)
+    p.add_argument("--offline-cache", default="", help="JSON file caching offline texts")
+    p.add_argument("--dump", default="", help="write per-session texts and finals here")
+    p.add_argument(
+        "--server-url",
+        default="",
+        help="with --natural: stream through a running `echopanel serve` at this ws:// URL",
     )
     anyio.run(run, p.parse_args())
 

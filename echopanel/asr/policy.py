@@ -28,10 +28,15 @@ unit tests and against Whisper + Silero in production (``echopanel.asr.whisper``
 * **Prompt.** The text of recent finals (the committed text from before the buffer) is the
   decoding prompt; the decoder must not condition on its own previous output otherwise.
 * **Guards.** Segments with a high no-speech probability and a low average log-probability,
-  a very low average log-probability or a high compression ratio are dropped; words that lie
-  where the VAD heard no speech are dropped; repetition loops are cut; a short blocklist of
-  Whisper's classic silence hallucinations ("Thank you.") is applied to whole finals only
-  when the utterance had little speech or a low confidence.
+  a very low average log-probability or a high compression ratio are dropped; a segment
+  mostly where the VAD heard no speech is dropped when its words look hallucinated (near-zero
+  probability, squeezed or stretched timestamps: :func:`is_anomalous`) or are a stock
+  sign-off ("Thank you."): tiny.en appends those to a buffer that ends in a pause. Words
+  that lie where the VAD heard no speech are dropped; repetition loops are cut and a phrase
+  of 3+ words never repeats back to back; a final decode that stopped early (one word
+  stretched over seconds of speech) is decoded again greedily. A short blocklist of
+  Whisper's classic silence hallucinations is also applied to whole finals when the
+  utterance had little speech or a low confidence.
 * **Times.** ``t0``/``t1`` are seconds since the source stream began; finals are monotonic.
   ``segment_id`` is ``<prefix><index>-<hash of text and times>``: stable for the same audio,
   unique per stream.
@@ -60,7 +65,10 @@ __all__ = [
     "Vad",
     "Word",
     "break_repetitions",
+    "is_anomalous",
+    "is_stock_phrase",
     "normalize_word",
+    "word_anomaly",
 ]
 
 SAMPLE_RATE: Final = 16000
@@ -141,8 +149,8 @@ class PolicyConfig:
     emit_partials: bool = True
     max_buffer: float = attrs.field(default=15.0, validator=attrs.validators.gt(1.0))
     endpoint_silence: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
-    vad_threshold: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
-    vad_neg_threshold: float = attrs.field(default=0.35, validator=attrs.validators.ge(0))
+    vad_threshold: float = attrs.field(default=0.3, validator=attrs.validators.ge(0))
+    vad_neg_threshold: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
     min_speech: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
     preroll: float = attrs.field(default=0.4, validator=attrs.validators.ge(0))
     word_vad_pad: float = attrs.field(default=0.4, validator=attrs.validators.ge(0))
@@ -151,6 +159,8 @@ class PolicyConfig:
     min_avg_logprob: float = -1.5
     max_compression_ratio: float = 2.4
     max_repeats: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    repeat_phrase_words: int = attrs.field(default=3, validator=attrs.validators.ge(2))
+    max_word_seconds: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
     blocklist_max_speech: float = 1.0
     blocklist_min_confidence: float = 0.6
     prompt_chars: int = attrs.field(default=200, validator=attrs.validators.ge(0))
@@ -175,29 +185,67 @@ def normalize_word(text: str) -> str:
     return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
-def break_repetitions(words: Sequence[Word], max_repeats: int = 2) -> list[Word]:
-    """Cut repetition loops: an n-gram (n ≤ 8) repeated back to back more than ``max_repeats``
-    times keeps only its first ``max_repeats`` occurrences."""
+def break_repetitions(
+    words: Sequence[Word], max_repeats: int = 2, phrase_words: int = 3
+) -> list[Word]:
+    """Cut repetition loops: an n-gram (n ≤ 12) repeated back to back more than ``max_repeats``
+    times keeps only its first ``max_repeats`` occurrences; a phrase of ``phrase_words`` or
+    more words repeated back to back keeps one ("no, no" is speech; "I am sure I can sleep.
+    I am sure I can sleep." is tiny.en looping over a pause)."""
     out = list(words)
     keys = [normalize_word(w.text) for w in out]
     i = 0
     while i < len(out):
         cut = False
-        for n in range(1, 9):
+        for n in range(1, 13):
             gram = keys[i : i + n]
             if len(gram) < n:
                 break
             reps = 1
             while keys[i + reps * n : i + (reps + 1) * n] == gram:
                 reps += 1
-            if reps > max_repeats:
-                del out[i + max_repeats * n : i + reps * n]
-                del keys[i + max_repeats * n : i + reps * n]
+            keep = 1 if n >= phrase_words else max_repeats
+            if reps > keep:
+                del out[i + keep * n : i + reps * n]
+                del keys[i + keep * n : i + reps * n]
                 cut = True
                 break
         if not cut:
             i += 1
     return out
+
+
+def word_anomaly(word: Word) -> float:
+    """How unlike a spoken word ``word`` is: improbable, squeezed to nothing or stretched.
+
+    Whisper's hallucinations at pauses come out as words of near-zero probability or
+    duration (several words stacked on the audio's last frame); the score is the one
+    openai-whisper uses for its ``hallucination_silence_threshold``.
+    """
+    score = 0.0
+    if word.probability < 0.15:
+        score += 1.0
+    duration = word.end - word.start
+    if duration < 0.133:
+        score += (0.133 - duration) * 15
+    if duration > 2.0:
+        score += duration - 2.0
+    return score
+
+
+def is_anomalous(words: Sequence[Word]) -> bool:
+    """Whether a segment's first words (up to 8) look hallucinated rather than heard."""
+    spoken = [w for w in words if normalize_word(w.text)][:8]
+    if not spoken:
+        return False
+    score = sum(word_anomaly(w) for w in spoken)
+    return score >= 3 or score + 0.01 >= len(spoken)
+
+
+def is_stock_phrase(words: Sequence[Word]) -> bool:
+    """Whether ``words`` are one of Whisper's stock sign-offs ("Thank you very much.")."""
+    text = normalize_word("".join(w.text for w in words))
+    return text in HALLUCINATION_BLOCKLIST or text.startswith(("thank you", "thanks for"))
 
 
 def _text(words: Sequence[Word]) -> str:
@@ -284,7 +332,7 @@ class StreamingPolicy:
         while (end := self._advance_vad()) is not None:
             updates += self._endpoint(end)
         if self._has_speech():
-            hyp = self._hypothesis(len(self._buffer), final=True)
+            hyp = self._final_hypothesis(len(self._buffer))
             updates += self._finalize(hyp or self._committed)
         elif self._committed:
             updates += self._finalize(self._committed)
@@ -336,13 +384,56 @@ class StreamingPolicy:
             return lo * self._frame < len(self._buffer)
         return any(p >= self.config.vad_threshold for p in self._probs[lo:hi])
 
+    def _hallucinated(self, words: Sequence[Word]) -> bool:
+        """Words (buffer times) that look invented: hallucination-shaped (anomalous) or a
+        stock sign-off, over audio the VAD calls mostly silence -- or both shapes at once
+        ("Thank you very much." squeezed onto the buffer's last instant after speech)."""
+        anomalous, stock = is_anomalous(words), is_stock_phrase(words)
+        return (anomalous and stock) or ((anomalous or stock) and self._mostly_silent(words))
+
+    def _mostly_silent(self, words: Sequence[Word]) -> bool:
+        """Whether the VAD heard speech in less than half of the span of ``words``."""
+        start, end = words[0].start, max(words[-1].end, words[0].start + 0.2)
+        lo = max(0, int(start * SAMPLE_RATE) // self._frame)
+        hi = min(len(self._probs), int(end * SAMPLE_RATE) // self._frame + 1)
+        if hi <= lo:
+            return False
+        speech = sum(p >= self.config.vad_threshold for p in self._probs[lo:hi])
+        return speech < 0.5 * (hi - lo)
+
     # ------------------------------------------------------------------ decoding
 
     def _prompt(self) -> str:
         text = " ".join(self._final_text)
         return text[-self.config.prompt_chars :].lstrip() if self.config.prompt_chars else ""
 
-    def _hypothesis(self, end: int, *, final: bool = False) -> list[Word]:
+    def _final_hypothesis(self, end: int) -> list[Word]:
+        """The decode that makes ``buffer[:end]`` final, with a retry when it is truncated.
+
+        tiny.en sometimes ends a hypothesis early and stretches its last word over the rest
+        of the speech ("allowed to[8.4-15.2 s]", the next 7 s of speech lost). A word longer
+        than ``max_word_seconds`` over audio the VAD calls speech marks such a truncated
+        decode; the buffer is then decoded again greedily and the longer result kept.
+        """
+        hyp = self._hypothesis(end, final=True)
+        if not self._truncated(hyp):
+            return hyp
+        retry = self._hypothesis(end, beam_size=1)
+        return retry if len(retry) > len(hyp) else hyp
+
+    def _truncated(self, words: Sequence[Word]) -> bool:
+        offset = self._buffer_start / SAMPLE_RATE
+        return any(
+            w.end - w.start > self.config.max_word_seconds
+            and not self._mostly_silent(
+                [attrs.evolve(w, start=w.start - offset, end=w.end - offset)]
+            )
+            for w in words
+        )
+
+    def _hypothesis(
+        self, end: int, *, final: bool = False, beam_size: int | None = None
+    ) -> list[Word]:
         """Decode ``buffer[:end]``; guarded words with absolute times.
 
         The decode that makes an utterance final uses ``final_beam_size`` (once per
@@ -351,6 +442,8 @@ class StreamingPolicy:
         cfg = self.config
         self.decodes += 1
         beam = max(cfg.beam_size, cfg.final_beam_size) if final else cfg.beam_size
+        if beam_size is not None:
+            beam = beam_size
         segments = self._decoder.decode(self._buffer[:end], prompt=self._prompt(), beam_size=beam)
         offset = self._buffer_start / SAMPLE_RATE
         words: list[Word] = []
@@ -364,12 +457,27 @@ class StreamingPolicy:
                 and seg.avg_logprob < cfg.logprob_threshold
             ):
                 continue
+            if self._hallucinated(seg.words):
+                continue
             for w in seg.words:
                 if not normalize_word(w.text) or not self._speech_near(w.start, w.end):
                     continue
                 start = max(offset + w.start, words[-1].end if words else 0.0)
                 words.append(attrs.evolve(w, start=start, end=max(offset + w.end, start)))
-        return break_repetitions(words, cfg.max_repeats)
+        return break_repetitions(
+            self._drop_stock_tail(words), cfg.max_repeats, cfg.repeat_phrase_words
+        )
+
+    def _drop_stock_tail(self, words: list[Word]) -> list[Word]:
+        """Without a trailing stock sign-off ("... a crayfish. Thank you very much.") that the
+        decoder put in the same segment as the speech but where the VAD heard no speech."""
+        offset = self._buffer_start / SAMPLE_RATE
+        for n in range(min(5, len(words) - 1), 0, -1):
+            tail = words[-n:]
+            shifted = [attrs.evolve(w, start=w.start - offset, end=w.end - offset) for w in tail]
+            if is_stock_phrase(tail) and self._hallucinated(shifted):
+                return words[:-n]
+        return words
 
     def _merge_tail(self, hyp: list[Word]) -> list[Word]:
         """The part of ``hyp`` after the committed words."""
@@ -419,7 +527,7 @@ class StreamingPolicy:
         """End of an utterance at ``end`` (buffer sample): finalize all of it, trim."""
         updates: list[AsrUpdate] = []
         if self._has_speech():
-            hyp = self._hypothesis(end, final=True)
+            hyp = self._final_hypothesis(end)
             updates += self._finalize(hyp or self._committed)
         elif self._committed:
             updates += self._finalize(self._committed)

@@ -19,13 +19,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from echopanel.asr import (
+from echopanel.asr.policy import (
     SAMPLE_RATE,
     DecodedSegment,
     PolicyConfig,
     StreamingPolicy,
     Word,
     break_repetitions,
+    is_anomalous,
     normalize_word,
 )
 from echopanel.ports import AsrFinalUpdate, AsrPartialUpdate, AsrTuning, AsrUpdate
@@ -71,6 +72,14 @@ class ScriptedDecoder:
     quality: dict[str, float] = attrs.Factory(dict)
     extra: list[Word] = attrs.Factory(list)  # words appended to every hypothesis
     replace: str | None = None  # whole hypothesis text, one word over all runs
+    # A hallucinated segment after the speech (Whisper at a pause): its first word has
+    # near-zero probability, the rest are stacked on the audio's last instant.
+    tail: tuple[str, ...] = ()
+    # Beam decodes stop after this many words, the last one stretched to the audio's end
+    # (tiny.en ending a hypothesis early over continuing speech).
+    truncate_beam: int | None = None
+    # A separate segment appended to every hypothesis (times relative to the audio).
+    ghost: tuple[Word, ...] = ()
     calls: list[tuple[float, str, int]] = attrs.Factory(list)
 
     def decode(
@@ -104,8 +113,24 @@ class ScriptedDecoder:
                     probability=0.3,
                 )
             ]
+        if self.truncate_beam is not None and beam_size > 1 and len(words) > self.truncate_beam:
+            words = words[: self.truncate_beam]
+            words[-1] = attrs.evolve(words[-1], end=len(audio) / SAMPLE_RATE)
         words += self.extra
-        return [DecodedSegment(words=tuple(words), **self.quality)]
+        segments = [DecodedSegment(words=tuple(words), **self.quality)]
+        end = len(audio) / SAMPLE_RATE
+        ghost = tuple(w for w in self.ghost if w.end <= end)
+        if ghost:
+            segments.append(DecodedSegment(words=ghost))
+        if self.tail and words and words[-1].end < end - 0.2:
+            ghost = [Word(text=f" {self.tail[0]}", start=words[-1].end, end=end, probability=0.01)]
+            ghost += [
+                Word(text=f" {t}", start=end, end=end, probability=0.9) for t in self.tail[1:]
+            ]
+            segments.append(
+                DecodedSegment(words=tuple(ghost), no_speech_prob=0.57, avg_logprob=-0.67)
+            )
+        return segments
 
 
 def run(
@@ -262,6 +287,116 @@ def test_words_where_the_vad_heard_nothing_are_dropped() -> None:
     assert [f.text for f in fin] == ["alpha bravo"]
 
 
+@pytest.mark.parametrize(
+    "tail", [("Thank",), ("Thank", "you", "for", "watching."), ("And,", "and,", "and,")]
+)
+def test_a_hallucinated_segment_after_the_speech_is_dropped(tail: tuple[str, ...]) -> None:
+    # Cause 1 (issue 8): the final decode of a buffer ending in a pause made tiny.en append
+    # "Thank you for watching" as its own segment -- first word p=0.01, the rest stacked
+    # at the buffer's end. The word VAD guard let the first word through (it touches the
+    # speech) and the rest were inside its padding.
+    decoder = ScriptedDecoder(tail=tail)
+    policy = make(decoder)
+    audio = np.concatenate(
+        [utterance(["alpha", "bravo"]), silence(1), utterance(["charlie"]), silence(1)]
+    )
+    updates = run(policy, audio) + policy.flush()
+    assert [f.text for f in finals(updates)] == ["alpha bravo", "charlie"]
+    assert not any(tail[0] in p.text for p in partials(updates))
+    assert all(tail[0] not in prompt for _, prompt, _ in decoder.calls)
+
+
+def test_a_truncated_final_decode_is_decoded_again_greedily() -> None:
+    # Cause 4 (issue 8): the beam-5 final decode of 13 s of speech stopped after "allowed
+    # to", stretching "to" over the next 7 s; the final lost 12 words the partials had.
+    decoder = ScriptedDecoder(truncate_beam=3)
+    policy = make(decoder)
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    fin = finals(run(policy, np.concatenate([utterance(words), silence(1)])))
+    assert [f.text for f in fin] == [" ".join(words)]
+    assert [beam for _, _, beam in decoder.calls][-2:] == [5, 1]
+
+
+class SoftVad(EnergyVad):
+    """Scores speech 0.4: a hoarse or distant voice Silero is unsure about."""
+
+    def speech_probs(self, audio: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return super().speech_probs(audio) * np.float32(0.4)
+
+
+def test_soft_speech_reaches_the_decoder() -> None:
+    # Cause 5 (issue 8): a speaker with a cold scored 0.1-0.45 on Silero for 6 s; with a 0.5
+    # gate the policy trimmed that speech away undecoded (offline transcribed it).
+    policy = StreamingPolicy(ScriptedDecoder(), SoftVad(), PolicyConfig())
+    audio = np.concatenate([utterance(["alpha", "bravo", "charlie"]), silence(1)])
+    assert [f.text for f in finals(run(policy, audio))] == ["alpha bravo charlie"]
+
+
+def test_a_stock_phrase_segment_in_a_pause_is_dropped() -> None:
+    # "He persisted. Thank you." -- the sign-off came as its own segment of ordinary-looking
+    # words over the 0.5 s of silence before the endpoint.
+    thanks = (
+        Word(text=" Thank", start=1.0, end=1.2, probability=0.5),
+        Word(text=" you.", start=1.2, end=1.4, probability=0.9),
+    )
+    policy = make(ScriptedDecoder(ghost=thanks))
+    audio = np.concatenate([utterance(["alpha", "bravo"]), silence(1)])
+    assert [f.text for f in finals(run(policy, audio))] == ["alpha bravo"]
+    # Spoken, it is kept: test_blocklisted_words_are_kept_when_clearly_spoken.
+
+
+def test_a_stock_phrase_after_the_speech_in_the_same_segment_is_dropped() -> None:
+    # "... but a crayfish. Thank you very much." -- one segment, the sign-off in the pause.
+    thanks = [
+        Word(text=" Thank", start=1.0, end=1.15, probability=0.4),
+        Word(text=" you", start=1.15, end=1.25, probability=0.9),
+        Word(text=" very", start=1.25, end=1.35, probability=0.6),
+        Word(text=" much.", start=1.35, end=1.45, probability=0.9),
+    ]
+    policy = make(ScriptedDecoder(extra=thanks))
+    audio = np.concatenate([utterance(["alpha", "bravo"]), silence(1)])
+    assert [f.text for f in finals(run(policy, audio))] == ["alpha bravo"]
+
+
+def test_a_squeezed_stock_phrase_at_the_end_of_speech_is_dropped() -> None:
+    # "... but a crayfish. Thank you very much." with the sign-off stacked on the end of
+    # the speech, where the VAD still heard the tail of "crayfish" (half speech frames).
+    decoder = ScriptedDecoder()
+
+    def decode(
+        audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int
+    ) -> list[DecodedSegment]:
+        heard = list(decoder.decode(audio, prompt=prompt, beam_size=beam_size)[0].words)
+        if len(heard) < 3:
+            return [DecodedSegment(words=tuple(heard))]
+        at = heard[2].start  # "charlie" is not transcribed; the sign-off sits on it
+        words = [
+            *heard[:2],
+            Word(text=" Thank", start=at, end=at + 0.05, probability=0.01),
+            Word(text=" you", start=at + 0.05, end=at + 0.05, probability=0.99),
+            Word(text=" very", start=at + 0.05, end=at + 0.05, probability=0.4),
+            Word(text=" much.", start=at + 0.05, end=at + 0.05, probability=0.99),
+        ]
+        return [DecodedSegment(words=tuple(words))]
+
+    policy = StreamingPolicy(
+        type("D", (), {"decode": staticmethod(decode)})(), EnergyVad(), PolicyConfig()
+    )
+    audio = np.concatenate([utterance(["alpha", "bravo", "charlie"]), silence(1)])
+    assert [f.text for f in finals(run(policy, audio))] == ["alpha bravo"]
+
+
+def test_anomaly_score_spares_ordinary_words() -> None:
+    spoken = [
+        Word(text=f" w{i}", start=i * 0.3, end=i * 0.3 + 0.25, probability=0.4) for i in range(5)
+    ]
+    assert not is_anomalous(spoken)
+    assert not is_anomalous([Word(text=" Okay.", start=0, end=0.3, probability=0.3)])
+    assert is_anomalous([Word(text=" Thank", start=0, end=0.6, probability=0.01)])
+    stacked = [Word(text=f" w{i}", start=2.0, end=2.0, probability=0.9) for i in range(3)]
+    assert is_anomalous(spoken[:2] + stacked)
+
+
 def test_blocklisted_hallucination_on_a_blip_is_dropped() -> None:
     policy = make(ScriptedDecoder(replace="Thank you."))
     audio = np.concatenate([silence(1), word_audio("alpha"), silence(2)])
@@ -284,8 +419,11 @@ def test_repetition_loops_are_broken() -> None:
 
     assert out("go go go go go") == "go go"
     assert out("I said I said I said I said stop") == "I said I said stop"
-    assert out("a b c a b c a b c") == "a b c a b c"
+    # Cause 3 (issue 8): a phrase of 3+ words is never repeated back to back in a final.
+    assert out("a b c a b c a b c") == "a b c"
+    assert out("I am sure I can sleep. I am sure I can sleep.") == "I am sure I can sleep."
     assert out("one two three") == "one two three"
+    assert out("no no no") == "no no"
 
 
 def test_normalize_word() -> None:
