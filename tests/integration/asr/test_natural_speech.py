@@ -150,14 +150,6 @@ def test_no_invented_phrase_and_no_repeated_phrase(transcripts: tuple[str, str, 
     assert repeats(reference, streamed) == [], _detail(*transcripts)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "issue 8 not done: streamed 13.1 % vs offline 10.9 % WER on this clip (+2.2 points; "
-        "finals cut at short pauses, soft speech under the VAD gate). Strict: remove this "
-        "marker when it passes."
-    ),
-)
 def test_streamed_finals_within_two_points_of_offline(
     transcripts: tuple[str, str, str],
 ) -> None:
