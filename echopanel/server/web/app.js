@@ -40,6 +40,7 @@ const STATE_TEXT = {
   idle: "Ready",
   starting: "Starting",
   listening: "Listening",
+  reconnecting: "Reconnecting",
   finalizing: "Finishing",
   error: "Error",
 };
@@ -130,9 +131,9 @@ async function getTicket() {
 function renderState(s, step) {
   ui.status.dataset.state = s;
   ui.state.textContent = s === "starting" && step ? `Starting: ${STEP_TEXT[step] || step}` : STATE_TEXT[s] || s;
-  const busy = s === "starting" || s === "listening" || s === "finalizing";
+  const busy = s === "starting" || s === "listening" || s === "reconnecting" || s === "finalizing";
   ui.start.disabled = busy;
-  ui.stop.disabled = !(s === "starting" || s === "listening");
+  ui.stop.disabled = !(s === "starting" || s === "listening" || s === "reconnecting");
   for (const input of document.querySelectorAll(".controls input, .controls select")) input.disabled = busy;
   updateSourceFields();
   if (busy && document.activeElement === ui.start) ui.stop.focus();
@@ -325,14 +326,19 @@ function start() {
     getTicket,
   });
   state.session = session;
+  let previous = null;
   session.addEventListener("state", ({ detail }) => {
     renderState(detail.state, detail.step);
-    if (detail.state === "listening") {
+    const resumed = previous === "reconnecting";
+    previous = detail.state;
+    if (detail.state === "listening" && resumed) {
+      // the same session goes on: the transcript and the clock continue
+    } else if (detail.state === "listening") {
       transcript.begin(session.sessionId);
       state.listeningSince = performance.now();
       state.clock = setInterval(renderClock, 500);
       refreshDevices();
-    } else if (detail.state !== "finalizing") {
+    } else if (detail.state !== "finalizing" && detail.state !== "reconnecting") {
       clearInterval(state.clock);
       state.clock = null;
     }
@@ -355,6 +361,14 @@ function start() {
     }
   });
   session.addEventListener("warning", ({ detail }) => showNotice(detail.message));
+  session.addEventListener("gap", ({ detail }) => {
+    // the server lost the session during an outage: a new one continues it; mark the gap
+    showNotice(detail.message);
+    const gap = document.createElement("li");
+    gap.className = "gap";
+    gap.textContent = "… (connection lost: part of the audio may be missing) …";
+    ui.finals.append(gap);
+  });
   session.addEventListener("summary", ({ detail }) => showSummary(detail));
   session.addEventListener("error", ({ detail }) => {
     showError(detail);

@@ -23,12 +23,23 @@ import {
   ENDPOINT_PATH,
   ERROR_MESSAGES,
   FORMAT,
+  HEADER_BYTES,
   SAMPLE_RATE,
   TICKET_PARAM,
 } from "./wire.js";
 
 const MAX_BUFFERED_BYTES = 1 << 20; // ~30 s of audio waiting in the socket: drop, count
 const NORMAL_CLOSES = new Set([1000, 1001]);
+// As the Python client (echopanel.session.machine.RECONNECT_CLOSES; 1005: no close code):
+// after these closes a listening session with a resume token reconnects.
+const RECONNECT_CLOSES = new Set([1005, 1001, 1006, 1011, 1012, 1013, 1014]);
+const BYTES_PER_SECOND = SAMPLE_RATE * 2 * CHANNELS;
+// The Python client's defaults (echopanel.session.config): the outage window, the backoff
+// (first try at once, then 0.5 s doubling up to 8 s, jitter ±50 %) and the audio kept.
+export const RECONNECT_WINDOW = 60;
+const RECONNECT_BACKOFF = 0.5;
+const RECONNECT_BACKOFF_MAX = 8;
+const RECONNECT_BUFFER = 30;
 
 export class SessionFailure extends Error {
   /** `message` (optional) is the whole sentence; by default the code's message + detail. */
@@ -77,7 +88,7 @@ export class LiveSession extends EventTarget {
    *   the server needs none); rejects with SessionFailure("unauthorized") on a wrong token
    * @param {string} [options.base]  the server's http(s) URL (default: this page's)
    */
-  constructor({ sources, micDeviceId = "", getTicket, base = location.href, startTimeout = DEFAULT_START_TIMEOUT, stopTimeout = DEFAULT_STOP_TIMEOUT, frameMs = 40 }) {
+  constructor({ sources, micDeviceId = "", getTicket, base = location.href, startTimeout = DEFAULT_START_TIMEOUT, stopTimeout = DEFAULT_STOP_TIMEOUT, frameMs = 40, reconnectWindow = RECONNECT_WINDOW }) {
     super();
     this.sources = sources;
     this.micDeviceId = micDeviceId;
@@ -86,6 +97,9 @@ export class LiveSession extends EventTarget {
     this.startTimeout = startTimeout;
     this.stopTimeout = stopTimeout;
     this.frameMs = frameMs;
+    this.reconnectWindow = reconnectWindow;
+    this.outageTimer = null;
+    this.resetResume();
     this.state = "idle";
     this.step = null;
     this.sessionId = null;
@@ -113,7 +127,18 @@ export class LiveSession extends EventTarget {
   }
 
   get active() {
-    return this.state === "starting" || this.state === "listening" || this.state === "finalizing";
+    return ["starting", "listening", "reconnecting", "finalizing"].includes(this.state);
+  }
+
+  resetResume() {
+    this.resumeToken = null;
+    this.lastSegmentId = null;
+    this.seenSegments = new Set();
+    this.sentBytes = {}; // per source: pcm bytes sent to the server session
+    this.ring = {}; // per source: [offset, frame] of the newest sent audio (RECONNECT_BUFFER s)
+    this.held = {}; // per source: frames captured while reconnecting (RECONNECT_BUFFER s)
+    this.tries = 0;
+    this.connection = 0;
   }
 
   /** Run one attempt up to `listening`; resolves either way (failures become `error` events). */
@@ -127,6 +152,7 @@ export class LiveSession extends EventTarget {
     this.ended = new Set();
     this.droppedFrames = 0;
     this.sentFrames = 0;
+    this.resetResume();
     const check = () => {
       if (this.attemptId !== attempt || this.state !== "starting") throw new Stale();
     };
@@ -135,7 +161,7 @@ export class LiveSession extends EventTarget {
       micDeviceId: this.micDeviceId,
       frameMs: this.frameMs,
       bufferSeconds: this.startTimeout, // as the Python client: the start timeout's worth
-      onFrame: (source, frame) => this.sendFrame(frame),
+      onFrame: (source, frame) => this.sendFrame(source, frame),
       onLevel: (source, peak) => this.emit("level", { source, peak }),
       onEnded: (source) => this.captureEnded(attempt, source),
     });
@@ -153,21 +179,10 @@ export class LiveSession extends EventTarget {
       );
       const ticket = await this.getTicket();
       check();
-      const socket = await this.open(attempt, endpointUrl(this.base, ticket));
+      const socket = await this.open(attempt, this.url(ticket));
       check();
       this.setState("starting", "start_sent");
-      socket.send(
-        JSON.stringify({
-          type: "start",
-          session_id: this.sessionId,
-          attempt_id: attempt,
-          sample_rate: SAMPLE_RATE,
-          format: FORMAT,
-          channels: CHANNELS,
-          sources: this.sources,
-          client_features: CLIENT_FEATURES,
-        }),
-      );
+      this.sendStart(socket, attempt);
       this.setState("starting", "awaiting_ack");
       await new Promise((resolve, reject) => (this.ack = { resolve, reject }));
       check();
@@ -177,6 +192,28 @@ export class LiveSession extends EventTarget {
     } catch (error) {
       if (!(error instanceof Stale)) this.fail(attempt, error);
     }
+  }
+
+  /** The endpoint, with the ticket and the session's routing key (as the Python client). */
+  url(ticket) {
+    const url = new URL(endpointUrl(this.base, ticket));
+    url.searchParams.set("session", this.sessionId);
+    return url.toString();
+  }
+
+  sendStart(socket, attempt) {
+    socket.send(
+      JSON.stringify({
+        type: "start",
+        session_id: this.sessionId,
+        attempt_id: attempt,
+        sample_rate: SAMPLE_RATE,
+        format: FORMAT,
+        channels: CHANNELS,
+        sources: this.sources,
+        client_features: CLIENT_FEATURES,
+      }),
+    );
   }
 
   open(attempt, url) {
@@ -224,16 +261,23 @@ export class LiveSession extends EventTarget {
     if (message.connection_id) this.connectionId = message.connection_id;
     switch (message.type) {
       case "status":
+        if (message.state === "streaming" && message.resume_token) this.resumeToken = message.resume_token;
         if (message.state === "streaming" && this.state === "starting" && this.ack) {
           this.ack.resolve();
           this.ack = null;
         }
         this.emit("status", message);
+        if (message.state === "streaming" && this.state === "reconnecting") this.resumed(attempt, message);
         break;
       case "asr_partial":
         this.emit("partial", message);
         break;
       case "asr_final":
+        if (message.segment_id) {
+          if (this.seenSegments.has(message.segment_id)) break; // re-sent after a resume
+          this.seenSegments.add(message.segment_id);
+          this.lastSegmentId = message.segment_id;
+        }
         this.emit("final", message);
         break;
       case "metrics":
@@ -250,6 +294,10 @@ export class LiveSession extends EventTarget {
       case "error":
         if (message.code === "invalid_message") {
           this.emit("warning", { message: errorMessage("invalid_message", message.message) });
+        } else if (this.state === "reconnecting" && message.code === "server_at_capacity") {
+          this.retry(attempt);
+        } else if (this.state === "reconnecting" && message.code === "resume_unknown" && this.resumeToken) {
+          this.startFresh(attempt);
         } else {
           this.lastServerError = { code: message.code, message: message.message || "" };
           this.fail(attempt, new SessionFailure(message.code, "", message.message || null));
@@ -272,6 +320,10 @@ export class LiveSession extends EventTarget {
       this.fail(attempt, server);
       return;
     }
+    if (this.state === "listening" && this.reconnectWindow > 0 && this.resumeToken && RECONNECT_CLOSES.has(event.code)) {
+      this.beginReconnect(attempt);
+      return;
+    }
     const mapped = NORMAL_CLOSES.has(event.code) ? null : CLOSE_TO_CODE[String(event.code)];
     if (mapped) {
       this.fail(attempt, new SessionFailure(mapped, event.reason || ""));
@@ -292,7 +344,11 @@ export class LiveSession extends EventTarget {
     this.fail(attempt, failure);
   }
 
-  sendFrame(frame) {
+  sendFrame(source, frame) {
+    if (this.state === "reconnecting") {
+      this.hold(source, frame);
+      return;
+    }
     const socket = this.socket;
     if (this.state !== "listening" && this.state !== "finalizing") return;
     if (!socket || socket.readyState !== WebSocket.OPEN) return;
@@ -300,8 +356,170 @@ export class LiveSession extends EventTarget {
       this.droppedFrames += 1; // the network is behind: drop the newest, count it
       return;
     }
+    this.transmit(socket, source, frame);
+  }
+
+  /** Send one frame and remember it in the source's ring (for a resume). */
+  transmit(socket, source, frame) {
     socket.send(frame);
     this.sentFrames += 1;
+    const offset = this.sentBytes[source] || 0;
+    const length = frame.byteLength - HEADER_BYTES;
+    this.sentBytes[source] = offset + length;
+    const ring = (this.ring[source] ||= []);
+    ring.push([offset, frame]);
+    const limit = RECONNECT_BUFFER * BYTES_PER_SECOND;
+    while (ring.length > 1 && offset + length - (ring[0][0] + ring[0][1].byteLength - HEADER_BYTES) >= limit) ring.shift();
+  }
+
+  /** While reconnecting: keep the newest RECONNECT_BUFFER seconds per source, oldest dropped. */
+  hold(source, frame) {
+    const held = (this.held[source] ||= { frames: [], bytes: 0 });
+    held.frames.push(frame);
+    held.bytes += frame.byteLength - HEADER_BYTES;
+    const limit = RECONNECT_BUFFER * BYTES_PER_SECOND;
+    while (held.bytes > limit && held.frames.length > 1) {
+      held.bytes -= held.frames.shift().byteLength - HEADER_BYTES;
+      this.droppedFrames += 1;
+    }
+  }
+
+  // ------------------------------------------------------------------ reconnecting
+  // As echopanel.session.machine: the first try at once, then exponential backoff with
+  // jitter; each try bounded by the start timeout; the whole outage by reconnectWindow.
+
+  beginReconnect(attempt) {
+    this.dropSocket(1001);
+    this.setState("reconnecting");
+    this.emit("warning", { message: "Connection lost: reconnecting" });
+    this.tries = 0;
+    this.outageEnd = performance.now() + this.reconnectWindow * 1000;
+    clearTimeout(this.outageTimer);
+    this.outageTimer = setTimeout(() => {
+      this.outageTimer = null;
+      const shown = String(Number(this.reconnectWindow));
+      this.fail(
+        attempt,
+        new SessionFailure("reconnect_failed", "", `${ERROR_MESSAGES.reconnect_failed}: no resume within ${shown} s; the finals received are kept`),
+      );
+    }, this.reconnectWindow * 1000);
+    this.armCapped(0, () => this.reconnectNow(attempt));
+  }
+
+  backoff() {
+    if (this.tries === 0) return 0;
+    const base = Math.min(RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF * 2 ** (this.tries - 1));
+    return base * (0.5 + Math.random());
+  }
+
+  armCapped(seconds, onExpiry) {
+    const left = Math.max(0, (this.outageEnd - performance.now()) / 1000);
+    this.armTimer(Math.min(seconds, left), onExpiry);
+  }
+
+  async reconnectNow(attempt) {
+    if (this.attemptId !== attempt || this.state !== "reconnecting") return;
+    this.tries += 1;
+    const connection = (this.connection += 1);
+    this.armCapped(this.startTimeout, () => this.retry(attempt)); // connect + acknowledgment
+    const current = () => this.attemptId === attempt && this.state === "reconnecting" && this.connection === connection;
+    let socket;
+    try {
+      const ticket = await this.getTicket();
+      if (!current()) return;
+      socket = await this.open(attempt, this.url(ticket));
+    } catch (error) {
+      if (current()) this.retry(attempt);
+      return;
+    }
+    if (!current()) return;
+    socket.onclose = (event) => {
+      if (!current()) return;
+      const unknown = event.code === 4404 || (this.lastServerError && this.lastServerError.code === "resume_unknown");
+      if (unknown && this.resumeToken) this.startFresh(attempt);
+      else this.retry(attempt);
+    };
+    this.lastServerError = null;
+    if (this.resumeToken) {
+      const audioSeconds = {};
+      for (const source of this.sources) audioSeconds[source] = (this.sentBytes[source] || 0) / BYTES_PER_SECOND;
+      socket.send(
+        JSON.stringify({
+          type: "resume",
+          session_id: this.sessionId,
+          resume_token: this.resumeToken,
+          last_segment_id: this.lastSegmentId,
+          audio_seconds: audioSeconds,
+        }),
+      );
+    } else {
+      this.sendStart(socket, attempt); // a new server session continues this session
+    }
+  }
+
+  /** This try failed (or took too long): close it, wait the backoff, try again. */
+  retry(attempt) {
+    if (this.attemptId !== attempt || this.state !== "reconnecting") return;
+    this.connection += 1; // the try's late events are ignored
+    this.lastServerError = null;
+    this.dropSocket(1001);
+    this.armCapped(this.backoff(), () => this.reconnectNow(attempt));
+  }
+
+  /** The server no longer has the session: a new server session continues it (gap marked). */
+  startFresh(attempt) {
+    this.resumeToken = null;
+    this.sentBytes = {};
+    this.ring = {};
+    this.lastServerError = null;
+    this.emit("gap", {
+      message: "the server no longer had the session: a new server session continues it; what was said during the outage may be missing",
+    });
+    this.connection += 1;
+    this.dropSocket(1001);
+    this.armCapped(0, () => this.reconnectNow(attempt));
+  }
+
+  /** The resumed (or new) acknowledgment: send what the server lacks, the held audio, then live. */
+  resumed(attempt, status) {
+    this.clearTimer();
+    clearTimeout(this.outageTimer);
+    this.outageTimer = null;
+    this.tries = 0;
+    const socket = this.socket;
+    const closedHandler = (event) => this.closed(attempt, event);
+    if (socket) socket.onclose = closedHandler;
+    this.setState("listening");
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    const have = (status && status.audio_seconds) || {};
+    const rings = this.ring;
+    this.ring = {};
+    for (const source of this.sources) {
+      const position = Math.round(Number(have[source] || 0) * SAMPLE_RATE) * 2 * CHANNELS;
+      this.sentBytes[source] = position;
+      for (const [offset, frame] of rings[source] || []) {
+        const length = frame.byteLength - HEADER_BYTES;
+        if (offset + length <= position) continue;
+        const skip = Math.max(0, position - offset);
+        this.transmit(socket, source, skip ? cutFrame(frame, skip) : frame);
+      }
+    }
+    const held = this.held;
+    this.held = {};
+    for (const source of this.sources) {
+      for (const frame of (held[source] && held[source].frames) || []) this.transmit(socket, source, frame);
+    }
+  }
+
+  /** Close the current socket without its events reaching the session. */
+  dropSocket(code) {
+    const socket = this.socket;
+    this.socket = null;
+    if (!socket) return;
+    socket.onclose = null;
+    socket.onmessage = null;
+    socket.onopen = null;
+    if (socket.readyState === WebSocket.OPEN || socket.readyState === WebSocket.CONNECTING) socket.close(code);
   }
 
   captureEnded(attempt, source) {
@@ -321,6 +539,11 @@ export class LiveSession extends EventTarget {
     const attempt = this.attemptId;
     if (this.state === "starting") {
       this.cleanup();
+      this.setState("idle");
+      return;
+    }
+    if (this.state === "reconnecting") {
+      this.cleanup(1000); // ends with what was received (as the Python client)
       this.setState("idle");
       return;
     }
@@ -359,6 +582,10 @@ export class LiveSession extends EventTarget {
 
   cleanup(closeCode = 1000) {
     this.clearTimer();
+    clearTimeout(this.outageTimer);
+    this.outageTimer = null;
+    this.held = {};
+    this.ring = {};
     if (this.ack) {
       this.ack.reject(new Stale());
       this.ack = null;
@@ -387,4 +614,13 @@ export class LiveSession extends EventTarget {
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
   }
+}
+
+/** An EP frame without the first `skip` pcm bytes (same header). */
+function cutFrame(frame, skip) {
+  const bytes = new Uint8Array(frame instanceof ArrayBuffer ? frame : frame.buffer.slice(frame.byteOffset, frame.byteOffset + frame.byteLength));
+  const out = new Uint8Array(bytes.length - skip);
+  out.set(bytes.subarray(0, HEADER_BYTES), 0);
+  out.set(bytes.subarray(HEADER_BYTES + skip), HEADER_BYTES);
+  return out.buffer;
 }
