@@ -213,7 +213,9 @@ def test_a_full_server_shows_server_at_capacity(server: Any, browser: Any) -> No
         assert "busy" in page.inner_text("#error-hint")
 
 
-def test_the_server_stopping_mid_session_shows_connection_lost(serve: Any, browser: Any) -> None:
+def test_the_server_stopping_mid_session_shows_reconnect_failed(serve: Any, browser: Any) -> None:
+    """The server dies (no close frame): the page reconnects (protocol 1.1) for the 60 s
+    outage window, then says it could not reconnect."""
     doomed = serve("--asr", "whisper")
     page = browser.new_page()
     page.goto(doomed.url + "/")
@@ -222,8 +224,9 @@ def test_the_server_stopping_mid_session_shows_connection_lost(serve: Any, brows
     page.wait_for_selector('#status[data-state="listening"]', timeout=60_000)
     page.wait_for_selector("#partials .text, #finals li", timeout=60_000)
     doomed.kill()
-    text = expect_error(page, ErrorCode.CONNECTION_LOST)
-    assert "close 1006, dropped without a close frame" in page.inner_text("#error-detail"), text
+    page.wait_for_selector('#status[data-state="reconnecting"]', timeout=30_000)
+    text = expect_error(page, ErrorCode.RECONNECT_FAILED, timeout=90_000)
+    assert "no resume within 60 s" in page.inner_text("#error-detail"), text
     # what arrived before the drop can still be downloaded, and a new start is possible
     assert page.is_enabled("#start")
     if page.locator("#finals li").count():

@@ -34,19 +34,25 @@ document.addEventListener("DOMContentLoaded", () => {
 def proxied(serve: Any) -> Iterator[tuple[Any, Any, Any]]:
     """A fake-ASR server, a cutting proxy in front of it (run on a portal's event loop)."""
     fake = serve("--asr", "fake")
-    with start_blocking_portal() as portal:
-        with portal.wrap_async_context_manager(CuttingProxy(fake.port)) as proxy:
-            yield fake, proxy, portal
+    with (
+        start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(CuttingProxy(fake.port)) as proxy,
+    ):
+        yield fake, proxy, portal
 
 
 def finals(page: Any) -> list[str]:
-    return list(page.eval_on_selector_all("#finals li:not(.gap) .text", "els => els.map(e => e.textContent)"))
+    return list(
+        page.eval_on_selector_all(
+            "#finals li:not(.gap) .text", "els => els.map(e => e.textContent)"
+        )
+    )
 
 
 def test_a_cut_connection_resumes_and_keeps_every_final_once(
     proxied: tuple[Any, Any, Any], browser: Any
 ) -> None:
-    fake, proxy, portal = proxied
+    _fake, proxy, portal = proxied
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -55,12 +61,15 @@ def test_a_cut_connection_resumes_and_keeps_every_final_once(
     page.wait_for_function("() => document.getElementById('token-field').hidden === true")
     page.click("#start")
     page.wait_for_selector('#status[data-state="listening"]', timeout=60_000)
-    page.wait_for_function("() => document.querySelectorAll('#finals li').length >= 2", timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelectorAll('#finals li').length >= 2", timeout=60_000
+    )
     before = len(finals(page))
     assert portal.call(proxy.cut) >= 1  # the live socket (at least) is dropped
     page.wait_for_function("() => window.__states.includes('reconnecting')", timeout=30_000)
     page.wait_for_function(
-        "() => window.__states.slice(window.__states.indexOf('reconnecting')).includes('listening')",
+        "() => window.__states.slice(window.__states.indexOf('reconnecting'))"
+        ".includes('listening')",
         timeout=30_000,
     )
     # the session goes on after the resume: more finals arrive
@@ -96,7 +105,9 @@ def test_stop_while_reconnecting_ends_with_what_was_received(
     page.wait_for_function("() => document.getElementById('token-field').hidden === true")
     page.click("#start")
     page.wait_for_selector('#status[data-state="listening"]', timeout=60_000)
-    page.wait_for_function("() => document.querySelectorAll('#finals li').length >= 1", timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelectorAll('#finals li').length >= 1", timeout=60_000
+    )
     fake.kill()
     portal.call(proxy.cut)
     page.wait_for_selector('#status[data-state="reconnecting"]', timeout=30_000)
