@@ -134,6 +134,7 @@ export class LiveSession extends EventTarget {
     this.resumeToken = null;
     this.lastSegmentId = null;
     this.seenSegments = new Set();
+    this.part = 0; // server sessions after the first (resume_unknown): their ids get "~<part>"
     this.sentBytes = {}; // per source: pcm bytes sent to the server session
     this.ring = {}; // per source: [offset, frame] of the newest sent audio (RECONNECT_BUFFER s)
     this.held = {}; // per source: frames captured while reconnecting (RECONNECT_BUFFER s)
@@ -274,9 +275,13 @@ export class LiveSession extends EventTarget {
         break;
       case "asr_final":
         if (message.segment_id) {
-          if (this.seenSegments.has(message.segment_id)) break; // re-sent after a resume
-          this.seenSegments.add(message.segment_id);
-          this.lastSegmentId = message.segment_id;
+          // a later server session numbers its segments afresh: keep ids unique, as Python does
+          const id = this.part > 0 ? `${message.segment_id}~${this.part}` : message.segment_id;
+          if (this.seenSegments.has(id)) break; // re-sent after a resume
+          this.seenSegments.add(id);
+          this.lastSegmentId = message.segment_id; // what this server session calls it
+          this.emit("final", { ...message, segment_id: id });
+          break;
         }
         this.emit("final", message);
         break;
@@ -469,6 +474,7 @@ export class LiveSession extends EventTarget {
   /** The server no longer has the session: a new server session continues it (gap marked). */
   startFresh(attempt) {
     this.resumeToken = null;
+    this.part += 1;
     this.sentBytes = {};
     this.ring = {};
     this.lastServerError = null;
