@@ -312,10 +312,21 @@ def test_the_audio_the_server_receives_is_the_recording(
 
     Independent of recognition (fake ASR), so it holds however loaded the machine is.
     """
+
+    failures: list[str] = []
+    for attempt in range(3):  # Chromium's fake device glitches now and then (its file loop)
+        try:
+            _check_recorded_audio(serve, browser, tmp_path / f"recorded-{attempt}")
+            return
+        except AssertionError as exc:
+            failures.append(str(exc)[:300])
+    pytest.fail(f"the recorded audio differed from the recording 3 times: {failures}")
+
+
+def _check_recorded_audio(serve: Any, browser: Any, record_dir: Path) -> None:
     import numpy as np
     import soundfile
 
-    record_dir = tmp_path / "recorded"
     fake = serve("--asr", "fake", "--record-dir", str(record_dir))
     page = browser.new_page()
     page.goto(fake.url + "/")
