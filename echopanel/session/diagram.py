@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from echopanel.session.table import STARTING_STATES, TRANSITIONS, Row, step_of
+from echopanel.session.table import STARTING_STATES, TRANSITIONS, step_of
+from echopanel.statetable import Row, mermaid_edges
 
 __all__ = ["DOC_PATH", "render_document", "render_mermaid", "write_document"]
 
@@ -31,18 +32,6 @@ error code and message.
 """
 
 
-def _label(row: Row) -> str:
-    parts = [row.trigger]
-    parts += [f"[{c}]" for c in row.conditions]
-    parts += [f"[!{u}]" for u in row.unless]
-    if row.dest is None:
-        parts.append("(internal)")
-    actions = [a for a in (row.before, row.after) if a]
-    if actions:
-        parts.append("/ " + ", ".join(actions))
-    return " ".join(parts)
-
-
 def _sources(row: Row) -> list[str]:
     sources = list(row.source)
     if all(s in sources for s in STARTING_STATES):
@@ -59,10 +48,7 @@ def render_mermaid() -> str:
     for name in STARTING_STATES:
         lines.append(f"        {name} : {step_of(name)}")
     lines.append("    }")
-    for row in TRANSITIONS:
-        for origin in _sources(row):
-            dest = origin if row.dest is None else row.dest
-            lines.append(f"    {origin} --> {dest} : {_label(row)}")
+    lines += mermaid_edges(TRANSITIONS, _sources)
     return "\n".join(lines) + "\n"
 
 

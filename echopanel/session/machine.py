@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from transitions import EventData, Machine
+from transitions import EventData
 
 from echopanel.errors import ErrorCode, default_message
 from echopanel.ports import PermissionKind
@@ -95,6 +95,7 @@ from echopanel.session.table import (
     phase_of,
     step_of,
 )
+from echopanel.statetable import TableRunner
 
 __all__ = [
     "CLIENT_FEATURES",
@@ -602,17 +603,10 @@ class SessionMachine:
     ) -> None:
         self.config = config
         self._model = _Attempt(config, id_factory or uuid_factory, jitter or (lambda: 0.5))
-        self._machine = Machine(
-            model=self._model,
-            states=[{"name": name, "on_enter": "announce"} for name in STATES],
-            transitions=[row.as_config() for row in TRANSITIONS],
-            initial=IDLE,
-            auto_transitions=False,
-            send_event=True,
-            prepare_event="record",
+        self._table = TableRunner(
+            self._model, TRANSITIONS, states=STATES, initial=IDLE, on_enter="announce"
         )
         self._last_drop: Drop | None = None
-        self._triggers = {state: set(self._machine.get_triggers(state)) for state in STATES}
 
     # ------------------------------------------------------------------ queries
 
@@ -674,7 +668,7 @@ class SessionMachine:
 
     def accepts(self, trigger: str) -> bool:
         """Whether the table has a row for ``trigger`` from the current state."""
-        return trigger in self._triggers[self._model.state]
+        return self._table.accepts(trigger)
 
     # ------------------------------------------------------------------ the step
 
@@ -695,9 +689,9 @@ class SessionMachine:
             )
             return []
         self._last_drop = None
-        self._machine.events[trigger].trigger(model, event=event, now=now)
+        self._table.fire(trigger, event=event, now=now)
         if self.accepts("auto_stop"):
-            self._machine.events["auto_stop"].trigger(model, event=event, now=now)
+            self._table.fire("auto_stop", event=event, now=now)
         effects, model.effects = model.effects, []
         return effects
 

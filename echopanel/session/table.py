@@ -1,7 +1,8 @@
 """The session state graph as data: states, steps and transitions.
 
 This table is the single source of truth: :class:`~echopanel.session.SessionMachine` feeds
-it to ``transitions.Machine`` and :mod:`echopanel.session.diagram` renders it as Mermaid.
+it to ``transitions.Machine`` and :mod:`echopanel.session.diagram` renders it as Mermaid
+(both through :mod:`echopanel.statetable`, which the server core's table shares).
 
 States are flat names; the four steps of ``starting`` are named ``starting_<step>``
 (permissions → capture → connecting → awaiting_ack). A row's ``dest`` of ``None`` is an
@@ -13,9 +14,10 @@ private model. A (state, trigger) pair with no row is *dropped* by the machine
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
-import attrs
+from echopanel.statetable import Row, triggers_of
+from echopanel.statetable import row as _row
 
 __all__ = [
     "ACTIVE_STATES",
@@ -60,56 +62,6 @@ def phase_of(state: str) -> str:
 def step_of(state: str) -> str | None:
     """The step within ``starting`` (``permissions`` …), else ``None``."""
     return state.removeprefix("starting_") if state.startswith("starting_") else None
-
-
-@attrs.frozen(kw_only=True)
-class Row:
-    """One transition: on ``trigger`` from any of ``source`` to ``dest`` (None: internal)."""
-
-    trigger: str
-    source: tuple[str, ...]
-    dest: str | None
-    conditions: tuple[str, ...] = ()
-    unless: tuple[str, ...] = ()
-    before: str | None = None
-    after: str | None = None
-
-    def as_config(self) -> dict[str, Any]:
-        """The row in the dict form ``transitions.Machine`` takes."""
-        config: dict[str, Any] = {
-            "trigger": self.trigger,
-            "source": list(self.source),
-            "dest": self.dest,
-            "conditions": list(self.conditions),
-            "unless": list(self.unless),
-        }
-        if self.before is not None:
-            config["before"] = self.before
-        if self.after is not None:
-            config["after"] = self.after
-        return config
-
-
-def _row(
-    trigger: str,
-    source: str | tuple[str, ...],
-    dest: str | None,
-    *,
-    before: str | None = None,
-    after: str | None = None,
-    conditions: tuple[str, ...] = (),
-    unless: tuple[str, ...] = (),
-) -> Row:
-    sources = (source,) if isinstance(source, str) else source
-    return Row(
-        trigger=trigger,
-        source=sources,
-        dest=dest,
-        conditions=conditions,
-        unless=unless,
-        before=before,
-        after=after,
-    )
 
 
 TRANSITIONS: Final[tuple[Row, ...]] = (
@@ -208,4 +160,4 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
 )
 
 #: Every trigger the table knows, in first-use order.
-TRIGGERS: Final[tuple[str, ...]] = tuple(dict.fromkeys(row.trigger for row in TRANSITIONS))
+TRIGGERS: Final[tuple[str, ...]] = triggers_of(TRANSITIONS)

@@ -28,6 +28,7 @@ HEAVY = (
         ("echopanel", "echopanel.session", "echopanel.protocol"),
         ("echopanel.errors", "echopanel.ports", "echopanel.session.diagram"),
         ("echopanel.server.core", "echopanel.server.core.diagram"),
+        ("echopanel.statetable",),
     ],
 )
 def test_pure_core_imports_nothing_heavy(modules):

@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import attrs
 from attrs import validators as v
-from transitions import EventData, Machine
+from transitions import EventData
 
 from echopanel.errors import CLOSE_CODES, ErrorCode, ProtocolError, default_message
 from echopanel.ports import AsrFinalUpdate, AsrPartialUpdate
@@ -109,6 +109,7 @@ from echopanel.server.core.events import (
 )
 from echopanel.server.core.summary import build_summary
 from echopanel.server.core.table import CLOSED, INITIAL, PARKED, PHASES, TRANSITIONS
+from echopanel.statetable import TableRunner
 
 __all__ = ["MAX_TEXT_BYTES", "CoreConfig", "ServerSession"]
 
@@ -825,16 +826,7 @@ class ServerSession:
     ) -> None:
         self.config = config
         self._model = _Connection(config, connection_id, resume_token)
-        self._machine = Machine(
-            model=self._model,
-            states=list(PHASES),
-            transitions=[row.as_config() for row in TRANSITIONS],
-            initial=INITIAL,
-            auto_transitions=False,
-            send_event=True,
-            prepare_event="record",
-        )
-        self._triggers = {phase: set(self._machine.get_triggers(phase)) for phase in PHASES}
+        self._table = TableRunner(self._model, TRANSITIONS, states=PHASES, initial=INITIAL)
         #: Why the last event was dropped (``None`` when it was handled).
         self.dropped: str | None = None
 
@@ -909,7 +901,7 @@ class ServerSession:
 
     def accepts(self, trigger: str) -> bool:
         """Whether the table has a row for ``trigger`` from the current phase."""
-        return trigger in self._triggers[self._model.state]
+        return self._table.accepts(trigger)
 
     # ------------------------------------------------------------------ the step
 
@@ -926,9 +918,9 @@ class ServerSession:
         kwargs: dict[str, Any] = {"event": event, "now": now}
         if frame is not None:
             kwargs["frame"] = frame
-        self._machine.events[trigger].trigger(model, **kwargs)
+        self._table.fire(trigger, **kwargs)
         if self.accepts("flushed"):
-            self._machine.events["flushed"].trigger(model, **kwargs)
+            self._table.fire("flushed", **kwargs)
         actions, model.actions = model.actions, []
         return actions
 

@@ -2,7 +2,8 @@
 
 This table is the single source of truth: :class:`~echopanel.server.core.ServerSession`
 feeds it to ``transitions.Machine`` and :mod:`echopanel.server.core.diagram` renders it as
-the Mermaid diagram in ``docs/architecture.md``.
+the Mermaid diagram in ``docs/architecture.md`` (both through :mod:`echopanel.statetable`,
+which the client session's table shares).
 
 Phases: ``accepted`` (the socket is open, the token not yet judged) → ``awaiting_start``
 (bounded by the start timeout) → ``admitting`` (a valid ``start``: wait for the shared ASR,
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from echopanel.session.table import Row
+from echopanel.statetable import Row, triggers_of
+from echopanel.statetable import row as _row
 
 __all__ = [
     "ADMITTING",
@@ -62,26 +64,6 @@ PHASES: Final[tuple[str, ...]] = (
 LIVE_PHASES: Final[tuple[str, ...]] = PHASES[:-1]
 _READING: Final = (AWAITING_START, STREAMING)  # phases that judge incoming frames
 _STARTED: Final = (STREAMING, FINALIZING, PARKED)
-
-
-def _row(
-    trigger: str,
-    source: str | tuple[str, ...],
-    dest: str | None,
-    *,
-    after: str | None = None,
-    conditions: tuple[str, ...] = (),
-    unless: tuple[str, ...] = (),
-) -> Row:
-    sources = (source,) if isinstance(source, str) else source
-    return Row(
-        trigger=trigger,
-        source=sources,
-        dest=dest,
-        conditions=conditions,
-        unless=unless,
-        after=after,
-    )
 
 
 TRANSITIONS: Final[tuple[Row, ...]] = (
@@ -186,4 +168,4 @@ TRANSITIONS: Final[tuple[Row, ...]] = (
 )
 
 #: Every trigger the table knows, in first-use order.
-TRIGGERS: Final[tuple[str, ...]] = tuple(dict.fromkeys(row.trigger for row in TRANSITIONS))
+TRIGGERS: Final[tuple[str, ...]] = triggers_of(TRANSITIONS)
