@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import anyio
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
@@ -60,34 +57,13 @@ def scripted_app(
     return Starlette(routes=[WebSocketRoute(ENDPOINT_PATH, live)])
 
 
-@contextlib.asynccontextmanager
-async def serve(app: Starlette) -> AsyncIterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, ws="wsproto", lifespan="off", log_level="warning")
-    config.log_config = None
-    server = uvicorn.Server(config)
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve, [sock])
-            try:
-                with anyio.fail_after(10):
-                    while not server.started:  # noqa: ASYNC110
-                        await anyio.sleep(0.01)
-                yield f"ws://127.0.0.1:{port}"
-            finally:
-                server.should_exit = True
-    finally:
-        sock.close()
-
-
 @pytest.fixture
-def scripted_backend() -> Callable[..., contextlib.AbstractAsyncContextManager[str]]:
+def scripted_backend(
+    uvicorn_server: Callable[[Starlette], contextlib.AbstractAsyncContextManager[str]],
+) -> Callable[..., contextlib.AbstractAsyncContextManager[str]]:
     """``async with scripted_backend(on_stop=…, …) as url``: a misbehaving real backend."""
 
     def make(**script: Any) -> contextlib.AbstractAsyncContextManager[str]:
-        return serve(scripted_app(**script))
+        return uvicorn_server(scripted_app(**script))
 
     return make

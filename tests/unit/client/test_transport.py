@@ -11,12 +11,12 @@ import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 import anyio.abc
 import httpx
 import pytest
-import uvicorn
 import wsproto
 import wsproto.events as wse
 from httpx_ws.transport import ASGIWebSocketTransport
@@ -75,29 +75,6 @@ def make_app() -> Starlette:
     return app
 
 
-@contextlib.asynccontextmanager
-async def uvicorn_server(app: Starlette) -> AsyncIterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, ws="wsproto", lifespan="off", log_level="warning")
-    config.log_config = None
-    server = uvicorn.Server(config)
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve, [sock])
-            try:
-                with anyio.fail_after(10):
-                    while not server.started:  # noqa: ASYNC110
-                        await anyio.sleep(0.01)
-                yield f"ws://127.0.0.1:{port}"
-            finally:
-                server.should_exit = True
-    finally:
-        sock.close()
-
-
 Handler = Callable[[anyio.abc.SocketStream], Awaitable[None]]
 
 
@@ -130,7 +107,7 @@ async def ws_accept(stream: anyio.abc.SocketStream) -> wsproto.WSConnection:
 
 
 @pytest.fixture
-async def backend() -> AsyncIterator[tuple[str, Starlette]]:
+async def backend(uvicorn_server: Any) -> AsyncIterator[tuple[str, Starlette]]:
     app = make_app()
     async with uvicorn_server(app) as url:
         yield url, app
