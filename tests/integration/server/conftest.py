@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -121,11 +126,63 @@ async def wait_idle(url: str, token: str | None = None, limit: float = 5.0) -> N
             await anyio.sleep(0.02)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_process(
+    *args: str, code: str | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A server subprocess on a free loopback port: ``(proc, base URL)``, output piped.
+
+    Without ``code`` it runs ``echopanel serve --asr fake --port PORT *args``; with it,
+    ``python -c code PORT *args``. On exit a process still running is killed and reaped.
+    """
+    port = free_port()
+    if code is None:
+        command = ["-m", "echopanel", "serve", "--asr", "fake", "--port", str(port), *args]
+    else:
+        command = ["-c", code, str(port), *args]
+    proc = subprocess.Popen(
+        [sys.executable, *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ),
+    )
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+async def process_ready(proc: subprocess.Popen[str], url: str) -> None:
+    """Wait (up to 30 s) until the subprocess's ``/health`` answers 200; fail if it exits."""
+    async with httpx.AsyncClient(timeout=1) as http:
+        with anyio.fail_after(30):
+            while True:
+                assert proc.poll() is None, "server exited"
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"{url}/health")).status_code == 200:
+                        return
+                await anyio.sleep(0.1)
+
+
 @pytest.fixture
 def h() -> Any:
     """Helper functions (test modules cannot import conftest in importlib mode)."""
     import types
 
     return types.SimpleNamespace(
-        fast_config=fast_config, metric=metric, wait_idle=wait_idle, Client=Client
+        fast_config=fast_config,
+        metric=metric,
+        wait_idle=wait_idle,
+        Client=Client,
+        serve_process=serve_process,
+        process_ready=process_ready,
     )

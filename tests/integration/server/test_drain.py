@@ -6,44 +6,14 @@ transport. uvicorn alone closes every WebSocket with 1012 at once on SIGTERM.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import socket
 import subprocess
-import sys
-from collections.abc import Iterator
 
 import anyio
 import anyio.to_thread
 import httpx
 
 from echopanel.testing.asr import DEFAULT_WORDS
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _serve(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "echopanel", "serve", "--asr", "fake", "--port", str(port), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=dict(os.environ),
-    )
-    try:
-        yield proc, f"http://127.0.0.1:{port}"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
 
 #: ``run_server`` (the code ``echopanel serve`` runs) with a fake ASR whose flush takes 100 s,
 #: so a streaming session holds the drain open for as long as a test needs
@@ -56,35 +26,6 @@ from echopanel.testing.asr import FakeAsrBackend
 config = ServerConfig(asr="fake", port=int(sys.argv[1]), flush_timeout=100, drain_timeout=120)
 run_server(config, app=create_app(config, asr=FakeAsrBackend(flush_delay=100)))
 """
-
-
-@contextlib.contextmanager
-def _serve_slow_flush() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_FLUSH_SERVER, str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=dict(os.environ),
-    )
-    try:
-        yield proc, f"http://127.0.0.1:{port}"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
-
-async def _ready(proc: subprocess.Popen[str], url: str) -> None:
-    async with httpx.AsyncClient(timeout=1) as http:
-        with anyio.fail_after(30):
-            while True:
-                assert proc.poll() is None, "server exited"
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{url}/health")).status_code == 200:
-                        return
-                await anyio.sleep(0.1)
 
 
 async def _exit_status(proc: subprocess.Popen[str], limit: float) -> int:
@@ -111,9 +52,9 @@ async def _upgrade_status(url: str) -> tuple[int, dict]:
     return response.status_code, response.json() if response.status_code != 101 else {}
 
 
-async def test_sigterm_mid_utterance_loses_no_final(connect):
-    with _serve("--drain-timeout", "10") as (proc, url):
-        await _ready(proc, url)
+async def test_sigterm_mid_utterance_loses_no_final(connect, h):
+    with h.serve_process("--drain-timeout", "10") as (proc, url):
+        await h.process_ready(proc, url)
         client = await _streaming(connect, url, "mid")
         await client.audio(0.1, count=30)  # 3 s: words 0-3 final, 4-6 still an utterance
         in_flight = " ".join(DEFAULT_WORDS[4:7])
@@ -126,9 +67,9 @@ async def test_sigterm_mid_utterance_loses_no_final(connect):
         assert await _exit_status(proc, 15) == 0
 
 
-async def test_while_draining_new_sockets_get_503_and_a_second_signal_forces_the_exit(connect):
-    with _serve_slow_flush() as (proc, url):
-        await _ready(proc, url)
+async def test_while_draining_new_sockets_get_503_and_a_second_signal_forces_the_exit(connect, h):
+    with h.serve_process(code=_SLOW_FLUSH_SERVER) as (proc, url):
+        await h.process_ready(proc, url)
         client = await _streaming(connect, url, "held")  # its flush holds the drain open
         await client.audio(0.1, count=10)
         proc.send_signal(signal.SIGTERM)
@@ -148,9 +89,9 @@ async def test_while_draining_new_sockets_get_503_and_a_second_signal_forces_the
     assert "Draining" in out and "forcing the exit" in out
 
 
-async def test_sessions_still_open_at_the_drain_timeout_are_closed_1001_not_1012(connect):
-    with _serve("--drain-timeout", "0.5") as (proc, url):
-        await _ready(proc, url)
+async def test_sessions_still_open_at_the_drain_timeout_are_closed_1001_not_1012(connect, h):
+    with h.serve_process("--drain-timeout", "0.5") as (proc, url):
+        await h.process_ready(proc, url)
         idle = await connect(url)  # connected, never starts
         await idle.recv()
         client = await _streaming(connect, url, "late")

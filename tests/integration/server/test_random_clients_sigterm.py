@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import signal
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import anyio.to_thread
 import attrs
-import httpx
 import pytest
 
 from echopanel.client.transport import WebSocketTransport
@@ -33,6 +28,10 @@ from echopanel.protocol import encode_audio_frame
 PCM = b"\x01\x00" * 1600  # 0.1 s
 MOVES = ["start", "audio", "audio", "audio5", "audio5", "stop", "sleep", "vanish"]
 OK_CLOSES = {1000, 1001, 1003, 1007, 1008, 1009, 1011, 1013}
+SERVE_ARGS = (
+    "--max-sessions", "3", "--slot-timeout", "0.3", "--start-timeout", "3",
+    "--drain-timeout", "6",
+)  # fmt: skip
 
 
 @attrs.define
@@ -44,45 +43,6 @@ class Outcome:
     close_code: int | None = None
     vanished: bool = False
     refused: bool = False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _serve() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "echopanel", "serve", "--asr", "fake", "--port", str(port),
-            "--max-sessions", "3", "--slot-timeout", "0.3", "--start-timeout", "3",
-            "--drain-timeout", "6",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=dict(os.environ),
-    )  # fmt: skip
-    try:
-        yield proc, f"http://127.0.0.1:{port}"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
-
-async def _ready(proc: subprocess.Popen[str], url: str) -> None:
-    async with httpx.AsyncClient(timeout=1) as http:
-        with anyio.fail_after(30):
-            while True:
-                assert proc.poll() is None, "server exited"
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{url}/health")).status_code == 200:
-                        return
-                await anyio.sleep(0.1)
 
 
 async def _play(url: str, name: str, moves: list[str], out: Outcome) -> None:
@@ -141,7 +101,7 @@ async def _play(url: str, name: str, moves: list[str], out: Outcome) -> None:
         await transport.aclose()
 
 
-async def _run(seed: int, *, keep_one_live: bool = False) -> list[Outcome]:
+async def _run(h: Any, seed: int, *, keep_one_live: bool = False) -> list[Outcome]:
     rng = random.Random(seed)
     scripts = [
         ["start", *rng.choices(MOVES, k=rng.randint(2, 7))] for _ in range(rng.randint(2, 4))
@@ -149,8 +109,8 @@ async def _run(seed: int, *, keep_one_live: bool = False) -> list[Outcome]:
     if keep_one_live:  # streams through the SIGTERM and never stops by itself
         scripts.insert(0, ["start", "audio5", "audio5", *["sleep"] * 6])
     outcomes = [Outcome() for _ in scripts]
-    with _serve() as (proc, url):
-        await _ready(proc, url)
+    with h.serve_process(*SERVE_ARGS) as (proc, url):
+        await h.process_ready(proc, url)
 
         async def terminate() -> None:
             await anyio.sleep(rng.uniform(0.1, 0.8))
@@ -174,13 +134,13 @@ async def _run(seed: int, *, keep_one_live: bool = False) -> list[Outcome]:
 
 
 @pytest.mark.parametrize("seed", range(4))
-async def test_random_clients_under_sigterm_end_cleanly(seed):
-    await _run(seed)
+async def test_random_clients_under_sigterm_end_cleanly(h, seed):
+    await _run(h, seed)
 
 
 @pytest.mark.parametrize("seed", [11, 12])
-async def test_random_clients_under_sigterm_all_get_their_summary(seed):
-    outcomes = await _run(seed, keep_one_live=True)
+async def test_random_clients_under_sigterm_all_get_their_summary(h, seed):
+    outcomes = await _run(h, seed, keep_one_live=True)
     live = [o for o in outcomes if o.acknowledged and not o.vanished and o.error is None]
     assert outcomes[0] in live
     assert all(o.summary is not None for o in live), outcomes
