@@ -1,14 +1,13 @@
 """Pair test for resume: the client's machine and the server cores of two connections.
 
-The link of ``test_core_pair`` plays both shells; here the network is cut: the server core
-parks the session, the client reconnects, a new connection's core looks the session up and
-hands its socket over. Every final the fake ASR made reaches the client once, in order.
+The link of the pair tests (``_pair.Link``) plays both shells; here the network is cut: the
+server core parks the session, the client reconnects, a new connection's core looks the
+session up and hands its socket over. Every final the fake ASR made reaches the client
+once, in order.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -30,13 +29,7 @@ from echopanel.server.core import (
 from echopanel.session import Connected, StopRequested, TransportClosed
 from echopanel.session.effects import CloseTransport, Connect, EmitMessage, SendResume
 
-_spec = importlib.util.spec_from_file_location(
-    "_pair", Path(__file__).with_name("test_core_pair.py")
-)
-assert _spec is not None and _spec.loader is not None
-_pair = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_pair)
-Link = _pair.Link
+from ._pair import Link
 
 
 @attrs.define
