@@ -33,6 +33,9 @@ from echopanel.client.transport import WebSocketTransport
 from echopanel.errors import TransportError
 from echopanel.protocol import encode_audio_frame
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from natural import speech_bounds  # benchmarks/natural.py
+
 SR = 16000
 FRAME_S = 0.1
 TAIL_S = 3.0
@@ -59,16 +62,6 @@ def load(path: Path) -> np.ndarray:
     from faster_whisper import decode_audio
 
     return np.asarray(decode_audio(str(path), sampling_rate=SR), dtype=np.float32)
-
-
-def speech_bounds(audio: np.ndarray) -> tuple[float, float]:
-    """First speech onset and last speech end (Silero VAD on the whole clip), seconds."""
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
-
-    chunks = get_speech_timestamps(audio, VadOptions(min_silence_duration_ms=500))
-    if not chunks:
-        return 0.0, len(audio) / SR
-    return chunks[0]["start"] / SR, chunks[-1]["end"] / SR
 
 
 def _free_port() -> int:
