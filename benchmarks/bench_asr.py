@@ -557,7 +557,11 @@ async def bench_natural(backend: WhisperBackend, args: argparse.Namespace) -> No
 
 async def run(args: argparse.Namespace) -> None:
     overrides = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.policy)}
-    backend = WhisperBackend(cpu_threads=args.threads, config=PolicyConfig(**overrides))
+    backend = WhisperBackend(
+        cpu_threads=args.threads,
+        config=PolicyConfig(**overrides),
+        min_window=args.encoder_min_window,
+    )
     t = time.perf_counter()
     await backend.load()
     print(f"# load+warm-up {time.perf_counter() - t:.2f} s; {dict(backend.describe())}")
@@ -602,6 +606,12 @@ def main() -> None:
     p.add_argument("--conditions", default="pauses,no-pause")
     p.add_argument("--seed", type=int, default=8)
     p.add_argument("--session-seconds", type=float, default=120.0)
+    p.add_argument(
+        "--encoder-min-window",
+        type=float,
+        default=10.0,
+        help="shortest encoder window in seconds (WhisperBackend min_window)",
+    )
     p.add_argument("--sessions", type=int, default=0, help="only the first N sessions")
     p.add_argument(
         "--policy",

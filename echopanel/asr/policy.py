@@ -122,8 +122,12 @@ class Decoder(Protocol):
     """A speech model: decodes the whole ``audio`` (float32, 16 kHz) with word timestamps."""
 
     def decode(
-        self, audio: AudioArray, *, prompt: str, beam_size: int
-    ) -> Sequence[DecodedSegment]: ...
+        self, audio: AudioArray, *, prompt: str, beam_size: int, prefix: str = ""
+    ) -> Sequence[DecodedSegment]:
+        """Decode ``audio``; with a ``prefix`` the hypothesis is forced to begin with that
+        text (the words of the audio's start), which is not returned: only the words after
+        it, timed on the whole ``audio``."""
+        ...
 
 
 class Vad(Protocol):
@@ -164,6 +168,8 @@ class PolicyConfig:
     blocklist_max_speech: float = 1.0
     blocklist_min_confidence: float = 0.6
     prompt_chars: int = attrs.field(default=200, validator=attrs.validators.ge(0))
+    context_seconds: float = attrs.field(default=6.0, validator=attrs.validators.ge(0))
+    context_gap: float = attrs.field(default=1.5, validator=attrs.validators.ge(0))
     id_prefix: str = ""
 
     def tuned(self, tuning: AsrTuning) -> PolicyConfig:
@@ -252,6 +258,11 @@ def _text(words: Sequence[Word]) -> str:
     return "".join(w.text for w in words).strip()
 
 
+def _shifted(seg: DecodedSegment, by: float) -> DecodedSegment:
+    words = tuple(attrs.evolve(w, start=w.start + by, end=w.end + by) for w in seg.words)
+    return attrs.evolve(seg, words=words)
+
+
 def _common_prefix(a: Sequence[Word], b: Sequence[Word]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -259,6 +270,17 @@ def _common_prefix(a: Sequence[Word], b: Sequence[Word]) -> int:
             break
         n += 1
     return n
+
+
+@attrs.frozen
+class _Context:
+    """The end of the last final: its audio (from ``start`` to ``end``, absolute samples)
+    and the text said in it, decoded again before the next utterance as forced prefix."""
+
+    audio: AudioArray
+    start: int
+    end: int
+    text: str
 
 
 class StreamingPolicy:
@@ -281,6 +303,7 @@ class StreamingPolicy:
         self._tentative: list[Word] = []  # absolute times; last hypothesis after committed
         self._last_partial = ""
         self._final_text: list[str] = []  # recent finals, for the prompt
+        self._context: _Context | None = None  # the end of the last final
         self._last_t1 = 0.0
         self._finals = 0
         self.decodes = 0
@@ -336,6 +359,7 @@ class StreamingPolicy:
             updates += self._finalize(hyp or self._committed)
         elif self._committed:
             updates += self._finalize(self._committed)
+        self._context = None
         self._reset_utterance()
         self._buffer_start += len(self._buffer)
         self._buffer = np.zeros(0, dtype=np.float32)
@@ -403,9 +427,44 @@ class StreamingPolicy:
 
     # ------------------------------------------------------------------ decoding
 
-    def _prompt(self) -> str:
+    def _prompt(self, without: str = "") -> str:
         text = " ".join(self._final_text)
+        if without and text.endswith(without):
+            text = text[: -len(without)].rstrip()
         return text[-self.config.prompt_chars :].lstrip() if self.config.prompt_chars else ""
+
+    def _usable_context(self) -> _Context | None:
+        """The last final's context when it ends right before the buffer (at most
+        ``context_gap`` seconds of trimmed silence between), cut where the buffer starts."""
+        ctx = self._context
+        if ctx is None or self._buffer_start - ctx.end > self.config.context_gap * SAMPLE_RATE:
+            return None
+        keep = min(len(ctx.audio), self._buffer_start - ctx.start)
+        if keep < SAMPLE_RATE // 4:
+            return None
+        return attrs.evolve(ctx, audio=ctx.audio[:keep], end=ctx.start + keep)
+
+    def _keep_context(self, words: Sequence[Word], end: int) -> None:
+        """Remember the audio and text of the last words of a final (up to
+        ``context_seconds`` before ``end``, a buffer sample) for the next final decode."""
+        self._context = None
+        cfg = self.config
+        if cfg.context_seconds <= 0 or not words:
+            return
+        end_abs = self._buffer_start + end
+        limit = end_abs / SAMPLE_RATE - cfg.context_seconds
+        first = next((i for i, w in enumerate(words) if w.start >= limit), None)
+        if first is None:
+            return
+        start = words[first].start - 0.2
+        if first > 0:
+            start = max(start, (words[first - 1].end + words[first].start) / 2)
+        start_abs = max(self._buffer_start, int(start * SAMPLE_RATE))
+        text = _text(words[first:])
+        if not text or start_abs >= end_abs:
+            return
+        audio = self._buffer[start_abs - self._buffer_start : end].copy()
+        self._context = _Context(audio=audio, start=start_abs, end=end_abs, text=text)
 
     def _final_hypothesis(self, end: int) -> list[Word]:
         """The decode that makes ``buffer[:end]`` final, with a retry when it is truncated.
@@ -413,12 +472,18 @@ class StreamingPolicy:
         tiny.en sometimes ends a hypothesis early and stretches its last word over the rest
         of the speech ("allowed to[8.4-15.2 s]", the next 7 s of speech lost). A word longer
         than ``max_word_seconds`` over audio the VAD calls speech marks such a truncated
-        decode; the buffer is then decoded again greedily and the longer result kept.
+        decode, and so does a hypothesis with clearly fewer words than the partial decodes
+        of the same utterance heard (under 3/4 of them: "... for those who come to", the
+        next 20 words lost); the buffer is then decoded again greedily and the longer result
+        kept.
         """
-        hyp = self._hypothesis(end, final=True)
-        if not self._truncated(hyp):
+        context = self._usable_context()
+        until = (self._buffer_start + end) / SAMPLE_RATE
+        heard = sum(w.start < until for w in self._committed + self._tentative)
+        hyp = self._hypothesis(end, final=True, context=context)
+        if not self._truncated(hyp) and len(hyp) >= 0.75 * heard - 1:
             return hyp
-        retry = self._hypothesis(end, beam_size=1)
+        retry = self._hypothesis(end, beam_size=1, context=context)
         return retry if len(retry) > len(hyp) else hyp
 
     def _truncated(self, words: Sequence[Word]) -> bool:
@@ -432,19 +497,40 @@ class StreamingPolicy:
         )
 
     def _hypothesis(
-        self, end: int, *, final: bool = False, beam_size: int | None = None
+        self,
+        end: int,
+        *,
+        final: bool = False,
+        beam_size: int | None = None,
+        context: _Context | None = None,
     ) -> list[Word]:
         """Decode ``buffer[:end]``; guarded words with absolute times.
 
         The decode that makes an utterance final uses ``final_beam_size`` (once per
         utterance: a wider beam costs little and cut tiny.en's WER in half on the benchmark).
+        With a ``context`` (the end of the previous final) the decoder hears that audio
+        first, forced to its known text, so an utterance cut at a short pause is decoded
+        with what was said just before it, as offline decoding would.
         """
         cfg = self.config
         self.decodes += 1
         beam = max(cfg.beam_size, cfg.final_beam_size) if final else cfg.beam_size
         if beam_size is not None:
             beam = beam_size
-        segments = self._decoder.decode(self._buffer[:end], prompt=self._prompt(), beam_size=beam)
+        if context is None:
+            segments = self._decoder.decode(
+                self._buffer[:end], prompt=self._prompt(), beam_size=beam
+            )
+            shift = 0.0
+        else:
+            segments = self._decoder.decode(
+                np.concatenate([context.audio, self._buffer[:end]]),
+                prompt=self._prompt(without=context.text),
+                beam_size=beam,
+                prefix=context.text,
+            )
+            shift = len(context.audio) / SAMPLE_RATE
+            segments = [_shifted(seg, -shift) for seg in segments]
         offset = self._buffer_start / SAMPLE_RATE
         words: list[Word] = []
         for seg in segments:
@@ -462,6 +548,8 @@ class StreamingPolicy:
             for w in seg.words:
                 if not normalize_word(w.text) or not self._speech_near(w.start, w.end):
                     continue
+                if shift and w.end <= 0.05:
+                    continue  # a word of the context said again
                 start = max(offset + w.start, words[-1].end if words else 0.0)
                 words.append(attrs.evolve(w, start=start, end=max(offset + w.end, start)))
         return break_repetitions(
@@ -519,6 +607,7 @@ class StreamingPolicy:
         self._committed = []
         updates = self._finalize(words)
         cut = int(words[-1].end * SAMPLE_RATE) - self._buffer_start
+        self._keep_context(words if updates else [], max(0, min(cut, len(self._buffer))))
         self._drop(cut)
         self._last_partial = ""
         return updates
@@ -526,11 +615,13 @@ class StreamingPolicy:
     def _endpoint(self, end: int) -> list[AsrUpdate]:
         """End of an utterance at ``end`` (buffer sample): finalize all of it, trim."""
         updates: list[AsrUpdate] = []
+        words: list[Word] = []
         if self._has_speech():
-            hyp = self._final_hypothesis(end)
-            updates += self._finalize(hyp or self._committed)
+            words = self._final_hypothesis(end) or self._committed
         elif self._committed:
-            updates += self._finalize(self._committed)
+            words = self._committed
+        updates += self._finalize(words)
+        self._keep_context(words if updates else [], end)
         self._reset_utterance()
         self._since_decode = 0
         self._trim_to_preroll(end)

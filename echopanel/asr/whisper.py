@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -31,7 +32,13 @@ import numpy.typing as npt
 
 from echopanel.asr.engine.executor import DecodeEngine, engine_model_class, prompt_bucket
 from echopanel.asr.engine.scheduler import SchedulerConfig
-from echopanel.asr.policy import DecodedSegment, PolicyConfig, StreamingPolicy, Word
+from echopanel.asr.policy import (
+    DecodedSegment,
+    PolicyConfig,
+    StreamingPolicy,
+    Word,
+    normalize_word,
+)
 from echopanel.asr.vad import SileroVad, load_silero
 from echopanel.errors import AsrError
 from echopanel.ports import AsrBackend, AsrPartialUpdate, AsrStream, AsrTuning, AsrUpdate
@@ -116,9 +123,11 @@ class WhisperDecoder:
         *,
         language: str | None = "en",
         trim_encoder: bool = True,
+        min_window: float = 10.0,
         stream: str = "",
     ) -> None:
         self._shared = shared
+        self._min_window = min_window
         self._language = language
         self._trim = trim_encoder
         self._stream = stream
@@ -145,7 +154,7 @@ class WhisperDecoder:
         return prompt_bucket(tokens) or None
 
     def decode(
-        self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int
+        self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int, prefix: str = ""
     ) -> Sequence[DecodedSegment]:
         if self._cancelled:
             raise AsrError("the ASR stream was closed")
@@ -154,7 +163,7 @@ class WhisperDecoder:
         if self._trim:
             # At least 10 s and 2 s past the audio: a window that ends right after the
             # speech makes tiny.en loop on timestamps (measured on jfk.flac).
-            window = min(30.0, max(10.0, math.ceil(seconds + 2.0)))
+            window = min(30.0, max(self._min_window, math.ceil(seconds + 2.0)))
             frames = int(window * 100)  # 100 mel frames per second
         else:
             frames = 3000
@@ -166,6 +175,7 @@ class WhisperDecoder:
             temperature=0.0,
             condition_on_previous_text=False,
             initial_prompt=self._prompt_tokens(prompt),
+            prefix=prefix.strip() or None,
             word_timestamps=True,
             vad_filter=False,
             # The policy applies these guards itself, per segment.
@@ -184,6 +194,8 @@ class WhisperDecoder:
                 stale_since=self._stale_since,
                 options=options,
             )
+            if prefix.strip():
+                segments = _without_prefix(list(segments), prefix)
             out = [
                 DecodedSegment(
                     words=tuple(
@@ -202,6 +214,25 @@ class WhisperDecoder:
         if not final:
             self._stale_since = engine.now()
         return out
+
+
+def _without_prefix(segments: list[Any], prefix: str) -> list[Any]:
+    """faster-whisper's segments of a decode forced to begin with ``prefix`` without the
+    prefix's words (CTranslate2 returns the forced tokens with the generated ones)."""
+    want = normalize_word(prefix).split()
+    out: list[Any] = []
+    for seg in segments:
+        words = list(seg.words or ())
+        while want and words:
+            got = normalize_word(words[0].word).split()
+            if got != want[: len(got)]:
+                want = []  # the decode did not follow the prefix word by word: keep the rest
+                break
+            want = want[len(got) :]
+            words.pop(0)
+        if words:
+            out.append(dataclasses.replace(seg, words=words))
+    return out
 
 
 class _EnginePolicy(StreamingPolicy):
@@ -348,12 +379,14 @@ class WhisperBackend(AsrBackend):
         config: PolicyConfig | None = None,
         trim_encoder: bool = True,
         max_batch: int = DEFAULT_MAX_BATCH,
+        min_window: float = 10.0,
     ) -> None:
         if max_batch < 1:
             raise AsrError("max_batch must be at least 1")
         if device not in ("cpu", "cuda", "auto"):
             raise AsrError(f"unknown device {device!r} (use cpu, cuda or auto)")
         self._trim_encoder = trim_encoder
+        self._min_window = min_window
         self._model_path = Path(model_path) if model_path is not None else None
         self._compute_type = compute_type
         self._cpu_threads = cpu_threads if cpu_threads > 0 else (os.cpu_count() or 1)
@@ -437,6 +470,7 @@ class WhisperBackend(AsrBackend):
             self._shared,
             language=self._language,
             trim_encoder=self._trim_encoder,
+            min_window=self._min_window,
             stream=f"{source}-{next(_stream_ids)}",
         )
         vad = SileroVad()

@@ -504,7 +504,8 @@ def _call_key(kind: str, args: tuple[Any, ...], kwargs: dict[str, Any], sot: int
     if kind == "generate":
         shape = tuple(args[0].shape[1:])
         rest = tuple(sorted((k, _freeze(v)) for k, v in kwargs.items() if k != "max_length"))
-        sot_at = tuple(p.index(sot) if sot in p else -1 for p in args[1])
+        # (prompts forced to a prefix after <|startoftranscript|> are longer: length too)
+        sot_at = tuple((p.index(sot) if sot in p else -1, len(p)) for p in args[1])
         return (shape, sot_at, rest)
     if kind == "align":
         return (tuple(args[0].shape[1:]), tuple(args[1]), _freeze(kwargs))

@@ -196,3 +196,32 @@ async def test_describe_names_the_model() -> None:
     assert info["name"] == "whisper"
     assert info["compute_type"] == "int8"
     assert info["cpu_threads"] == "1"
+
+
+@pytest.mark.slow
+async def test_a_forced_prefix_is_not_returned_and_the_rest_is_timed_after_it(
+    backend: object,
+) -> None:
+    # The policy's context decode: the audio of the previous final, forced to its text,
+    # then the new speech. Only the new words come back, timed where they are spoken.
+    from faster_whisper import decode_audio
+
+    jfk = Path(__file__).parents[3] / "echopanel" / "data" / "jfk.flac"
+    audio = np.asarray(decode_audio(str(jfk), sampling_rate=16000), dtype=np.float32)
+    stream_ = backend.open_stream("system")  # type: ignore[attr-defined]
+    decoder = stream_._decoder
+
+    def decode(prefix: str) -> list[tuple[str, float]]:
+        segments = decoder.decode(audio, prompt="", beam_size=5, prefix=prefix)
+        return [(w.text.strip(), w.start) for s in segments for w in s.words]
+
+    plain = await anyio.to_thread.run_sync(decode, "")
+    forced = await anyio.to_thread.run_sync(decode, "And so my fellow Americans,")
+    assert plain[0][0] == "And"
+    assert forced[0][0] == "ask"
+    assert [w for w, _ in forced] == [w for w, _ in plain][5:] or wer(
+        " ".join(w for w, _ in plain[5:]), " ".join(w for w, _ in forced)
+    ) < 0.1
+    # "ask" is spoken after "Americans" (ends ~2.3 s), not at the start of the audio.
+    assert forced[0][1] > 2.0
+    await stream_.aclose()

@@ -78,14 +78,18 @@ class ScriptedDecoder:
     # Beam decodes stop after this many words, the last one stretched to the audio's end
     # (tiny.en ending a hypothesis early over continuing speech).
     truncate_beam: int | None = None
+    # Beam decodes stop after this many words, timed as heard (no stretched last word).
+    cut_beam: int | None = None
     # A separate segment appended to every hypothesis (times relative to the audio).
     ghost: tuple[Word, ...] = ()
     calls: list[tuple[float, str, int]] = attrs.Factory(list)
+    prefixes: list[str] = attrs.Factory(list)
 
     def decode(
-        self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int
+        self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int, prefix: str = ""
     ) -> Sequence[DecodedSegment]:
         self.calls.append((len(audio) / SAMPLE_RATE, prompt, beam_size))
+        self.prefixes.append(prefix)
         words: list[Word] = []
         loud = np.abs(audio) > 0.05
         i = 0
@@ -104,6 +108,11 @@ class ScriptedDecoder:
                 Word(text=f" {text}", start=i / SAMPLE_RATE, end=j / SAMPLE_RATE, probability=0.9)
             )
             i = j
+        # Like Whisper forced to a prefix: the prefix's words are not returned.
+        want = [normalize_word(t) for t in prefix.split()]
+        while want and words and normalize_word(words[0].text) == want[0]:
+            words.pop(0)
+            want.pop(0)
         if self.replace is not None and words:
             words = [
                 Word(
@@ -113,6 +122,8 @@ class ScriptedDecoder:
                     probability=0.3,
                 )
             ]
+        if self.cut_beam is not None and beam_size > 1:
+            words = words[: self.cut_beam]
         if self.truncate_beam is not None and beam_size > 1 and len(words) > self.truncate_beam:
             words = words[: self.truncate_beam]
             words[-1] = attrs.evolve(words[-1], end=len(audio) / SAMPLE_RATE)
@@ -317,6 +328,26 @@ def test_a_truncated_final_decode_is_decoded_again_greedily() -> None:
     assert [beam for _, _, beam in decoder.calls][-2:] == [5, 1]
 
 
+def test_a_final_decode_with_far_fewer_words_than_the_partials_is_decoded_again() -> None:
+    # "... for those who come to" and nothing more: the beam-5 final of 11 s of speech
+    # ended early with its last word timed normally; the partials had heard 20 more words.
+    decoder = ScriptedDecoder(cut_beam=3)
+    policy = make(decoder)
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    fin = finals(run(policy, np.concatenate([utterance(words), silence(1)])))
+    assert [f.text for f in fin] == [" ".join(words)]
+    assert [beam for _, _, beam in decoder.calls][-2:] == [5, 1]
+
+
+def test_a_final_decode_as_long_as_the_partials_is_not_decoded_again() -> None:
+    decoder = ScriptedDecoder()
+    policy = make(decoder)
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
+    fin = finals(run(policy, np.concatenate([utterance(words), silence(1)])))
+    assert [f.text for f in fin] == [" ".join(words)]
+    assert [beam for _, _, beam in decoder.calls][-1] == 5
+
+
 class SoftVad(EnergyVad):
     """Scores speech 0.4: a hoarse or distant voice Silero is unsure about."""
 
@@ -364,9 +395,11 @@ def test_a_squeezed_stock_phrase_at_the_end_of_speech_is_dropped() -> None:
     decoder = ScriptedDecoder()
 
     def decode(
-        audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int
+        audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int, prefix: str = ""
     ) -> list[DecodedSegment]:
-        heard = list(decoder.decode(audio, prompt=prompt, beam_size=beam_size)[0].words)
+        heard = list(
+            decoder.decode(audio, prompt=prompt, beam_size=beam_size, prefix=prefix)[0].words
+        )
         if len(heard) < 3:
             return [DecodedSegment(words=tuple(heard))]
         at = heard[2].start  # "charlie" is not transcribed; the sign-off sits on it
@@ -508,3 +541,60 @@ def test_state_stays_bounded_over_many_utterances() -> None:
     for name, value in vars(policy).items():
         if isinstance(value, list | set | dict | tuple):
             assert len(value) <= 100, f"{name} holds {len(value)} items after 120 finals"
+
+
+@attrs.define
+class FragmentDecoder(ScriptedDecoder):
+    """Mishears "delta" when the audio starts with it (no context before it), as tiny.en
+    mishears the first words of a fragment cut at a short pause ("my best qualities" ->
+    "Hi best quantities")."""
+
+    def decode(
+        self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int, prefix: str = ""
+    ) -> Sequence[DecodedSegment]:
+        segments = list(super().decode(audio, prompt=prompt, beam_size=beam_size, prefix=prefix))
+        if prefix or not segments or not segments[0].words:
+            return segments
+        first = segments[0].words[0]
+        if normalize_word(first.text) == "delta":
+            words = (attrs.evolve(first, text=" teller"), *segments[0].words[1:])
+            segments[0] = attrs.evolve(segments[0], words=words)
+        return segments
+
+
+def test_a_final_after_a_short_pause_is_decoded_after_the_previous_final() -> None:
+    decoder = FragmentDecoder()
+    policy = make(decoder)
+    audio = np.concatenate(
+        [utterance(["alpha", "bravo", "charlie"]), silence(0.8), utterance(["delta", "echo"])]
+    )
+    out = finals(run(policy, np.concatenate([audio, silence(1)])))
+    assert [f.text for f in out] == ["alpha bravo charlie", "delta echo"]
+    # The second final's decode heard the end of the first one, forced to its text, and
+    # returned only the new words, timed after the pause.
+    assert decoder.prefixes[-1] == "alpha bravo charlie"
+    assert decoder.calls[-1][0] > 2.0  # context + the new utterance
+    assert out[1].t0 >= out[0].t1 + 0.5
+    # The prompt does not repeat the prefix.
+    assert "charlie" not in decoder.calls[-1][1]
+
+
+def test_no_context_after_a_long_pause_or_at_the_first_utterance() -> None:
+    decoder = FragmentDecoder()
+    policy = make(decoder, context_gap=1.0)
+    audio = np.concatenate(
+        [utterance(["alpha", "bravo"]), silence(4), utterance(["delta", "echo"]), silence(1)]
+    )
+    out = finals(run(policy, audio))
+    assert [f.text for f in out] == ["alpha bravo", "teller echo"]
+    assert set(decoder.prefixes) == {""}
+
+
+def test_context_is_off_with_context_seconds_zero() -> None:
+    decoder = FragmentDecoder()
+    policy = make(decoder, context_seconds=0.0)
+    audio = np.concatenate(
+        [utterance(["alpha", "bravo"]), silence(0.8), utterance(["delta", "echo"]), silence(1)]
+    )
+    assert [f.text for f in finals(run(policy, audio))] == ["alpha bravo", "teller echo"]
+    assert set(decoder.prefixes) == {""}
