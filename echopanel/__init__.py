@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Session": "echopanel.client",
-        "WebSocketTransport": "echopanel.client",
+    "WebSocketTransport": "echopanel.client",
 }
 
 __all__ = [

@@ -25,8 +25,15 @@ unit tests and against Whisper + Silero in production (``echopanel.asr.whisper``
   exceed ``max_buffer`` seconds, the committed words become a final and the buffer is trimmed
   to the end of the last committed word, so never more than ``max_buffer`` seconds are
   re-decoded. ``flush()`` (end of stream) turns everything pending into finals.
-* **Prompt.** The text of recent finals (the committed text from before the buffer) is the
-  decoding prompt; the decoder must not condition on its own previous output otherwise.
+* **Context of a final.** An utterance cut at a short pause ("my best qualities | if I have
+  any...") decoded alone loses what offline decoding hears before it ("Hi best quantities").
+  So when the last final ended at most ``context_gap`` seconds before the buffer, the final
+  decode hears the last ``context_seconds`` of that final's audio first, forced to its known
+  text (the decoder's ``prefix``), and returns only the words after it: the acoustic and
+  textual context of offline decoding, with nothing said twice and no word cut by times.
+* **Prompt.** The text of recent finals (the committed text from before the buffer, without
+  a context prefix) is the decoding prompt; the decoder must not condition on its own
+  previous output otherwise.
 * **Guards.** Segments with a high no-speech probability and a low average log-probability,
   a very low average log-probability or a high compression ratio are dropped; a segment
   mostly where the VAD heard no speech is dropped when its words look hallucinated (near-zero
@@ -34,9 +41,10 @@ unit tests and against Whisper + Silero in production (``echopanel.asr.whisper``
   sign-off ("Thank you."): tiny.en appends those to a buffer that ends in a pause. Words
   that lie where the VAD heard no speech are dropped; repetition loops are cut and a phrase
   of 3+ words never repeats back to back; a final decode that stopped early (one word
-  stretched over seconds of speech) is decoded again greedily. A short blocklist of
-  Whisper's classic silence hallucinations is also applied to whole finals when the
-  utterance had little speech or a low confidence.
+  stretched over seconds of speech, or clearly fewer words than the partials heard) is
+  decoded again greedily, and the partials' words are kept when that is short too. A short
+  blocklist of Whisper's classic silence hallucinations is also applied to whole finals
+  when the utterance had little speech or a low confidence.
 * **Times.** ``t0``/``t1`` are seconds since the source stream began; finals are monotonic.
   ``segment_id`` is ``<prefix><index>-<hash of text and times>``: stable for the same audio,
   unique per stream.
@@ -474,17 +482,29 @@ class StreamingPolicy:
         than ``max_word_seconds`` over audio the VAD calls speech marks such a truncated
         decode, and so does a hypothesis with clearly fewer words than the partial decodes
         of the same utterance heard (under 3/4 of them: "... for those who come to", the
-        next 20 words lost); the buffer is then decoded again greedily and the longer result
-        kept.
+        next 20 words lost). The buffer is then decoded again greedily without the context
+        and the longer result kept; when that is still short, the partials' words are.
         """
         context = self._usable_context()
         until = (self._buffer_start + end) / SAMPLE_RATE
-        heard = sum(w.start < until for w in self._committed + self._tentative)
+        heard = [w for w in self._committed + self._tentative if w.start < until]
         hyp = self._hypothesis(end, final=True, context=context)
-        if not self._truncated(hyp) and len(hyp) >= 0.75 * heard - 1:
+        if not self._truncated(hyp) and not self._shorter(hyp, heard):
             return hyp
-        retry = self._hypothesis(end, beam_size=1, context=context)
-        return retry if len(retry) > len(hyp) else hyp
+        retry = self._hypothesis(end, beam_size=1)
+        best = retry if len(retry) > len(hyp) else hyp
+        if not self._shorter(best, heard):
+            return best
+        # The partials' words, guarded again now that the VAD has heard the whole utterance.
+        offset = self._buffer_start / SAMPLE_RATE
+        kept = [w for w in heard if self._speech_near(w.start - offset, w.end - offset)]
+        return self._drop_stock_tail(kept)
+
+    @staticmethod
+    def _shorter(words: Sequence[Word], heard: Sequence[Word]) -> bool:
+        """Whether a final hypothesis clearly lost words the partials heard (under 3/4 of
+        them, and at least 4)."""
+        return len(words) < 0.75 * len(heard) and len(heard) - len(words) >= 4
 
     def _truncated(self, words: Sequence[Word]) -> bool:
         offset = self._buffer_start / SAMPLE_RATE

@@ -80,6 +80,8 @@ class ScriptedDecoder:
     truncate_beam: int | None = None
     # Beam decodes stop after this many words, timed as heard (no stretched last word).
     cut_beam: int | None = None
+    # Every decode stops after this many words (set it during a test).
+    cut_all: int | None = None
     # A separate segment appended to every hypothesis (times relative to the audio).
     ghost: tuple[Word, ...] = ()
     calls: list[tuple[float, str, int]] = attrs.Factory(list)
@@ -124,6 +126,8 @@ class ScriptedDecoder:
             ]
         if self.cut_beam is not None and beam_size > 1:
             words = words[: self.cut_beam]
+        if self.cut_all is not None:
+            words = words[: self.cut_all]
         if self.truncate_beam is not None and beam_size > 1 and len(words) > self.truncate_beam:
             words = words[: self.truncate_beam]
             words[-1] = attrs.evolve(words[-1], end=len(audio) / SAMPLE_RATE)
@@ -336,6 +340,19 @@ def test_a_final_decode_with_far_fewer_words_than_the_partials_is_decoded_again(
     words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
     fin = finals(run(policy, np.concatenate([utterance(words), silence(1)])))
     assert [f.text for f in fin] == [" ".join(words)]
+    assert [beam for _, _, beam in decoder.calls][-2:] == [5, 1]
+
+
+def test_when_the_retry_is_short_too_the_final_keeps_what_the_partials_heard() -> None:
+    decoder = ScriptedDecoder()
+    policy = make(decoder)
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    updates = run(policy, utterance(words))
+    shown = partials(updates)[-1].text.split()
+    decoder.cut_all = 2  # from now on every decode ends after two words
+    fin = finals(run(policy, silence(1)))
+    assert len(fin) == 1 and fin[0].text.split() == shown
+    assert len(shown) >= 6
     assert [beam for _, _, beam in decoder.calls][-2:] == [5, 1]
 
 
