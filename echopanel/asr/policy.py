@@ -42,9 +42,9 @@ unit tests and against Whisper + Silero in production (``echopanel.asr.whisper``
   that lie where the VAD heard no speech are dropped; repetition loops are cut and a phrase
   of 3+ words never repeats back to back; a final decode that stopped early (one word
   stretched over seconds of speech, or clearly fewer words than the partials heard) is
-  decoded again greedily, and the partials' words are kept when that is short too. A short
-  blocklist of Whisper's classic silence hallucinations is also applied to whole finals
-  when the utterance had little speech or a low confidence.
+  decoded again greedily, and the longer hypothesis kept. A short blocklist of Whisper's
+  classic silence hallucinations is also applied to whole finals when the utterance had
+  little speech or a low confidence.
 * **Times.** ``t0``/``t1`` are seconds since the source stream began; finals are monotonic.
   ``segment_id`` is ``<prefix><index>-<hash of text and times>``: stable for the same audio,
   unique per stream.
@@ -266,6 +266,14 @@ def _text(words: Sequence[Word]) -> str:
     return "".join(w.text for w in words).strip()
 
 
+def _shares_phrase(words: Sequence[Word], text: str, n: int = 4) -> bool:
+    """Whether ``words`` contain a sequence of ``n`` words that ``text`` contains too."""
+    keys = [normalize_word(w.text) for w in words]
+    keys = [k for k in keys if k]
+    ref = f" {normalize_word(text)} "
+    return any(f" {' '.join(keys[i : i + n])} " in ref for i in range(len(keys) - n + 1))
+
+
 def _shifted(seg: DecodedSegment, by: float) -> DecodedSegment:
     words = tuple(attrs.evolve(w, start=w.start + by, end=w.end + by) for w in seg.words)
     return attrs.evolve(seg, words=words)
@@ -483,22 +491,22 @@ class StreamingPolicy:
         decode, and so does a hypothesis with clearly fewer words than the partial decodes
         of the same utterance heard (under 3/4 of them: "... for those who come to", the
         next 20 words lost). The buffer is then decoded again greedily without the context
-        and the longer result kept; when that is still short, the partials' words are.
+        and the longer result kept. (Never the partials' words themselves: a partial of the
+        pre-roll after a final can be the prompt said again.)
         """
         context = self._usable_context()
         until = (self._buffer_start + end) / SAMPLE_RATE
         heard = [w for w in self._committed + self._tentative if w.start < until]
         hyp = self._hypothesis(end, final=True, context=context)
+        if context is not None and _shares_phrase(hyp, context.text):
+            # The decoder went back over the context and said it again ("... the original
+            # one." then "And I'm saying a bunch of different words" once more): the
+            # utterance is decoded alone instead.
+            hyp = self._hypothesis(end, final=True)
         if not self._truncated(hyp) and not self._shorter(hyp, heard):
             return hyp
         retry = self._hypothesis(end, beam_size=1)
-        best = retry if len(retry) > len(hyp) else hyp
-        if not self._shorter(best, heard):
-            return best
-        # The partials' words, guarded again now that the VAD has heard the whole utterance.
-        offset = self._buffer_start / SAMPLE_RATE
-        kept = [w for w in heard if self._speech_near(w.start - offset, w.end - offset)]
-        return self._drop_stock_tail(kept)
+        return retry if len(retry) > len(hyp) else hyp
 
     @staticmethod
     def _shorter(words: Sequence[Word], heard: Sequence[Word]) -> bool:

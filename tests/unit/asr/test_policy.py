@@ -343,19 +343,6 @@ def test_a_final_decode_with_far_fewer_words_than_the_partials_is_decoded_again(
     assert [beam for _, _, beam in decoder.calls][-2:] == [5, 1]
 
 
-def test_when_the_retry_is_short_too_the_final_keeps_what_the_partials_heard() -> None:
-    decoder = ScriptedDecoder()
-    policy = make(decoder)
-    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
-    updates = run(policy, utterance(words))
-    shown = partials(updates)[-1].text.split()
-    decoder.cut_all = 2  # from now on every decode ends after two words
-    fin = finals(run(policy, silence(1)))
-    assert len(fin) == 1 and fin[0].text.split() == shown
-    assert len(shown) >= 6
-    assert [beam for _, _, beam in decoder.calls][-2:] == [5, 1]
-
-
 def test_a_final_decode_as_long_as_the_partials_is_not_decoded_again() -> None:
     decoder = ScriptedDecoder()
     policy = make(decoder)
@@ -594,6 +581,42 @@ def test_a_final_after_a_short_pause_is_decoded_after_the_previous_final() -> No
     assert out[1].t0 >= out[0].t1 + 0.5
     # The prompt does not repeat the prefix.
     assert "charlie" not in decoder.calls[-1][1]
+
+
+@attrs.define
+class LoopingDecoder(ScriptedDecoder):
+    """Forced to a prefix, says it again before the new words (tiny.en going back over the
+    context: "... the original one." + "And I'm saying a bunch of different words ...")."""
+
+    def decode(
+        self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int, prefix: str = ""
+    ) -> Sequence[DecodedSegment]:
+        segments = list(super().decode(audio, prompt=prompt, beam_size=beam_size, prefix=prefix))
+        if not prefix or not segments or not segments[0].words:
+            return segments
+        at = segments[0].words[0].start
+        again = tuple(
+            Word(text=f" {t}", start=at + i * 0.01, end=at + i * 0.01 + 0.01, probability=0.8)
+            for i, t in enumerate(prefix.split())
+        )
+        segments[0] = attrs.evolve(segments[0], words=again + segments[0].words)
+        return segments
+
+
+def test_a_context_decode_that_says_the_context_again_is_decoded_alone() -> None:
+    decoder = LoopingDecoder()
+    policy = make(decoder)
+    audio = np.concatenate(
+        [
+            utterance(["alpha", "bravo", "charlie", "delta"]),
+            silence(0.8),
+            utterance(["echo", "foxtrot"]),
+            silence(1),
+        ]
+    )
+    out = finals(run(policy, audio))
+    assert [f.text for f in out] == ["alpha bravo charlie delta", "echo foxtrot"]
+    assert decoder.prefixes[-2:] == ["alpha bravo charlie delta", ""]
 
 
 def test_no_context_after_a_long_pause_or_at_the_first_utterance() -> None:
