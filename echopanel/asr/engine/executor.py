@@ -213,7 +213,7 @@ class DecodeEngine:
         return self._clock()
 
     def busy_fraction(self) -> float:
-        """Share of the last 3 s the engine spent in model calls (0..1)."""
+        """Share of the last 3 s the engine had a round in progress (0..1)."""
         with self._cond:
             return min(1.0, self.stats.busy.rate(self._clock()))
 
@@ -342,11 +342,17 @@ class DecodeEngine:
                     wait = 0.01 if deadline is None else deadline - self._clock()
                     self._cond.wait(timeout=max(0.001, wait))
                     continue
+            started = time.perf_counter()
             try:
                 self._round(jobs, nested=False)
             except Exception:  # never lose the engine thread
                 log.exception("decode engine round failed")
+            elapsed = time.perf_counter() - started
             with self._cond:
+                # Busy = a round in progress: its model calls and its members' own Python
+                # (features, tokens, word timings), during which waiting requests wait too.
+                self.stats.busy_seconds += elapsed
+                self.stats.busy.add(self._clock(), elapsed)
                 self.scheduler.round_done(self._clock())
 
     def _admit(self, *, urgent_only: bool) -> list[_Job]:
@@ -413,9 +419,6 @@ class DecodeEngine:
             for _, call in members:
                 call.error = exc
         elapsed = time.perf_counter() - started
-        with self._cond:
-            self.stats.busy_seconds += elapsed
-            self.stats.busy.add(self._clock(), elapsed)
         share = elapsed / len(members)
         for job, call in members:
             job.attributed += share

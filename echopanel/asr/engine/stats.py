@@ -88,7 +88,7 @@ class EngineStats:
     batch_size: StatsHistogram = attrs.field(factory=lambda: StatsHistogram(BATCH_BUCKETS))
     queue_wait: StatsHistogram = attrs.field(factory=lambda: StatsHistogram(WAIT_BUCKETS))
     decodes: RateWindow = attrs.field(factory=RateWindow)
-    #: engine seconds spent in model calls, per second (the busy fraction), over 3 s.
+    #: engine seconds with a round in progress, per second (the busy fraction), over 3 s.
     busy: RateWindow = attrs.field(factory=lambda: RateWindow(3.0))
     decodes_total: int = 0
     finals_total: int = 0
