@@ -164,6 +164,9 @@ class PolicyConfig:
     vad_threshold: float = attrs.field(default=0.3, validator=attrs.validators.ge(0))
     vad_neg_threshold: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
     min_speech: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
+    weak_threshold: float = attrs.field(default=0.1, validator=attrs.validators.ge(0))
+    weak_keep: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
+    weak_max_silence: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
     preroll: float = attrs.field(default=0.4, validator=attrs.validators.ge(0))
     word_vad_pad: float = attrs.field(default=0.4, validator=attrs.validators.ge(0))
     no_speech_threshold: float = 0.6
@@ -357,7 +360,11 @@ class StreamingPolicy:
             if self._has_speech():
                 updates += self._decode_step()
             else:
-                self._trim_to_preroll(len(self._buffer))
+                # Keep weak speech-like audio (a hoarse voice before its first clear frame)
+                # for the decode that follows; silence and noise keep only the pre-roll.
+                weak = self._weak_tail()
+                end = min(len(self._buffer), (len(self._probs) - weak) * self._frame)
+                self._trim_to_preroll(end)
         return updates
 
     def flush(self) -> list[AsrUpdate]:
@@ -394,10 +401,21 @@ class StreamingPolicy:
             probs = self._vad.speech_probs(self._buffer[done : done + n * self._frame])
             self._probs += [float(p) for p in probs]
 
+    def _frames(self, seconds: float) -> int:
+        return max(1, int(seconds * SAMPLE_RATE / self._frame + 0.5))
+
     def _advance_vad(self) -> int | None:
-        """Run the endpoint detector over scored frames; the end sample of an endpoint."""
+        """Run the endpoint detector over scored frames; the end sample of an endpoint.
+
+        An endpoint needs ``endpoint_silence`` seconds of frames below the gate (after one
+        below ``vad_neg_threshold``) that also look like silence on average: a weak or
+        hoarse voice scores 0.1-0.3 on Silero for whole words ("this is the" of a speaker
+        with a cold), silence and noise average far below ``weak_threshold``. A weak run
+        longer than ``weak_max_silence`` ends the utterance anyway (babble, music).
+        """
         cfg = self.config
-        need = max(1, int(cfg.endpoint_silence * SAMPLE_RATE / self._frame + 0.5))
+        need = self._frames(cfg.endpoint_silence)
+        cap = max(need, self._frames(cfg.weak_max_silence))
         while self._vad_pos < len(self._probs):
             p = self._probs[self._vad_pos]
             self._vad_pos += 1
@@ -407,35 +425,73 @@ class StreamingPolicy:
                 self._silence_run = 0
             elif self._in_speech and (p < cfg.vad_neg_threshold or self._silence_run):
                 self._silence_run += 1
-                if self._silence_run >= need:
+                window = self._probs[max(0, self._vad_pos - need) : self._vad_pos]
+                quiet = float(np.mean(window)) < cfg.weak_threshold
+                if self._silence_run >= cap or (self._silence_run >= need and quiet):
                     return self._vad_pos * self._frame
         return None
+
+    def _weak_tail(self) -> int:
+        """Frames at the end of the scored buffer that sound like weak speech: the longest
+        suffix (at most ``weak_keep`` seconds) whose every ``endpoint_silence`` window
+        averages at least ``weak_threshold``. Silence and noise give 0."""
+        cfg = self.config
+        n = len(self._probs)
+        w = self._frames(cfg.endpoint_silence)
+        if n < w or cfg.weak_keep <= 0:
+            return 0
+        probs = np.asarray(self._probs[max(0, n - self._frames(cfg.weak_keep) - w) :])
+        means = np.convolve(probs, np.ones(w) / w, mode="valid")  # means[i]: window i..i+w
+        low = np.flatnonzero(means < cfg.weak_threshold)
+        if not len(means) or (len(low) and low[-1] == len(means) - 1):
+            return 0
+        start = low[-1] + w // 2 if len(low) else 0  # about where the quiet stops
+        return min(len(probs) - int(start), self._frames(cfg.weak_keep))
 
     def _has_speech(self) -> bool:
         return self._speech_frames * self._frame >= self.config.min_speech * SAMPLE_RATE
 
     def _speech_near(self, start: float, end: float) -> bool:
-        """Whether the VAD heard speech within ``word_vad_pad`` of [start, end] (buffer s)."""
+        """Whether the VAD heard speech within ``word_vad_pad`` of [start, end] (buffer s):
+        a frame above the gate, or weak speech (the span averaging ``weak_threshold``)."""
         pad = self.config.word_vad_pad
         lo = max(0, int((start - pad) * SAMPLE_RATE) // self._frame)
         hi = int((end + pad) * SAMPLE_RATE) // self._frame + 1
         if lo >= len(self._probs):
             # Past the scored frames: only the unscored tail of the buffer may hold speech.
             return lo * self._frame < len(self._buffer)
-        return any(p >= self.config.vad_threshold for p in self._probs[lo:hi])
+        span = self._probs[lo:hi]
+        return (
+            any(p >= self.config.vad_threshold for p in span)
+            or float(np.mean(span)) >= self.config.weak_threshold
+        )
 
     def _hallucinated(self, words: Sequence[Word]) -> bool:
         """Words (buffer times) that look invented: hallucination-shaped (anomalous) or a
         stock sign-off, over audio the VAD calls mostly silence -- or both shapes at once
         ("Thank you very much." squeezed onto the buffer's last instant after speech)."""
         anomalous, stock = is_anomalous(words), is_stock_phrase(words)
-        return (anomalous and stock) or ((anomalous or stock) and self._mostly_silent(words))
+        if anomalous and stock:
+            return True
+        if not self._mostly_silent(words):
+            return False
+        # Low-probability words over weak speech (a hoarse voice Silero scores 0.1-0.3) are
+        # heard, not invented; a stock sign-off over the same audio is still dropped.
+        return stock or (anomalous and not self._weak_speech(words))
+
+    def _weak_speech(self, words: Sequence[Word]) -> bool:
+        """Whether the span of ``words`` averages at least ``weak_threshold``."""
+        lo, hi = self._span(words)
+        return hi > lo and float(np.mean(self._probs[lo:hi])) >= self.config.weak_threshold
+
+    def _span(self, words: Sequence[Word]) -> tuple[int, int]:
+        start, end = words[0].start, max(words[-1].end, words[0].start + 0.2)
+        lo = max(0, int(start * SAMPLE_RATE) // self._frame)
+        return lo, min(len(self._probs), int(end * SAMPLE_RATE) // self._frame + 1)
 
     def _mostly_silent(self, words: Sequence[Word]) -> bool:
         """Whether the VAD heard speech in less than half of the span of ``words``."""
-        start, end = words[0].start, max(words[-1].end, words[0].start + 0.2)
-        lo = max(0, int(start * SAMPLE_RATE) // self._frame)
-        hi = min(len(self._probs), int(end * SAMPLE_RATE) // self._frame + 1)
+        lo, hi = self._span(words)
         if hi <= lo:
             return False
         speech = sum(p >= self.config.vad_threshold for p in self._probs[lo:hi])
