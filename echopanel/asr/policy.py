@@ -453,18 +453,18 @@ class StreamingPolicy:
 
     def _speech_near(self, start: float, end: float) -> bool:
         """Whether the VAD heard speech within ``word_vad_pad`` of [start, end] (buffer s):
-        a frame above the gate, or weak speech (the span averaging ``weak_threshold``)."""
+        a frame above the gate, or weak speech (the word, widened to ``endpoint_silence``,
+        averaging ``weak_threshold``)."""
         pad = self.config.word_vad_pad
         lo = max(0, int((start - pad) * SAMPLE_RATE) // self._frame)
         hi = int((end + pad) * SAMPLE_RATE) // self._frame + 1
         if lo >= len(self._probs):
             # Past the scored frames: only the unscored tail of the buffer may hold speech.
             return lo * self._frame < len(self._buffer)
-        span = self._probs[lo:hi]
-        return (
-            any(p >= self.config.vad_threshold for p in span)
-            or float(np.mean(span)) >= self.config.weak_threshold
-        )
+        if any(p >= self.config.vad_threshold for p in self._probs[lo:hi]):
+            return True
+        half = max(0.0, self.config.endpoint_silence - (end - start)) / 2
+        return self._weak_speech([Word(text="", start=start - half, end=end + half)])
 
     def _hallucinated(self, words: Sequence[Word]) -> bool:
         """Words (buffer times) that look invented: hallucination-shaped (anomalous) or a
