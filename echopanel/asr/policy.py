@@ -165,6 +165,7 @@ class PolicyConfig:
     vad_neg_threshold: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
     min_speech: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
     weak_threshold: float = attrs.field(default=0.1, validator=attrs.validators.ge(0))
+    weak_ratio: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
     weak_keep: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
     weak_max_silence: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
     preroll: float = attrs.field(default=0.4, validator=attrs.validators.ge(0))
@@ -317,6 +318,8 @@ class StreamingPolicy:
         self._since_decode = 0  # samples since the last decode (or VAD gate check)
         self._in_speech = False
         self._speech_frames = 0  # speech frames of the current utterance
+        self._speech_sum = 0.0  # sum of their probabilities
+        self._level = 0.0  # mean probability of the speech frames of the last utterance
         self._silence_run = 0  # frames of silence after speech
         self._committed: list[Word] = []  # absolute times; committed, not yet final
         self._tentative: list[Word] = []  # absolute times; last hypothesis after committed
@@ -422,11 +425,12 @@ class StreamingPolicy:
             if p >= cfg.vad_threshold:
                 self._in_speech = True
                 self._speech_frames += 1
+                self._speech_sum += p
                 self._silence_run = 0
             elif self._in_speech and (p < cfg.vad_neg_threshold or self._silence_run):
                 self._silence_run += 1
                 window = self._probs[max(0, self._vad_pos - need) : self._vad_pos]
-                quiet = float(np.mean(window)) < cfg.weak_threshold
+                quiet = float(np.mean(window)) < self._weak_threshold()
                 if self._silence_run >= cap or (self._silence_run >= need and quiet):
                     return self._vad_pos * self._frame
         return None
@@ -442,7 +446,7 @@ class StreamingPolicy:
             return 0
         probs = np.asarray(self._probs[max(0, n - self._frames(cfg.weak_keep) - w) :])
         means = np.convolve(probs, np.ones(w) / w, mode="valid")  # means[i]: window i..i+w
-        low = np.flatnonzero(means < cfg.weak_threshold)
+        low = np.flatnonzero(means < self._weak_threshold())
         if not len(means) or (len(low) and low[-1] == len(means) - 1):
             return 0
         start = low[-1] + w // 2 if len(low) else 0  # about where the quiet stops
@@ -482,7 +486,16 @@ class StreamingPolicy:
     def _weak_speech(self, words: Sequence[Word]) -> bool:
         """Whether the span of ``words`` averages at least ``weak_threshold``."""
         lo, hi = self._span(words)
-        return hi > lo and float(np.mean(self._probs[lo:hi])) >= self.config.weak_threshold
+        return hi > lo and float(np.mean(self._probs[lo:hi])) >= self._weak_threshold()
+
+    def _weak_threshold(self) -> float:
+        """The mean speech probability that weak speech reaches: ``weak_threshold``, or
+        ``weak_ratio`` of the speaker's level (the mean score of the clear frames of the
+        current utterance, else of the previous one). A breath between two sentences of a
+        clear voice (0.15 against 0.95) is silence; a hoarse voice at 0.15 against 0.45 is
+        not."""
+        level = self._speech_sum / self._speech_frames if self._speech_frames else self._level
+        return max(self.config.weak_threshold, self.config.weak_ratio * level)
 
     def _span(self, words: Sequence[Word]) -> tuple[int, int]:
         start, end = words[0].start, max(words[-1].end, words[0].start + 0.2)
@@ -756,6 +769,9 @@ class StreamingPolicy:
     # ------------------------------------------------------------------ buffer
 
     def _reset_utterance(self) -> None:
+        if self._speech_frames:
+            self._level = self._speech_sum / self._speech_frames
+        self._speech_sum = 0.0
         self._committed = []
         self._tentative = []
         self._in_speech = False

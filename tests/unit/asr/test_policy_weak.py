@@ -36,16 +36,22 @@ SPEECH_END = 6 * (WORD_S + GAP_S) - GAP_S  # end of a 6-word utterance
 
 
 class ScoredVad:
-    """Frames of a word score ``scores[word]`` (0.9 if absent); silent frames score
+    """Frames of a word score ``scores[word]`` (``clear`` if absent); silent frames score
     ``floor`` or, with ``noise``, seeded scores shaped like Silero's on white noise
     (mean 0.02, p99 0.15, never above 0.28)."""
 
     frame_samples = FRAME
 
     def __init__(
-        self, scores: Mapping[str, float] | None = None, floor: float = 0.0, noise: bool = False
+        self,
+        scores: Mapping[str, float] | None = None,
+        *,
+        clear: float = 0.9,
+        floor: float = 0.0,
+        noise: bool = False,
     ) -> None:
         self.scores = dict(scores or {})
+        self.clear = clear
         self.floor = floor
         self.noise = np.random.default_rng(8) if noise else None
 
@@ -57,12 +63,14 @@ class ScoredVad:
         for i, a in enumerate(amp):
             idx = round((float(a) - 0.1) / 0.01) - 1
             if a > 0.05 and 0 <= idx < len(VOCAB):
-                out[i] = self.scores.get(VOCAB[idx], 0.9)
+                out[i] = self.scores.get(VOCAB[idx], self.clear)
         return out
 
 
-def make(vad: ScoredVad, decoder: ScriptedDecoder | None = None) -> StreamingPolicy:
-    return StreamingPolicy(decoder or ScriptedDecoder(), vad, PolicyConfig())  # type: ignore[arg-type]
+def make(
+    vad: ScoredVad, decoder: ScriptedDecoder | None = None, **config: float
+) -> StreamingPolicy:
+    return StreamingPolicy(decoder or ScriptedDecoder(), vad, PolicyConfig(**config))  # type: ignore[arg-type]
 
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
@@ -71,7 +79,7 @@ WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
 def test_weak_words_inside_an_utterance_do_not_end_it() -> None:
     # s1 of the replay: "So this is the" ended at 0.1-0.2 frames inside "this is the",
     # "sick corpus" was trimmed undecoded, each fragment decoded alone.
-    vad = ScoredVad({"charlie": 0.15, "delta": 0.15})
+    vad = ScoredVad({"charlie": 0.15, "delta": 0.15}, clear=0.45)
     fin = finals(run(make(vad), np.concatenate([utterance(WORDS), silence(1.5)])))
     assert [f.text for f in fin] == [" ".join(WORDS)]
 
@@ -79,11 +87,32 @@ def test_weak_words_inside_an_utterance_do_not_end_it() -> None:
 def test_weak_speech_before_the_first_clear_frame_is_kept() -> None:
     # s2 of the replay: "um I have a cold" scored 0.1-0.29; every decode tick trimmed it to
     # the 0.4 s pre-roll because no frame had reached the gate yet.
-    vad = ScoredVad({"alpha": 0.15, "bravo": 0.15, "charlie": 0.2})
+    vad = ScoredVad({"alpha": 0.15, "bravo": 0.15, "charlie": 0.2}, clear=0.45)
     audio = np.concatenate([silence(1), utterance(WORDS), silence(1.5)])
     fin = finals(run(make(vad), audio))
     assert [f.text for f in fin] == [" ".join(WORDS)]
     assert fin[0].t0 == pytest.approx(1.0)
+
+
+def test_a_breath_between_sentences_of_a_clear_voice_still_ends_the_utterance() -> None:
+    # s3 of the replay: between two LibriSpeech sentences (Silero 0.95) a breath scored
+    # 0.14-0.17 for 0.4 s; taken for weak speech it merged the sentences into one 13 s
+    # buffer whose final decode lost the second half.
+    vad = ScoredVad({"golf": 0.16}, clear=0.95, floor=0.06)
+    audio = np.concatenate(
+        [
+            utterance(["alpha", "bravo"]),
+            silence(0.15),
+            utterance(["golf"]),
+            silence(0.1),
+            utterance(["charlie", "delta"]),
+            silence(1),
+        ]
+    )
+    policy = make(vad, word_vad_pad=0.1)
+    fin = finals(run(policy, audio))
+    assert [f.text for f in fin][0] == "alpha bravo"
+    assert [f.text for f in fin][-1] == "charlie delta"
 
 
 @attrs.define
@@ -103,7 +132,7 @@ class UnsureDecoder(ScriptedDecoder):
 def test_unsure_words_over_weak_speech_are_not_taken_for_hallucinations() -> None:
     # s1: "have a cold, so I place them a little bit differently" (p 0.08-0.9) over frames
     # of 0.1-0.3 was dropped whole: anomalous words over audio "mostly silent" at the gate.
-    vad = ScoredVad({w: 0.18 for w in ["bravo", "charlie", "echo", "foxtrot"]})
+    vad = ScoredVad({w: 0.18 for w in ["bravo", "charlie", "echo", "foxtrot"]}, clear=0.45)
     audio = np.concatenate([silence(1), utterance(WORDS), silence(1.5)])
     fin = finals(run(make(vad, UnsureDecoder()), audio))
     assert [f.text for f in fin] == [" ".join(WORDS)]
