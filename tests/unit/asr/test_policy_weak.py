@@ -111,8 +111,8 @@ def test_a_breath_between_sentences_of_a_clear_voice_still_ends_the_utterance() 
     )
     policy = make(vad, word_vad_pad=0.1)
     fin = finals(run(policy, audio))
-    assert [f.text for f in fin][0] == "alpha bravo"
-    assert [f.text for f in fin][-1] == "charlie delta"
+    assert fin[0].text == "alpha bravo"
+    assert fin[-1].text == "charlie delta"
 
 
 @attrs.define
