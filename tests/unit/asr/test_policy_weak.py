@@ -120,9 +120,9 @@ class UnsureDecoder(ScriptedDecoder):
     """tiny.en on a hoarse voice: the right words at probability 0.05."""
 
     def decode(
-        self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int
+        self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int, prefix: str = ""
     ) -> Sequence[DecodedSegment]:
-        segments = super().decode(audio, prompt=prompt, beam_size=beam_size)
+        segments = super().decode(audio, prompt=prompt, beam_size=beam_size, prefix=prefix)
         return [
             attrs.evolve(s, words=tuple(attrs.evolve(w, probability=0.05) for w in s.words))
             for s in segments
