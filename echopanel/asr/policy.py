@@ -438,7 +438,7 @@ class StreamingPolicy:
     def _weak_tail(self) -> int:
         """Frames at the end of the scored buffer that sound like weak speech: the longest
         suffix (at most ``weak_keep`` seconds) whose every ``endpoint_silence`` window
-        averages at least ``weak_threshold``. Silence and noise give 0."""
+        averages at least the weak threshold. Silence and noise give 0."""
         cfg = self.config
         n = len(self._probs)
         w = self._frames(cfg.endpoint_silence)
@@ -449,7 +449,9 @@ class StreamingPolicy:
         low = np.flatnonzero(means < self._weak_threshold())
         if not len(means) or (len(low) and low[-1] == len(means) - 1):
             return 0
-        start = low[-1] + w // 2 if len(low) else 0  # about where the quiet stops
+        # After the last quiet window: the weak speech began at most a window before (the
+        # pre-roll covers most of that); the onset of clear speech gives a few frames.
+        start = low[-1] + w if len(low) else 0
         return min(len(probs) - int(start), self._frames(cfg.weak_keep))
 
     def _has_speech(self) -> bool:
