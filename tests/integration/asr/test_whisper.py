@@ -114,13 +114,18 @@ async def test_all_phrases_in_one_stream_average_wer_is_small(backend: object) -
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["silence", "white_noise"])
+@pytest.mark.parametrize("kind", ["silence", "white_noise", "pink_noise"])
 async def test_no_final_from_silence_or_noise(backend: object, kind: str) -> None:
     seconds = 30
     if kind == "silence":
         audio = np.zeros(16000 * seconds, dtype=np.float32)
-    else:
+    elif kind == "white_noise":
         audio = np.random.default_rng(4).normal(0, 0.1, 16000 * seconds).astype(np.float32)
+    else:  # 1/f spectrum, rms 0.1 (the policy keeps weak speech-like audio; noise is not)
+        spectrum = np.fft.rfft(np.random.default_rng(4).normal(0, 1, 16000 * seconds))
+        spectrum /= np.sqrt(np.maximum(np.arange(len(spectrum)), 1))
+        pink = np.fft.irfft(spectrum, 16000 * seconds)
+        audio = (0.1 * pink / np.std(pink)).astype(np.float32)
     s = backend.open_stream("mic")  # type: ignore[attr-defined]
     updates = await stream(s, pcm(audio))
     assert finals(updates) == []
