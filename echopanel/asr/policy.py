@@ -450,9 +450,13 @@ class StreamingPolicy:
         if not len(means) or (len(low) and low[-1] == len(means) - 1):
             return 0
         # After the last quiet window: the weak speech began at most a window before (the
-        # pre-roll covers most of that); the onset of clear speech gives a few frames.
+        # pre-roll covers most of that). The onset of clear speech (a short tail that already
+        # reached the gate) is left to the pre-roll: clear speech is buffered as before.
         start = low[-1] + w if len(low) else 0
-        return min(len(probs) - int(start), self._frames(cfg.weak_keep))
+        tail = len(probs) - int(start)
+        if tail <= 0 or (2 * tail < w and max(probs[-tail:], default=0.0) >= cfg.vad_threshold):
+            return 0
+        return min(tail, self._frames(cfg.weak_keep))
 
     def _has_speech(self) -> bool:
         return self._speech_frames * self._frame >= self.config.min_speech * SAMPLE_RATE
@@ -482,8 +486,12 @@ class StreamingPolicy:
         if not self._mostly_silent(words):
             return False
         # Low-probability words over weak speech (a hoarse voice Silero scores 0.1-0.3) are
-        # heard, not invented; a stock sign-off over the same audio is still dropped.
-        return stock or (anomalous and not self._weak_speech(words))
+        # heard, not invented; a stock sign-off, or words squeezed into no time or stretched
+        # (a sentence stacked on one instant), over the same audio are still dropped.
+        if stock or not anomalous:
+            return stock
+        sure = [attrs.evolve(w, probability=1.0) for w in words]
+        return is_anomalous(sure) or not self._weak_speech(words)
 
     def _weak_speech(self, words: Sequence[Word]) -> bool:
         """Whether the span of ``words`` averages at least ``weak_threshold``."""

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from echopanel.asr.policy import DecodedSegment, PolicyConfig, StreamingPolicy
+from echopanel.asr.policy import DecodedSegment, PolicyConfig, StreamingPolicy, Word
 
 from .test_policy import (
     FRAME,
@@ -135,6 +135,20 @@ def test_unsure_words_over_weak_speech_are_not_taken_for_hallucinations() -> Non
     vad = ScoredVad({w: 0.18 for w in ["bravo", "charlie", "echo", "foxtrot"]}, clear=0.45)
     audio = np.concatenate([silence(1), utterance(WORDS), silence(1.5)])
     fin = finals(run(make(vad, UnsureDecoder()), audio))
+    assert [f.text for f in fin] == [" ".join(WORDS)]
+
+
+def test_a_phrase_stacked_on_one_instant_over_weak_speech_is_still_dropped() -> None:
+    # s1 (replay): "I'm saying a bunch of different words that I did not say in the original
+    # one." said again as its own segment, every word within 0.02 s, over the cold voice.
+    start = 1.0 + 4 * (WORD_S + GAP_S) + 0.1  # inside "echo", a weak word
+    ghost = tuple(
+        Word(text=f" {t}", start=start, end=start + 0.005, probability=0.9)
+        for t in ["said", "again", "all", "at", "once"]
+    )
+    vad = ScoredVad({w: 0.18 for w in ["bravo", "charlie", "echo", "foxtrot"]}, clear=0.45)
+    audio = np.concatenate([silence(1), utterance(WORDS), silence(1.5)])
+    fin = finals(run(make(vad, ScriptedDecoder(ghost=ghost)), audio))
     assert [f.text for f in fin] == [" ".join(WORDS)]
 
 
