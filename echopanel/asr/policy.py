@@ -366,7 +366,7 @@ class StreamingPolicy:
                 # Keep weak speech-like audio (a hoarse voice before its first clear frame)
                 # for the decode that follows; silence and noise keep only the pre-roll.
                 weak = self._weak_tail()
-                end = min(len(self._buffer), (len(self._probs) - weak) * self._frame)
+                end = (len(self._probs) - weak) * self._frame if weak else len(self._buffer)
                 self._trim_to_preroll(end)
         return updates
 
@@ -463,8 +463,8 @@ class StreamingPolicy:
 
     def _speech_near(self, start: float, end: float) -> bool:
         """Whether the VAD heard speech within ``word_vad_pad`` of [start, end] (buffer s):
-        a frame above the gate, or weak speech (the word, widened to ``endpoint_silence``,
-        averaging ``weak_threshold``)."""
+        a frame above the gate, or weak speech (a word of at least 0.1 s, widened to
+        ``endpoint_silence``, averaging the weak threshold)."""
         pad = self.config.word_vad_pad
         lo = max(0, int((start - pad) * SAMPLE_RATE) // self._frame)
         hi = int((end + pad) * SAMPLE_RATE) // self._frame + 1
@@ -473,6 +473,8 @@ class StreamingPolicy:
             return lo * self._frame < len(self._buffer)
         if any(p >= self.config.vad_threshold for p in self._probs[lo:hi]):
             return True
+        if end - start < 0.1:
+            return False  # squeezed into no time: stacked, not heard (a re-emitted phrase)
         half = max(0.0, self.config.endpoint_silence - (end - start)) / 2
         return self._weak_speech([Word(text="", start=start - half, end=end + half)])
 

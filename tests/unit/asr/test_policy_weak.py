@@ -152,6 +152,35 @@ def test_a_phrase_stacked_on_one_instant_over_weak_speech_is_still_dropped() -> 
     assert [f.text for f in fin] == [" ".join(WORDS)]
 
 
+@attrs.define
+class RestackingDecoder(ScriptedDecoder):
+    """A final decode that says the utterance's first words again, all stacked on one
+    instant 0.6 s before the audio's end, inside the same segment as the speech."""
+
+    def decode(
+        self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int, prefix: str = ""
+    ) -> Sequence[DecodedSegment]:
+        segments = list(super().decode(audio, prompt=prompt, beam_size=beam_size, prefix=prefix))
+        if beam_size > 1 and segments[0].words:
+            at = len(audio) / 16000 - 0.6
+            again = [attrs.evolve(w, start=at, end=at + 0.001) for w in segments[0].words[:3]]
+            words = sorted([*segments[0].words, *again], key=lambda w: w.start)
+            segments[0] = attrs.evolve(segments[0], words=tuple(words))
+        return segments
+
+
+def test_words_stacked_inside_the_speech_segment_over_weak_speech_are_dropped() -> None:
+    # s1 (replay): "I'm saying a bunch of different words that I did not say in the original
+    # one." again at 83.41-83.43 s: 15 words in 20 ms over the cold voice, no clear frame
+    # within 0.4 s. Squeezed words are not taken for weak speech.
+    words = [*WORDS, "golf", "hotel", "india"]  # the stacked words come after 8 good ones
+    weak = ["bravo", "charlie", "echo", "foxtrot", "hotel", "india"]
+    vad = ScoredVad(dict.fromkeys(weak, 0.18), clear=0.45)
+    audio = np.concatenate([silence(1), utterance(words), silence(1.5)])
+    fin = finals(run(make(vad, RestackingDecoder()), audio))
+    assert [f.text for f in fin] == [" ".join(words)]
+
+
 def test_unsure_words_over_silence_are_still_dropped() -> None:
     ghost = attrs.evolve(
         ScriptedDecoder().decode(utterance(["golf"]), prompt="", beam_size=1)[0].words[0],
