@@ -166,6 +166,7 @@ class PolicyConfig:
     min_speech: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
     weak_threshold: float = attrs.field(default=0.1, validator=attrs.validators.ge(0))
     weak_ratio: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
+    weak_voice_level: float = attrs.field(default=0.7, validator=attrs.validators.ge(0))
     weak_keep: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
     weak_max_silence: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
     preroll: float = attrs.field(default=0.4, validator=attrs.validators.ge(0))
@@ -505,8 +506,11 @@ class StreamingPolicy:
         ``weak_ratio`` of the speaker's level (the mean score of the clear frames of the
         current utterance, else of the previous one). A breath between two sentences of a
         clear voice (0.15 against 0.95) is silence; a hoarse voice at 0.15 against 0.45 is
-        not."""
+        not. A voice whose clear frames average ``weak_voice_level`` or more has no weak
+        speech (infinite threshold): the policy treats it exactly as a gate-only policy."""
         level = self._speech_sum / self._speech_frames if self._speech_frames else self._level
+        if level >= self.config.weak_voice_level:
+            return float("inf")  # a clear voice: its 0.1-0.3 frames are breaths and decay
         return max(self.config.weak_threshold, self.config.weak_ratio * level)
 
     def _span(self, words: Sequence[Word]) -> tuple[int, int]:
