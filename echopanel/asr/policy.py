@@ -484,7 +484,12 @@ class StreamingPolicy:
         stock sign-off, over audio the VAD calls mostly silence -- or both shapes at once
         ("Thank you very much." squeezed onto the buffer's last instant after speech)."""
         anomalous, stock = is_anomalous(words), is_stock_phrase(words)
-        if anomalous and stock:
+        spoken = [w for w in words if normalize_word(w.text)]
+        if (anomalous and stock) or (
+            len(spoken) >= 4 and all(w.end - w.start < 0.05 for w in spoken)
+        ):
+            # Four or more words all squeezed into no time are never speech, wherever they
+            # lie: a context decode re-emitted the whole previous final stacked on 20 ms.
             return True
         if not self._mostly_silent(words):
             return False

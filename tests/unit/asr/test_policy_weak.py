@@ -181,6 +181,19 @@ def test_words_stacked_inside_the_speech_segment_over_weak_speech_are_dropped() 
     assert [f.text for f in fin] == [" ".join(words)]
 
 
+def test_a_segment_of_words_all_stacked_on_one_instant_is_dropped_even_over_speech() -> None:
+    # s1 (replay): after an endpoint, the final decode of a 1.6 s buffer of "uh" re-emitted
+    # the previous final ("I'm saying a bunch of different words that I did not say in the
+    # original one.") as one segment, 15 words within 20 ms, next to frames above the gate.
+    ghost = tuple(
+        Word(text=f" {t}", start=1.2 + 0.001 * i, end=1.2 + 0.001 * (i + 1), probability=0.98)
+        for i, t in enumerate(["said", "again", "all", "at", "once"])
+    )
+    policy = make(ScoredVad(), ScriptedDecoder(ghost=ghost))
+    fin = finals(run(policy, np.concatenate([utterance(WORDS), silence(1.5)])))
+    assert [f.text for f in fin] == [" ".join(WORDS)]
+
+
 def test_unsure_words_over_silence_are_still_dropped() -> None:
     ghost = attrs.evolve(
         ScriptedDecoder().decode(utterance(["golf"]), prompt="", beam_size=1)[0].words[0],
