@@ -12,6 +12,12 @@ unit tests and against Whisper + Silero in production (``echopanel.asr.whisper``
 * **VAD gate.** Every complete VAD frame gets a speech probability as it arrives. While the
   buffer holds less than ``min_speech`` seconds of speech nothing is decoded and the buffer
   is trimmed to a short pre-roll: silence and noise never reach the model.
+* **Weak voices.** A hoarse or distant voice scores 0.1-0.3 on Silero for whole words. For a
+  voice whose clear frames average under ``weak_voice_level``, audio averaging at least
+  ``weak_ratio`` of that level (and ``weak_threshold``) over ``endpoint_silence`` is weak
+  speech, not silence: it does not end an utterance (for up to ``weak_max_silence``), the
+  gate keeps up to ``weak_keep`` seconds of it before the first clear frame, and the word
+  and hallucination guards accept words over it. Silence and noise average far below.
 * **LocalAgreement-2.** The words of a hypothesis after the last committed word are compared
   with the previous hypothesis; their longest common prefix is *committed*.
 * **Partials.** Everything of the current utterance not yet in a final (committed words plus
