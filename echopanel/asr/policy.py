@@ -372,7 +372,7 @@ class StreamingPolicy:
             else:
                 # Keep weak speech-like audio (a hoarse voice before its first clear frame)
                 # for the decode that follows; silence and noise keep only the pre-roll.
-                weak = self._weak_tail()
+                weak = 0 if self._speech_frames else self._weak_tail()
                 end = (len(self._probs) - weak) * self._frame if weak else len(self._buffer)
                 self._trim_to_preroll(end)
         return updates
