@@ -204,6 +204,7 @@ async def stream_one(
 ) -> dict[str, Any]:
     """Stream ``audio``; log (wall offset, update) and per-chunk lag."""
     s = backend.open_stream(source, tuning=tuning)
+    s.stretch = pace != "fast"  # as fast as possible: the level-0 cadence (see replay)
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
     start = time.perf_counter()
     lags: list[float] = []
@@ -348,11 +349,13 @@ async def replay(
 ) -> dict[str, Any]:
     """Feed 100 ms chunks as the server's pipeline does when it keeps up, without sleeping.
 
-    The text is deterministic (the policy only counts samples). Latencies use a simulated
-    clock: a chunk is fed when its audio is complete or when the previous feed returned,
-    whichever is later, and a feed takes the model time it measured.
+    The text is deterministic (the policy only counts samples; the partial-cadence stretch,
+    which reads the engine's busy time, is off: an idle server keeps level-0 cadence).
+    Latencies use a simulated clock: a chunk is fed when its audio is complete or when the
+    previous feed returned, whichever is later, and a feed takes the model time it measured.
     """
     s = backend.open_stream(source, tuning=tuning)
+    s.stretch = False
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
     clock = 0.0
     log: list[Any] = []

@@ -280,10 +280,14 @@ class WhisperStream(AsrStream):
             self._showing_partial = isinstance(update, AsrPartialUpdate) and bool(update.text)
         return updates
 
+    #: False: the partial cadence never stretches (replays that must not depend on timing).
+    stretch: bool = True
+
     def _stretch_partials(self) -> None:
         """A busy engine refreshes partials less often (see the engine). The first partial
         of an utterance and every final keep their pace."""
-        stretch = self._decoder.partial_stretch() if self._showing_partial else 1.0
+        busy = self.stretch and self._showing_partial
+        stretch = self._decoder.partial_stretch() if busy else 1.0
         interval = self._base_interval * stretch
         if abs(self._policy.config.decode_interval - interval) > 1e-3:
             self._policy.config = attrs.evolve(self._policy.config, decode_interval=interval)
