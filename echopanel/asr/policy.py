@@ -111,6 +111,8 @@ HALLUCINATION_BLOCKLIST: Final = frozenset(
 
 AudioArray = npt.NDArray[np.float32]
 
+_CONTEXT_MARK: Final = -1.0e9  # the time of context words in a repetition check
+
 
 @attrs.frozen(kw_only=True)
 class Word:
@@ -676,9 +678,18 @@ class StreamingPolicy:
                     continue  # a word of the context said again
                 start = max(offset + w.start, words[-1].end if words else 0.0)
                 words.append(attrs.evolve(w, start=start, end=max(offset + w.end, start)))
-        return break_repetitions(
-            self._drop_stock_tail(words), cfg.max_repeats, cfg.repeat_phrase_words
-        )
+        words = self._drop_stock_tail(words)
+        if context is None:
+            return break_repetitions(words, cfg.max_repeats, cfg.repeat_phrase_words)
+        # A repeat may start in the context: "... lower in intensity. We're" + "just saying
+        # some words. We're just saying some words." The context's last words go first
+        # (marked by their time) and only the new words are kept.
+        marked = [
+            Word(text=f" {t}", start=_CONTEXT_MARK, end=_CONTEXT_MARK)
+            for t in context.text.split()[-12:]
+        ]
+        kept = break_repetitions(marked + words, cfg.max_repeats, cfg.repeat_phrase_words)
+        return [w for w in kept if w.start != _CONTEXT_MARK]
 
     def _drop_stock_tail(self, words: list[Word]) -> list[Word]:
         """Without a trailing stock sign-off ("... a crayfish. Thank you very much.") that the

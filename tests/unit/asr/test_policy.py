@@ -585,8 +585,9 @@ def test_a_final_after_a_short_pause_is_decoded_after_the_previous_final() -> No
 
 @attrs.define
 class LoopingDecoder(ScriptedDecoder):
-    """Forced to a prefix, says it again before the new words (tiny.en going back over the
-    context: "... the original one." + "And I'm saying a bunch of different words ...")."""
+    """Forced to a prefix, says its first four words again before the new words (tiny.en
+    going back over the context: "And I'm saying a bunch of different words that I did not
+    say in the original one." + "And I'm saying a bunch of different words ...")."""
 
     def decode(
         self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int, prefix: str = ""
@@ -597,7 +598,7 @@ class LoopingDecoder(ScriptedDecoder):
         at = segments[0].words[0].start
         again = tuple(
             Word(text=f" {t}", start=at + i * 0.01, end=at + i * 0.01 + 0.01, probability=0.8)
-            for i, t in enumerate(prefix.split())
+            for i, t in enumerate(prefix.split()[:4])
         )
         segments[0] = attrs.evolve(segments[0], words=again + segments[0].words)
         return segments
@@ -608,15 +609,52 @@ def test_a_context_decode_that_says_the_context_again_is_decoded_alone() -> None
     policy = make(decoder)
     audio = np.concatenate(
         [
-            utterance(["alpha", "bravo", "charlie", "delta"]),
+            utterance(["alpha", "bravo", "charlie", "delta", "echo"]),
             silence(0.8),
-            utterance(["echo", "foxtrot"]),
+            utterance(["foxtrot", "golf"]),
             silence(1),
         ]
     )
     out = finals(run(policy, audio))
-    assert [f.text for f in out] == ["alpha bravo charlie delta", "echo foxtrot"]
-    assert decoder.prefixes[-2:] == ["alpha bravo charlie delta", ""]
+    assert [f.text for f in out] == ["alpha bravo charlie delta echo", "foxtrot golf"]
+    assert decoder.prefixes[-2:] == ["alpha bravo charlie delta echo", ""]
+
+
+@attrs.define
+class EchoDecoder(ScriptedDecoder):
+    """Forced to a prefix ending in "delta", says the new words twice with "delta" between
+    ("... We're" + "just saying some words. We're just saying some words.")."""
+
+    def decode(
+        self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int, prefix: str = ""
+    ) -> Sequence[DecodedSegment]:
+        segments = list(super().decode(audio, prompt=prompt, beam_size=beam_size, prefix=prefix))
+        if not prefix.endswith("delta") or not segments or not segments[0].words:
+            return segments
+        new = segments[0].words
+        end = new[-1].end
+        again = tuple(
+            Word(text=f" {t}", start=end + i * 0.2, end=end + i * 0.2 + 0.15, probability=0.8)
+            for i, t in enumerate(["delta", *(normalize_word(w.text) for w in new)])
+        )
+        segments[0] = attrs.evolve(segments[0], words=new + again)
+        return segments
+
+
+def test_a_repeat_that_starts_in_the_context_is_cut() -> None:
+    decoder = EchoDecoder()
+    policy = make(decoder, word_vad_pad=5.0)
+    audio = np.concatenate(
+        [
+            utterance(["alpha", "bravo", "charlie", "delta"]),
+            silence(0.8),
+            utterance(["echo", "foxtrot", "golf"]),
+            silence(1),
+        ]
+    )
+    out = finals(run(policy, audio))
+    assert decoder.prefixes[-1] == "alpha bravo charlie delta"
+    assert [f.text for f in out] == ["alpha bravo charlie delta", "echo foxtrot golf"]
 
 
 def test_no_context_after_a_long_pause_or_at_the_first_utterance() -> None:
