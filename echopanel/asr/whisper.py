@@ -262,7 +262,6 @@ class WhisperStream(AsrStream):
         self._samples = 0
         self._closed = False
         self._base_interval = policy.config.decode_interval
-        self._base_context = policy.config.context_seconds
         self._showing_partial = False  # the current utterance already has a partial
 
     async def feed(self, pcm: bytes) -> list[AsrUpdate]:
@@ -286,17 +285,12 @@ class WhisperStream(AsrStream):
 
     def _stretch_partials(self) -> None:
         """A busy engine refreshes partials less often (see the engine). The first partial
-        of an utterance and every final keep their pace. A busy engine also makes finals
-        without the previous final's audio as context (up to 6 s more audio per final)."""
-        load = self._decoder.partial_stretch() if self.stretch else 1.0
-        stretch = load if self._showing_partial else 1.0
+        of an utterance and every final keep their pace."""
+        busy = self.stretch and self._showing_partial
+        stretch = self._decoder.partial_stretch() if busy else 1.0
         interval = self._base_interval * stretch
-        context = self._base_context if load <= 1.0 else 0.0
-        config = self._policy.config
-        if abs(config.decode_interval - interval) > 1e-3 or config.context_seconds != context:
-            self._policy.config = attrs.evolve(
-                config, decode_interval=interval, context_seconds=context
-            )
+        if abs(self._policy.config.decode_interval - interval) > 1e-3:
+            self._policy.config = attrs.evolve(self._policy.config, decode_interval=interval)
 
     async def flush(self) -> list[AsrUpdate]:
         if self._closed:
