@@ -80,8 +80,6 @@ class ScriptedDecoder:
     truncate_beam: int | None = None
     # Beam decodes stop after this many words, timed as heard (no stretched last word).
     cut_beam: int | None = None
-    # Every decode stops after this many words (set it during a test).
-    cut_all: int | None = None
     # A separate segment appended to every hypothesis (times relative to the audio).
     ghost: tuple[Word, ...] = ()
     calls: list[tuple[float, str, int]] = attrs.Factory(list)
@@ -126,8 +124,6 @@ class ScriptedDecoder:
             ]
         if self.cut_beam is not None and beam_size > 1:
             words = words[: self.cut_beam]
-        if self.cut_all is not None:
-            words = words[: self.cut_all]
         if self.truncate_beam is not None and beam_size > 1 and len(words) > self.truncate_beam:
             words = words[: self.truncate_beam]
             words[-1] = attrs.evolve(words[-1], end=len(audio) / SAMPLE_RATE)
