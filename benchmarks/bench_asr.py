@@ -205,6 +205,9 @@ async def stream_one(
     """Stream ``audio``; log (wall offset, update) and per-chunk lag."""
     s = backend.open_stream(source, tuning=tuning)
     s.stretch = pace != "fast"  # as fast as possible: the level-0 cadence (see replay)
+    # As fast as possible, decodes beside the stream would be overtaken by the audio:
+    # inline, every partial decode of the level-0 cadence runs (see replay).
+    s.background = pace != "fast"
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
     start = time.perf_counter()
     lags: list[float] = []
@@ -350,12 +353,14 @@ async def replay(
     """Feed 100 ms chunks as the server's pipeline does when it keeps up, without sleeping.
 
     The text is deterministic (the policy only counts samples; the partial-cadence stretch,
-    which reads the engine's busy time, is off: an idle server keeps level-0 cadence).
+    which reads the engine's busy time, is off: an idle server keeps level-0 cadence; the
+    decodes run inline in ``feed``, in the order a live stream on an idle server has them).
     Latencies use a simulated clock: a chunk is fed when its audio is complete or when the
     previous feed returned, whichever is later, and a feed takes the model time it measured.
     """
     s = backend.open_stream(source, tuning=tuning)
     s.stretch = False
+    s.background = False
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
     clock = 0.0
     log: list[Any] = []
@@ -564,6 +569,7 @@ async def run(args: argparse.Namespace) -> None:
         cpu_threads=args.threads,
         config=PolicyConfig(**overrides),
         min_window=args.encoder_min_window,
+        partial_min_window=args.partial_min_window,
     )
     t = time.perf_counter()
     await backend.load()
@@ -614,6 +620,12 @@ def main() -> None:
         type=float,
         default=10.0,
         help="shortest encoder window in seconds (WhisperBackend min_window)",
+    )
+    p.add_argument(
+        "--partial-min-window",
+        type=float,
+        default=None,
+        help="shortest encoder window of partial decodes (default: --encoder-min-window)",
     )
     p.add_argument("--sessions", type=int, default=0, help="only the first N sessions")
     p.add_argument(

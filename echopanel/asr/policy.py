@@ -58,6 +58,7 @@ unit tests and against Whisper + Silero in production (``echopanel.asr.whisper``
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections.abc import Sequence
@@ -74,6 +75,9 @@ __all__ = [
     "SAMPLE_RATE",
     "DecodedSegment",
     "Decoder",
+    "FinalJob",
+    "FinalRunner",
+    "PartialJob",
     "PolicyConfig",
     "StreamingPolicy",
     "Vad",
@@ -215,7 +219,7 @@ def normalize_word(text: str) -> str:
 def break_repetitions(
     words: Sequence[Word], max_repeats: int = 2, phrase_words: int = 3
 ) -> list[Word]:
-    """Cut repetition loops: an n-gram (n ≤ 12) repeated back to back more than ``max_repeats``
+    """Cut repetition loops: an n-gram (n ≤ 30) repeated back to back more than ``max_repeats``
     times keeps only its first ``max_repeats`` occurrences; a phrase of ``phrase_words`` or
     more words repeated back to back keeps one ("no, no" is speech; "I am sure I can sleep.
     I am sure I can sleep." is tiny.en looping over a pause)."""
@@ -224,7 +228,7 @@ def break_repetitions(
     i = 0
     while i < len(out):
         cut = False
-        for n in range(1, 13):
+        for n in range(1, 31):
             gram = keys[i : i + n]
             if len(gram) < n:
                 break
@@ -287,6 +291,14 @@ def _shares_phrase(words: Sequence[Word], text: str, n: int = 4) -> bool:
     return any(f" {' '.join(keys[i : i + n])} " in ref for i in range(len(keys) - n + 1))
 
 
+def _echoes(words: Sequence[Word], text: str, n: int) -> bool:
+    """Whether ``words`` begin with the last ``n`` or more words of ``text`` (a decode
+    forced to a context that said the context's end again, or a speaker who did)."""
+    keys = [k for k in (normalize_word(w.text) for w in words) if k]
+    ref = normalize_word(text).split()
+    return any(keys[:k] == ref[-k:] for k in range(n, min(len(keys), len(ref)) + 1))
+
+
 def _shifted(seg: DecodedSegment, by: float) -> DecodedSegment:
     words = tuple(attrs.evolve(w, start=w.start + by, end=w.end + by) for w in seg.words)
     return attrs.evolve(seg, words=words)
@@ -312,8 +324,63 @@ class _Context:
     text: str
 
 
+@attrs.define(eq=False)
+class PartialJob:
+    """One partial decode taken out of the policy (:meth:`StreamingPolicy.begin_partial`):
+    the audio and prompt it decodes, and the policy's ``epoch`` when it was taken. Another
+    thread may run :meth:`StreamingPolicy.decode_partial` on it while the policy keeps taking
+    audio; :meth:`StreamingPolicy.finish_partial` applies ``segments`` only if the buffer has
+    not been cut since (same epoch: no final, no trim)."""
+
+    audio: AudioArray
+    prompt: str
+    beam_size: int
+    epoch: int
+    segments: Sequence[DecodedSegment] | None = None
+
+
+@attrs.define(eq=False)
+class FinalJob:
+    """The decode of one utterance's final, taken out of the policy at its endpoint when the
+    policy has a :class:`FinalRunner`: ``state`` is a copy of the policy at the endpoint, on
+    which :meth:`run` (any thread) makes the final exactly as the inline path would, while
+    the policy itself goes on with the next utterance's audio."""
+
+    state: StreamingPolicy
+    end: int
+    decodes_before: int
+    updates: list[AsrUpdate] = attrs.Factory(list)
+    error: BaseException | None = None
+    done: bool = False
+
+    def run(self) -> None:
+        try:
+            self.updates = self.state._endpoint(self.end)
+        except BaseException as exc:  # re-raised by StreamingPolicy.settle
+            self.error = exc
+        finally:
+            self.done = True
+
+
+class FinalRunner(Protocol):
+    """Runs :meth:`FinalJob.run` elsewhere (a thread): ``start`` begins it, ``wait`` blocks
+    until it has returned."""
+
+    def start(self, job: FinalJob) -> None: ...
+
+    def wait(self, job: FinalJob) -> None: ...
+
+
 class StreamingPolicy:
-    """Per-source streaming state: feed audio, get partials and finals (see module doc)."""
+    """Per-source streaming state: feed audio, get partials and finals (see module doc).
+
+    With a ``final_runner`` the decode of a final runs beside the policy (see
+    :class:`FinalJob`): at an endpoint the utterance is handed over and the policy goes on at
+    once; :meth:`settle` brings the final's updates and its context back. Only one final is
+    outstanding: the next endpoint (or ``flush``) waits for it, because its text is the next
+    decode's context, and no partial is decoded meanwhile (a partial of the next utterance
+    never comes before the final of the previous one).
+    """
 
     def __init__(self, decoder: Decoder, vad: Vad, config: PolicyConfig | None = None) -> None:
         self._decoder = decoder
@@ -337,6 +404,10 @@ class StreamingPolicy:
         self._context: _Context | None = None  # the end of the last final
         self._last_t1 = 0.0
         self._finals = 0
+        self._epoch = 0  # bumped whenever the buffer is cut or an utterance ends
+        self._echo = False  # the last context decode began with the context's end again
+        self.final_runner: FinalRunner | None = None
+        self._pending: FinalJob | None = None  # a final decoding beside the policy
         self.decodes = 0
 
     # ------------------------------------------------------------------ public
@@ -355,8 +426,14 @@ class StreamingPolicy:
         """Seconds of audio fed so far."""
         return (self._buffer_start + len(self._buffer)) / SAMPLE_RATE
 
-    def feed(self, audio: AudioArray) -> list[AsrUpdate]:
-        """Take the next audio of the stream; return the updates it produced."""
+    def feed(self, audio: AudioArray, *, partials: bool = True) -> list[AsrUpdate]:
+        """Take the next audio of the stream; return the updates it produced.
+
+        Endpoints are decoded here (finals). With ``partials`` False the partial decode that
+        may be due is left to the caller (:meth:`begin_partial`), which can run it in another
+        thread while this method keeps taking audio; the result is the same as decoding
+        inline when the caller runs the job at once.
+        """
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if audio.size == 0:
             return []
@@ -365,28 +442,107 @@ class StreamingPolicy:
         self._score_frames()
         updates: list[AsrUpdate] = []
         while (end := self._advance_vad()) is not None:
-            updates += self._endpoint(end)
-        interval = int(self.config.decode_interval * SAMPLE_RATE)
-        if self._since_decode >= interval:
-            self._since_decode = 0
-            if self._has_speech():
-                updates += self._decode_step()
-            else:
-                # Keep weak speech-like audio (a hoarse voice before its first clear frame)
-                # for the decode that follows; silence and noise keep only the pre-roll.
-                weak = 0 if self._speech_frames else self._weak_tail()
-                end = (len(self._probs) - weak) * self._frame if weak else len(self._buffer)
-                self._trim_to_preroll(end)
+            updates += self._on_endpoint(end)
+        if partials:
+            job = self.begin_partial()
+            if job is not None:
+                self.decode_partial(job)
+                updates += self.finish_partial(job)
         return updates
+
+    def begin_partial(self) -> PartialJob | None:
+        """The partial decode due now (every ``decode_interval`` of audio, over speech), or
+        None. The buffer is never changed in place, so the job's audio stays valid while
+        the policy goes on (see :class:`PartialJob`)."""
+        interval = int(self.config.decode_interval * SAMPLE_RATE)
+        if self._since_decode < interval or self._pending is not None:
+            return None
+        self._since_decode = 0
+        if not self._has_speech():
+            # Keep weak speech-like audio (a hoarse voice before its first clear frame)
+            # for the decode that follows; silence and noise keep only the pre-roll.
+            weak = 0 if self._speech_frames else self._weak_tail()
+            end = (len(self._probs) - weak) * self._frame if weak else len(self._buffer)
+            self._trim_to_preroll(end)
+            return None
+        self.decodes += 1
+        return PartialJob(
+            audio=self._buffer,
+            prompt=self._prompt(),
+            beam_size=self.config.beam_size,
+            epoch=self._epoch,
+        )
+
+    def decode_partial(self, job: PartialJob) -> None:
+        """Run ``job``'s decode (any thread: reads only the job and the decoder)."""
+        job.segments = self._decoder.decode(job.audio, prompt=job.prompt, beam_size=job.beam_size)
+
+    def finish_partial(self, job: PartialJob) -> list[AsrUpdate]:
+        """Apply a decoded partial job: LocalAgreement commits, the partial, and the buffer
+        limit's final. A job from before the last cut of the buffer is dropped (its words
+        belong to an utterance already final)."""
+        if job.segments is None or job.epoch != self._epoch:
+            return []
+        return self._decode_step(self._guarded(job.segments))
+
+    @property
+    def final_pending(self) -> bool:
+        """A final is decoding beside the policy (see :meth:`settle`)."""
+        return self._pending is not None
+
+    def settle(self, *, wait: bool = True) -> list[AsrUpdate]:
+        """The updates of the final decoding beside the policy, once it is done (waiting for
+        it with ``wait``); its text becomes the next decode's context and prompt."""
+        job = self._pending
+        if job is None or not (job.done or wait):
+            return []
+        if not job.done:
+            assert self.final_runner is not None
+            self.final_runner.wait(job)
+        self._pending = None
+        if job.error is not None:
+            raise job.error
+        done = job.state
+        self._context = done._context
+        self._final_text = done._final_text
+        self._last_t1 = done._last_t1
+        self._finals = done._finals
+        self.decodes += done.decodes - job.decodes_before
+        return job.updates
+
+    def _on_endpoint(self, end: int) -> list[AsrUpdate]:
+        """An endpoint: decode the final here, or hand it to the ``final_runner``."""
+        if self.final_runner is None:
+            return self._endpoint(end)
+        updates = self.settle()  # the previous final first: it is this one's context
+        job = FinalJob(state=self._fork(), end=end, decodes_before=self.decodes)
+        self._reset_utterance()
+        self._since_decode = 0
+        self._trim_to_preroll(end)
+        self._pending = job
+        self.final_runner.start(job)
+        return updates
+
+    def _fork(self) -> StreamingPolicy:
+        """A copy that a final's decode may change in another thread."""
+        state = copy.copy(self)
+        state._probs = list(self._probs)
+        state._committed = list(self._committed)
+        state._tentative = list(self._tentative)
+        state._final_text = list(self._final_text)
+        state.final_runner = None
+        state._pending = None
+        return state
 
     def flush(self) -> list[AsrUpdate]:
         """End of stream: everything pending becomes finals; the policy is reset."""
+        pending = self.settle()
         rest = len(self._buffer) - len(self._probs) * self._frame
         if rest:
             pad = np.zeros(self._frame - rest, dtype=np.float32)
             probs = self._vad.speech_probs(np.concatenate([self._buffer[-rest:], pad]))
             self._probs += [float(p) for p in probs]
-        updates: list[AsrUpdate] = []
+        updates: list[AsrUpdate] = pending
         while (end := self._advance_vad()) is not None:
             updates += self._endpoint(end)
         if self._has_speech():
@@ -396,6 +552,7 @@ class StreamingPolicy:
             updates += self._finalize(self._committed)
         self._context = None
         self._reset_utterance()
+        self._epoch += 1
         self._buffer_start += len(self._buffer)
         self._buffer = np.zeros(0, dtype=np.float32)
         self._probs = []
@@ -596,7 +753,9 @@ class StreamingPolicy:
         until = (self._buffer_start + end) / SAMPLE_RATE
         heard = [w for w in self._committed + self._tentative if w.start < until]
         hyp = self._hypothesis(end, final=True, context=context)
-        if context is not None and _shares_phrase(hyp, context.text):
+        if context is not None and (
+            self._echo or _shares_phrase(hyp, context.text) or self._sparse(hyp, end)
+        ):
             # The decoder went back over the context and said it again ("... the original
             # one." then "And I'm saying a bunch of different words" once more): the
             # utterance is decoded alone instead.
@@ -605,6 +764,14 @@ class StreamingPolicy:
             return hyp
         retry = self._hypothesis(end, beam_size=1)
         return retry if len(retry) > len(hyp) else hyp
+
+    def _sparse(self, words: Sequence[Word], end: int) -> bool:
+        """Whether a final hypothesis of ``buffer[:end]`` has under one word per second of
+        the clear speech in it (at least 1.5 s of it): a decode forced to the context that
+        ended right after it (tiny.en saying nothing more over 4 s of speech)."""
+        frames = self._probs[: end // self._frame]
+        speech = sum(p >= self.config.vad_threshold for p in frames) * self._frame / SAMPLE_RATE
+        return speech >= 1.5 and len(words) < speech
 
     @staticmethod
     def _shorter(words: Sequence[Word], heard: Sequence[Word]) -> bool:
@@ -647,7 +814,6 @@ class StreamingPolicy:
             segments = self._decoder.decode(
                 self._buffer[:end], prompt=self._prompt(), beam_size=beam
             )
-            shift = 0.0
         else:
             segments = self._decoder.decode(
                 np.concatenate([context.audio, self._buffer[:end]]),
@@ -655,6 +821,16 @@ class StreamingPolicy:
                 beam_size=beam,
                 prefix=context.text,
             )
+        return self._guarded(segments, context)
+
+    def _guarded(
+        self, segments: Sequence[DecodedSegment], context: _Context | None = None
+    ) -> list[Word]:
+        """The words of a decode of the buffer (after ``context``'s audio, if any) that pass
+        the guards, with absolute times."""
+        cfg = self.config
+        shift = 0.0
+        if context is not None:
             shift = len(context.audio) / SAMPLE_RATE
             segments = [_shifted(seg, -shift) for seg in segments]
         offset = self._buffer_start / SAMPLE_RATE
@@ -679,7 +855,15 @@ class StreamingPolicy:
                 start = max(offset + w.start, words[-1].end if words else 0.0)
                 words.append(attrs.evolve(w, start=start, end=max(offset + w.end, start)))
         words = self._drop_stock_tail(words)
+        self._echo = False
         if context is None:
+            return break_repetitions(words, cfg.max_repeats, cfg.repeat_phrase_words)
+        if _echoes(words, context.text, cfg.repeat_phrase_words):
+            # The new words begin with the context's last phrase: the decoder said it again,
+            # or the speaker repeated it after the pause ("alpha bravo charlie" twice).
+            # Either way the utterance is decoded alone (see _final_hypothesis), never cut
+            # to nothing as a repeat of the context.
+            self._echo = True
             return break_repetitions(words, cfg.max_repeats, cfg.repeat_phrase_words)
         # A repeat may start in the context: "... lower in intensity. We're" + "just saying
         # some words. We're just saying some words." The context's last words go first
@@ -718,8 +902,7 @@ class StreamingPolicy:
                 return tail[n:]
         return tail
 
-    def _decode_step(self) -> list[AsrUpdate]:
-        hyp = self._hypothesis(len(self._buffer))
+    def _decode_step(self, hyp: list[Word]) -> list[AsrUpdate]:
         tail = self._merge_tail(hyp)
         n = _common_prefix(self._tentative, tail)
         self._committed += tail[:n]
@@ -807,6 +990,7 @@ class StreamingPolicy:
     # ------------------------------------------------------------------ buffer
 
     def _reset_utterance(self) -> None:
+        self._epoch += 1
         if self._speech_frames:
             self._level = self._speech_sum / self._speech_frames
         self._speech_sum = 0.0
@@ -827,6 +1011,7 @@ class StreamingPolicy:
         if frames <= 0:
             return
         cut = frames * self._frame
+        self._epoch += 1
         self._buffer = self._buffer[cut:].copy()
         self._buffer_start += cut
         del self._probs[:frames]

@@ -34,6 +34,8 @@ from echopanel.asr.engine.executor import DecodeEngine, engine_model_class, prom
 from echopanel.asr.engine.scheduler import SchedulerConfig
 from echopanel.asr.policy import (
     DecodedSegment,
+    FinalJob,
+    PartialJob,
     PolicyConfig,
     StreamingPolicy,
     Word,
@@ -124,17 +126,32 @@ class WhisperDecoder:
         language: str | None = "en",
         trim_encoder: bool = True,
         min_window: float = 10.0,
+        partial_min_window: float | None = None,
         stream: str = "",
     ) -> None:
         self._shared = shared
         self._min_window = min_window
+        self._partial_min_window = min_window if partial_min_window is None else partial_min_window
         self._language = language
         self._trim = trim_encoder
         self._stream = stream
         self._stale_since: float | None = None
         self._cancelled = False
-        self.final_next = False
+        self._local = threading.local()  # final_next is per thread (see WhisperStream)
         self.inference_seconds = 0.0
+
+    @property
+    def final_next(self) -> bool:
+        return bool(getattr(self._local, "final_next", False))
+
+    @final_next.setter
+    def final_next(self, value: bool) -> None:
+        self._local.final_next = value
+
+    def drop_waiting_partials(self) -> int:
+        """Drop this stream's partial decodes still waiting in the engine (their callers get
+        :class:`~echopanel.asr.engine.executor.DecodeCancelled`); the stream goes on."""
+        return int(self._shared.engine.cancel_stream(self._stream, partials_only=True))
 
     def cancel(self) -> None:
         """The stream is gone: drop its waiting decode, refuse further ones."""
@@ -164,7 +181,8 @@ class WhisperDecoder:
             # At least ``min_window`` (10 s) and 2 s past the audio: a window that ends
             # right after the speech makes tiny.en loop on timestamps (measured on jfk.flac);
             # a 5 s floor cost 1.1 WER points on natural speech (docs/benchmarks.md).
-            window = min(30.0, max(self._min_window, math.ceil(seconds + 2.0)))
+            floor = self._min_window if final else self._partial_min_window
+            window = min(30.0, max(floor, math.ceil(seconds + 2.0)))
             frames = int(window * 100)  # 100 mel frames per second
         else:
             frames = 3000
@@ -243,16 +261,69 @@ class _EnginePolicy(StreamingPolicy):
         super().__init__(decoder, vad, config)
         self._whisper = decoder
 
+    #: Called before a final's decode (the stream drops its partial decode still waiting).
+    before_final: Any = None
+
     def _hypothesis(self, end: int, **kwargs: Any) -> list[Word]:
         # ``final=True`` is the decode that makes an utterance final; an explicit
         # ``beam_size`` is a retry of that decode (the policy's truncated-final guard).
-        self._whisper.final_next = bool(kwargs.get("final")) or "beam_size" in kwargs
+        final = bool(kwargs.get("final")) or "beam_size" in kwargs
+        if final and self.before_final is not None:
+            self.before_final()
+        self._whisper.final_next = final
         result: list[Word] = super()._hypothesis(end, **kwargs)
         return result
 
+    def _fork(self) -> StreamingPolicy:
+        state = super()._fork()
+        assert isinstance(state, _EnginePolicy)
+        state.before_final = None  # the copy decodes in another thread; nothing to drop
+        return state
+
+
+class _ThreadRunner:
+    """Runs a final's decode in a thread of its own (one outstanding final per stream)."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+
+    def start(self, job: FinalJob) -> None:
+        self._thread = threading.Thread(target=job.run, name="echopanel-final", daemon=True)
+        self._thread.start()
+
+    def wait(self, job: FinalJob) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+
+
+@attrs.define(eq=False)
+class _InFlight:
+    """A partial decode running in its own thread while the stream takes audio."""
+
+    job: PartialJob
+    done: threading.Event = attrs.Factory(threading.Event)
+    error: BaseException | None = None
+    dropped: bool = False  # its result is not wanted any more
+
 
 class WhisperStream(AsrStream):
-    """Streaming recognition of one source (see :mod:`echopanel.asr.policy`)."""
+    """Streaming recognition of one source (see :mod:`echopanel.asr.policy`).
+
+    **Decodes run beside the stream** (``background``): ``feed`` only takes the audio, scores
+    the VAD and finds endpoints, so waiting for the shared engine never stalls the source's
+    ingest (a stalled ingest drops audio at the server's budget). A due partial decode runs
+    in a thread of its own, at most one per stream, so the partial cadence adapts to the
+    engine's throughput by itself; a final's decode runs in another (the policy's
+    :class:`~echopanel.asr.policy.FinalJob`), the engine serving it first. Their updates
+    come with the next ``feed`` (or ``flush``); a partial overtaken by an endpoint is dropped
+    (its request withdrawn from the engine if it still waits). With ``background`` False
+    every decode runs inline in ``feed``, in a fixed order that does not depend on timing
+    (the deterministic replays of ``bench_asr.py`` and the natural-speech regression test).
+    """
+
+    #: False: partial decodes run inline in ``feed`` (replays that must not depend on timing).
+    background: bool = True
 
     def __init__(self, policy: StreamingPolicy, decoder: WhisperDecoder, vad: SileroVad) -> None:
         self._policy = policy
@@ -264,6 +335,10 @@ class WhisperStream(AsrStream):
         self._closed = False
         self._base_interval = policy.config.decode_interval
         self._showing_partial = False  # the current utterance already has a partial
+        self._inflight: _InFlight | None = None
+        self._runner = _ThreadRunner()
+        if isinstance(policy, _EnginePolicy):
+            policy.before_final = self._drop_partial
 
     async def feed(self, pcm: bytes) -> list[AsrUpdate]:
         if self._closed:
@@ -276,10 +351,64 @@ class WhisperStream(AsrStream):
         audio = np.frombuffer(data[:even], dtype="<i2").astype(np.float32) / 32768.0
         self._samples += audio.size
         self._stretch_partials()
-        updates = await self._run(self._policy.feed, audio)
+        updates = await self._run(self._feed_blocking, audio)
         for update in updates:
             self._showing_partial = isinstance(update, AsrPartialUpdate) and bool(update.text)
         return updates
+
+    def _feed_blocking(self, audio: npt.NDArray[np.float32]) -> list[AsrUpdate]:
+        """``feed`` in a worker thread: the partial that finished, then the new audio."""
+        policy = self._policy
+        if not self.background:
+            policy.final_runner = None
+            return policy.feed(audio)
+        policy.final_runner = self._runner
+        updates = self._collect()
+        updates += policy.settle(wait=False)
+        updates += policy.feed(audio, partials=False)
+        if policy.final_pending:
+            self._drop_partial()  # of the utterance that just ended
+        elif self._inflight is None and not self._closed:
+            job = policy.begin_partial()
+            if job is not None:
+                self._start(job)
+        return updates
+
+    def _start(self, job: PartialJob) -> None:
+        inflight = _InFlight(job)
+
+        def work() -> None:
+            try:
+                self._policy.decode_partial(job)
+            except BaseException as exc:  # reported by _collect (or dropped)
+                inflight.error = exc
+            finally:
+                inflight.done.set()
+
+        self._inflight = inflight
+        threading.Thread(target=work, name="echopanel-partial", daemon=True).start()
+
+    def _collect(self) -> list[AsrUpdate]:
+        """The updates of the partial decode in flight if it has finished."""
+        inflight = self._inflight
+        if inflight is None or not inflight.done.is_set():
+            return []
+        self._inflight = None
+        if inflight.dropped or self._closed:
+            return []
+        if inflight.error is not None:
+            error = inflight.error
+            if isinstance(error, AsrError):
+                raise error
+            raise AsrError(f"speech recognition failed: {error}") from error
+        return self._policy.finish_partial(inflight.job)
+
+    def _drop_partial(self) -> None:
+        """A final is about to be decoded: the partial in flight is of no use any more."""
+        inflight = self._inflight
+        if inflight is not None and not inflight.done.is_set():
+            inflight.dropped = True
+            self._decoder.drop_waiting_partials()
 
     #: False: the partial cadence never stretches (replays that must not depend on timing).
     stretch: bool = True
@@ -297,7 +426,13 @@ class WhisperStream(AsrStream):
         if self._closed:
             return []
         self._pending = b""
-        return await self._run(self._policy.flush)
+        return await self._run(self._flush_blocking)
+
+    def _flush_blocking(self) -> list[AsrUpdate]:
+        updates = self._collect()
+        self._drop_partial()  # the flush decodes everything as finals
+        self._inflight = None
+        return updates + self._policy.flush()
 
     async def _run(self, fn: Any, *args: Any) -> list[AsrUpdate]:
         async with self._lock:
@@ -338,7 +473,13 @@ class WhisperStream(AsrStream):
         return self._policy
 
     async def aclose(self) -> None:
+        """Close: a decode still waiting in the engine (a partial or a final beside the
+        stream) is withdrawn; one already running ends on its own, its result unread."""
         self._closed = True
+        if self._inflight is not None:
+            self._inflight.dropped = True
+        if self._inflight is not None or self._policy.final_pending:
+            self._decoder.cancel()
 
 
 _stream_ids = itertools.count(1)
@@ -385,6 +526,7 @@ class WhisperBackend(AsrBackend):
         trim_encoder: bool = True,
         max_batch: int = DEFAULT_MAX_BATCH,
         min_window: float = 10.0,
+        partial_min_window: float | None = None,
     ) -> None:
         if max_batch < 1:
             raise AsrError("max_batch must be at least 1")
@@ -392,6 +534,7 @@ class WhisperBackend(AsrBackend):
             raise AsrError(f"unknown device {device!r} (use cpu, cuda or auto)")
         self._trim_encoder = trim_encoder
         self._min_window = min_window
+        self._partial_min_window = partial_min_window
         self._model_path = Path(model_path) if model_path is not None else None
         self._compute_type = compute_type
         self._cpu_threads = cpu_threads if cpu_threads > 0 else (os.cpu_count() or 1)
@@ -476,6 +619,7 @@ class WhisperBackend(AsrBackend):
             language=self._language,
             trim_encoder=self._trim_encoder,
             min_window=self._min_window,
+            partial_min_window=self._partial_min_window,
             stream=f"{source}-{next(_stream_ids)}",
         )
         vad = SileroVad()

@@ -303,12 +303,15 @@ class DecodeEngine:
             raise call.error
         return call.result
 
-    def cancel_stream(self, stream: str) -> int:
-        """Drop the waiting decodes of ``stream`` (it went away); they raise
-        :class:`DecodeCancelled` in their callers. Returns how many were dropped."""
+    def cancel_stream(self, stream: str, *, partials_only: bool = False) -> int:
+        """Drop the waiting decodes of ``stream`` (it went away; with ``partials_only`` only
+        its partials: a final overtook them); they raise :class:`DecodeCancelled` in their
+        callers. Returns how many were dropped."""
         dropped = 0
         with self._cond:
             for job in list(self._jobs.values()):
+                if partials_only and job.request.final:
+                    continue
                 if job.request.stream == stream and self.scheduler.cancel(job.request.id):
                     del self._jobs[job.request.id]
                     job.error = DecodeCancelled(f"stream {stream} was cancelled")

@@ -225,6 +225,9 @@ async def test_backend_streams_mark_finals_and_attribute_time() -> None:
         assert engine is not None and engine.config.max_batch == 4
         before = engine.snapshot()
         streams = [backend.open_stream("system"), backend.open_stream("mic")]
+        # "system" decodes beside the stream (its final in a thread of its own, marked final
+        # all the same); "mic" inline, so that its partial decodes all run.
+        streams[1].background = False
         pcm = (load(FIXTURES / "weather.flac") * 32767).astype("<i2").tobytes()
         pcm += bytes(32000)  # 1 s of silence: an endpoint
 
@@ -256,6 +259,7 @@ async def test_a_busy_engine_stretches_the_partial_cadence() -> None:
         engine = backend.engine
         assert engine is not None
         stream = backend.open_stream("mic")
+        stream.background = False  # the first partial comes with the feed that asked for it
         stream.tune(AsrTuning(decode_interval=0.5))
         speech = (load(DATA / "jfk.flac")[:32000] * 32767).astype("<i2").tobytes()
         updates = await stream.feed(speech)  # 2 s of speech: a first partial

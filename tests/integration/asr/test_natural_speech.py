@@ -117,8 +117,10 @@ async def _transcribe(backend: object) -> tuple[str, str, str]:
     assert len(audio) / 16000 <= 60.0
     s = backend.open_stream("mic")  # type: ignore[attr-defined]
     # Fed as fast as the model allows, the engine is always busy: without this its
-    # partial-cadence stretch would make the decodes (and the text) depend on the CPU.
+    # partial-cadence stretch would make the decodes (and the text) depend on the CPU, and
+    # decodes beside the stream would be overtaken by the audio: they run inline.
     s.stretch = False
+    s.background = False
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
     updates = []
     for i in range(0, len(pcm), CHUNK):

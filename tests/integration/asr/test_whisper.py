@@ -2,7 +2,9 @@
 
 The model is loaded once per test session. Audio is fed in 100 ms chunks as fast as the
 model allows (not at real-time pace: the policy only counts samples, so the results are
-the same; the benchmark measures latency).
+the same; the benchmark measures latency), with the decodes inline in ``feed``
+(``background`` False). The decodes beside the stream, as a live server runs them, are
+tested at real-time pace and fed faster than real time.
 """
 
 from __future__ import annotations
@@ -56,10 +58,15 @@ def phrase_pcm(name: str, tail_silence: float = 1.0) -> bytes:
     return pcm(np.concatenate([audio, np.zeros(int(tail_silence * sr), dtype=np.float32)]))
 
 
-async def stream(s: AsrStream, data: bytes) -> list[AsrUpdate]:
+async def stream(
+    s: AsrStream, data: bytes, *, background: bool = False, pace: float = 0.0
+) -> list[AsrUpdate]:
+    s.background = background  # type: ignore[attr-defined]
     out: list[AsrUpdate] = []
     for i in range(0, len(data), CHUNK):
         out += await s.feed(data[i : i + CHUNK])
+        if pace:
+            await anyio.sleep(pace)
     return out + await s.flush()
 
 
@@ -111,6 +118,46 @@ async def test_all_phrases_in_one_stream_average_wer_is_small(backend: object) -
     assert wer(reference, " ".join(f.text for f in fin)) <= 0.15
     assert all(a.t1 <= b.t0 for a, b in itertools.pairwise(fin))
     assert len({f.segment_id for f in fin}) == len(fin)
+
+
+@pytest.mark.slow
+async def test_decodes_beside_the_stream_at_real_time_pace(backend: object) -> None:
+    """As on a live server: partials come while the audio flows, then the final."""
+    s = backend.open_stream("mic")  # type: ignore[attr-defined]
+    updates = await stream(s, phrase_pcm("meeting"), background=True, pace=CHUNK / 32000)
+    fin = finals(updates)
+    assert len(fin) == 1 and wer(PHRASES["meeting"], fin[0].text) <= 0.35, fin
+    first = updates.index(fin[0])
+    assert any(isinstance(u, AsrPartialUpdate) for u in updates[:first])
+    assert not any(isinstance(u, AsrPartialUpdate) for u in updates[first:])
+
+
+@pytest.mark.slow
+async def test_decodes_beside_a_stream_fed_faster_than_real_time(backend: object) -> None:
+    """Audio arriving faster than the decodes (a loaded engine): partials are overtaken by
+    finals and dropped, and no utterance is lost (each final made beside the stream is
+    decoded with the previous one as context, without the partials' words to check it)."""
+    s = backend.open_stream("system")  # type: ignore[attr-defined]
+    names = sorted(PHRASES)
+    fin = finals(await stream(s, b"".join(phrase_pcm(n) for n in names), background=True))
+    reference = " ".join(PHRASES[n] for n in names)
+    assert len(fin) == len(names)
+    assert wer(reference, " ".join(f.text for f in fin)) <= 0.15
+    assert all(a.t1 <= b.t0 for a, b in itertools.pairwise(fin))
+    assert [f.segment_id.split("-")[1] for f in fin] == [f"{i:05d}" for i in range(len(fin))]
+
+
+@pytest.mark.slow
+async def test_closing_a_stream_with_a_final_decoding_beside_it(backend: object) -> None:
+    s = backend.open_stream("mic")  # type: ignore[attr-defined]
+    s.background = True
+    data = phrase_pcm("weather", tail_silence=0.8)
+    for i in range(0, len(data), CHUNK):
+        await s.feed(data[i : i + CHUNK])
+    assert s.policy.final_pending or finals(await s.feed(bytes(CHUNK)))
+    await s.aclose()  # withdraws what still waits; the thread ends on its own
+    with pytest.raises(AsrError):
+        await s.feed(bytes(CHUNK))
 
 
 @pytest.mark.slow

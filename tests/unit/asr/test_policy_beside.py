@@ -1,0 +1,214 @@
+"""Decodes beside the policy: partial jobs and finals handed to a runner (issue 9).
+
+A live stream must keep taking audio while its decodes wait for the shared engine. The
+policy hands a partial decode out as a :class:`PartialJob` and, with a ``final_runner``, a
+final as a :class:`FinalJob`; these tests drive both by hand with the scripted decoder and
+energy VAD of ``test_policy`` and check that the transcript is the one the inline path makes,
+that stale results are dropped, and that nothing of the next utterance overtakes a final.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+import numpy.typing as npt
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from echopanel.asr.policy import DecodedSegment, FinalJob, StreamingPolicy
+from echopanel.ports import AsrFinalUpdate, AsrUpdate
+
+from .test_policy import (
+    VOCAB,
+    ScriptedDecoder,
+    finals,
+    make,
+    partials,
+    run,
+    silence,
+    utterance,
+)
+
+
+class LaterRunner:
+    """Runs a final's job only when asked (``run_now``) or waited for: the decode is "slow"."""
+
+    def __init__(self) -> None:
+        self.pending: list[FinalJob] = []
+        self.started = 0
+        self.waited = 0
+
+    def start(self, job: FinalJob) -> None:
+        self.started += 1
+        self.pending.append(job)
+
+    def wait(self, job: FinalJob) -> None:
+        self.waited += 1
+        assert job in self.pending, "waited for a job that was never started"
+        self.run_now()
+
+    def run_now(self) -> None:
+        jobs, self.pending = self.pending, []
+        for job in jobs:
+            job.run()
+
+
+def beside(policy: StreamingPolicy, audio: npt.NDArray[np.float32], chunk: int,
+           every: int) -> list[AsrUpdate]:  # fmt: skip
+    """Feed like WhisperStream does in the background: settle a finished final before each
+    chunk; partial jobs run "later" (decoded right away, applied one chunk later); a final's
+    job runs after ``every`` chunks (or when the next endpoint waits for it)."""
+    runner = LaterRunner()
+    policy.final_runner = runner
+    out: list[AsrUpdate] = []
+    job = None
+    for n, i in enumerate(range(0, len(audio), chunk)):
+        if job is not None:
+            out += policy.finish_partial(job)
+            job = None
+        if n % every == 0:
+            runner.run_now()
+        out += policy.settle(wait=False)
+        out += policy.feed(audio[i : i + chunk], partials=False)
+        if not policy.final_pending:
+            job = policy.begin_partial()
+            if job is not None:
+                policy.decode_partial(job)
+    if job is not None:
+        out += policy.finish_partial(job)
+    return out + policy.flush()
+
+
+phrase = st.lists(st.sampled_from(VOCAB), min_size=1, max_size=5, unique=True)  # no loops
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    phrases=st.lists(phrase, min_size=1, max_size=4),
+    pauses=st.lists(st.floats(0.6, 2.0), min_size=4, max_size=4),
+    chunk=st.integers(800, 4000),
+    every=st.integers(1, 12),
+)
+def test_finals_decoded_beside_the_policy_are_the_inline_finals(
+    phrases: list[list[str]], pauses: list[float], chunk: int, every: int
+) -> None:
+    parts = []
+    for words, pause in zip(phrases, pauses, strict=False):
+        parts += [utterance(words), silence(pause)]
+    audio = np.concatenate(parts)
+    reference = make()
+    expected = finals(run(reference, audio, chunk=chunk) + reference.flush())
+    got = beside(make(), audio, chunk, every)
+    assert [f.text for f in finals(got)] == [f.text for f in expected]
+    assert [f.text.split() for f in finals(got)] == phrases
+    # Finals are ordered and numbered in order; a partial belongs to the utterance whose
+    # final comes next (none of the next utterance before the previous final), none after
+    # the last final.
+    fin = finals(got)
+    assert all(a.t1 <= b.t0 for a, b in itertools.pairwise(fin))
+    assert [f.segment_id[:5] for f in fin] == [f"{i:05d}" for i in range(len(fin))]
+    for k, u in enumerate(got):
+        if not isinstance(u, AsrFinalUpdate):
+            following = finals(got[k:])
+            assert following and u.t0 <= following[0].t1
+
+
+def test_the_stream_goes_on_while_a_final_decodes_and_waits_for_it_at_the_next_endpoint() -> None:
+    decoder = ScriptedDecoder()
+    policy = make(decoder)
+    runner = LaterRunner()
+    policy.final_runner = runner
+    first = run(policy, np.concatenate([utterance(["alpha", "bravo"]), silence(0.8)]))
+    assert runner.started == 1 and policy.final_pending
+    assert finals(first) == []  # the final is decoding beside the policy
+    calls = len(decoder.calls)
+    # The next utterance's audio is taken, but no partial is decoded before the final.
+    second = run(policy, utterance(["charlie", "delta"]))
+    assert partials(second) == [] and len(decoder.calls) == calls
+    # Its endpoint waits for the first final (its context) and hands over the second.
+    third = run(policy, silence(0.8))
+    assert runner.waited == 1
+    assert [f.text for f in finals(third)] == ["alpha bravo"]
+    runner.run_now()
+    assert [f.text for f in finals(policy.settle(wait=False))] == ["charlie delta"]
+    assert not policy.final_pending
+    # The second final was decoded after the first one's end (its context).
+    assert decoder.prefixes[-1] == "alpha bravo"
+
+
+def test_a_partial_job_applies_while_audio_keeps_coming() -> None:
+    policy = make()
+    speech = utterance(["alpha", "bravo", "charlie"])
+    job = None
+    for i in range(0, len(speech), 800):
+        policy.feed(speech[i : i + 800], partials=False)
+        job = policy.begin_partial() or job  # the last one due
+    assert job is not None and len(job.audio) <= len(speech)
+    policy.decode_partial(job)
+    policy.feed(utterance(["delta", "echo"]), partials=False)  # more audio meanwhile
+    shown = partials(policy.finish_partial(job))
+    assert [p.text.split()[:2] for p in shown] == [["alpha", "bravo"]]
+    assert shown[0].t1 <= len(speech) / 16000 + 1e-6  # only what the job heard
+
+
+def test_a_partial_overtaken_by_an_endpoint_is_dropped() -> None:
+    policy = make()
+    speech = utterance(["alpha", "bravo", "charlie"])
+    job = None
+    for i in range(0, len(speech), 800):
+        policy.feed(speech[i : i + 800], partials=False)
+        job = policy.begin_partial() or job
+    assert job is not None
+    policy.decode_partial(job)
+    out = policy.feed(silence(1.0), partials=False)  # the endpoint: the final, inline
+    assert [f.text for f in finals(out)] == ["alpha bravo charlie"]
+    assert policy.finish_partial(job) == []  # its words belong to a final already
+
+
+@attrs.define
+class StopsAfterContextDecoder(ScriptedDecoder):
+    """Forced to a prefix, says nothing more (tiny.en ending the decode right after the
+    context over 2 s of speech)."""
+
+    def decode(
+        self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int, prefix: str = ""
+    ) -> Sequence[DecodedSegment]:
+        segments = super().decode(audio, prompt=prompt, beam_size=beam_size, prefix=prefix)
+        return [] if prefix else segments
+
+
+def test_a_context_decode_that_stops_after_the_context_is_decoded_alone() -> None:
+    # Fed with no partial decodes (as a stream whose partials lag behind under load), so
+    # only the speech heard by the VAD tells the final is missing words.
+    decoder = StopsAfterContextDecoder()
+    policy = make(decoder)
+    audio = np.concatenate(
+        [
+            utterance(["alpha", "bravo", "charlie"]),
+            silence(0.8),
+            utterance(["delta", "echo", "foxtrot", "golf", "hotel"]),
+            silence(1),
+        ]
+    )
+    out: list[AsrUpdate] = []
+    for i in range(0, len(audio), 1600):
+        out += policy.feed(audio[i : i + 1600], partials=False)
+    assert [f.text for f in finals(out)] == [
+        "alpha bravo charlie",
+        "delta echo foxtrot golf hotel",
+    ]
+    assert decoder.prefixes[-2:] == ["alpha bravo charlie", ""]
+
+
+def test_a_phrase_repeated_after_a_pause_is_kept() -> None:
+    # "alpha bravo charlie ... alpha bravo charlie": a speaker saying it again is not the
+    # decoder repeating its context.
+    policy = make()
+    audio = np.concatenate(
+        [utterance(["alpha", "bravo", "charlie"]), silence(1.0)] * 2 + [silence(0.5)]
+    )
+    out = finals(run(policy, audio, chunk=80) + policy.flush())
+    assert [f.text for f in out] == ["alpha bravo charlie", "alpha bravo charlie"]
