@@ -248,6 +248,7 @@ async def run_step(
             / max(1.0, delta("echopanel_asr_queue_wait_seconds_count")),
             3,
         ),
+        "texts": [r["text"] for r in results],
     }
 
 

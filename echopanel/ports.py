@@ -226,6 +226,18 @@ class AsrStream(_AsyncResource):
     @abc.abstractmethod
     def inference_seconds(self) -> float: ...
 
+    async def wait_ready(self) -> None:
+        """Return when decodes that run beside ``feed`` have updates for :meth:`poll`. A
+        stream that decodes only inside ``feed`` never has any: the default waits until the
+        caller cancels it."""
+        import anyio  # the port itself stays free of an event-loop library
+
+        await anyio.sleep_forever()
+
+    async def poll(self) -> list[AsrUpdate]:
+        """The updates of decodes that finished beside ``feed`` since it last returned."""
+        return []
+
     async def aclose(self) -> None:
         return None
 

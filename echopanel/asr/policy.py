@@ -490,6 +490,11 @@ class StreamingPolicy:
         """A final is decoding beside the policy (see :meth:`settle`)."""
         return self._pending is not None
 
+    @property
+    def settle_ready(self) -> bool:
+        """The final decoding beside the policy is done: :meth:`settle` will not wait."""
+        return self._pending is not None and self._pending.done
+
     def settle(self, *, wait: bool = True) -> list[AsrUpdate]:
         """The updates of the final decoding beside the policy, once it is done (waiting for
         it with ``wait``); its text becomes the next decode's context and prompt."""

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 import attrs
 import numpy as np
@@ -282,13 +285,19 @@ class _EnginePolicy(StreamingPolicy):
 
 
 class _ThreadRunner:
-    """Runs a final's decode in a thread of its own (one outstanding final per stream)."""
+    """Runs a final's decode in a thread of its own (one outstanding final per stream);
+    ``done`` is called in that thread when it ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, done: Any) -> None:
         self._thread: threading.Thread | None = None
+        self._done = done
 
     def start(self, job: FinalJob) -> None:
-        self._thread = threading.Thread(target=job.run, name="echopanel-final", daemon=True)
+        def work() -> None:
+            job.run()
+            self._done()
+
+        self._thread = threading.Thread(target=work, name="echopanel-final", daemon=True)
         self._thread.start()
 
     def wait(self, job: FinalJob) -> None:
@@ -336,13 +345,16 @@ class WhisperStream(AsrStream):
         self._base_interval = policy.config.decode_interval
         self._showing_partial = False  # the current utterance already has a partial
         self._inflight: _InFlight | None = None
-        self._runner = _ThreadRunner()
+        self._runner = _ThreadRunner(self._signal)
+        self._ready: anyio.Event | None = None  # set when a decode beside the stream ends
+        self._token: Any = None  # the event loop's, to set _ready from the decode threads
         if isinstance(policy, _EnginePolicy):
             policy.before_final = self._drop_partial
 
     async def feed(self, pcm: bytes) -> list[AsrUpdate]:
         if self._closed:
             raise AsrError("feed() on a closed ASR stream")
+        self._bind_loop()
         data = self._pending + pcm
         even = len(data) - len(data) % 2
         self._pending = data[even:]
@@ -384,6 +396,7 @@ class WhisperStream(AsrStream):
                 inflight.error = exc
             finally:
                 inflight.done.set()
+                self._signal()
 
         self._inflight = inflight
         threading.Thread(target=work, name="echopanel-partial", daemon=True).start()
@@ -402,6 +415,58 @@ class WhisperStream(AsrStream):
                 raise error
             raise AsrError(f"speech recognition failed: {error}") from error
         return self._policy.finish_partial(inflight.job)
+
+    # ------------------------------------------------------------------ readiness
+
+    def _bind_loop(self) -> None:
+        """Remember the event loop (in ``feed``) so the decode threads can wake it."""
+        if self._ready is None:
+            self._ready = anyio.Event()
+            current_token = getattr(anyio.lowlevel, "current_token", None)  # anyio >= 4.11
+            self._token = current_token() if current_token is not None else None
+
+    def _signal(self) -> None:
+        """A decode beside the stream ended (its thread): wake ``wait_ready``."""
+        ready, token = self._ready, self._token
+        if ready is None or token is None or self._closed:
+            return
+        with contextlib.suppress(Exception):  # the event loop is gone: nobody waits
+            anyio.from_thread.run_sync(ready.set, token=token)
+
+    async def wait_ready(self) -> None:
+        """Return when a partial or final decoded beside the stream can be collected with
+        :meth:`poll` (without waiting for the next audio)."""
+        self._bind_loop()
+        assert self._ready is not None
+        while not self._has_results():
+            await self._ready.wait()
+            self._ready = anyio.Event()
+
+    def _has_results(self) -> bool:
+        if self._closed or not self.background:
+            return False
+        inflight = self._inflight
+        pending = self._policy.final_pending
+        return (inflight is not None and inflight.done.is_set()) or (
+            pending and self._policy.settle_ready
+        )
+
+    async def poll(self) -> list[AsrUpdate]:
+        if self._closed or not self.background:
+            return []
+        updates = await self._run(self._poll_blocking)
+        for update in updates:
+            self._showing_partial = isinstance(update, AsrPartialUpdate) and bool(update.text)
+        return updates
+
+    def _poll_blocking(self) -> list[AsrUpdate]:
+        policy = self._policy
+        updates = self._collect() + policy.settle(wait=False)
+        if not policy.final_pending and self._inflight is None and not self._closed:
+            job = policy.begin_partial()  # the cadence may be due after a final
+            if job is not None:
+                self._start(job)
+        return updates
 
     def _drop_partial(self) -> None:
         """A final is about to be decoded: the partial in flight is of no use any more."""

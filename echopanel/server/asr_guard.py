@@ -188,6 +188,14 @@ class GuardedAsrStream(AsrStream):
             return []
         return await self.guard.call(self, self.inner.flush)
 
+    async def wait_ready(self) -> None:
+        await self.inner.wait_ready()
+
+    async def poll(self) -> list[AsrUpdate]:
+        if self._closed:
+            return []
+        return await self.guard.call(self, self.inner.poll)
+
     def tune(self, tuning: AsrTuning) -> None:
         self.inner.tune(tuning)
 

@@ -85,7 +85,10 @@ class SourcePipeline:
         with self.asr_scope:
             try:
                 while True:
-                    pcm = await self.queue.get()
+                    pcm = await self._audio_or_ready()
+                    if pcm is None:  # a decode beside the stream has finished
+                        await self._after_inference(await self.stream.poll())
+                        continue
                     if not pcm:
                         break
                     updates = await self.stream.feed(pcm)
@@ -97,6 +100,25 @@ class SourcePipeline:
                 self.queue.close()  # nothing consumes it any more
                 log.warning("ASR failed on %s: %s", self.source, exc.message)
         self.done.set()
+
+    async def _audio_or_ready(self) -> bytes | None:
+        """The next queued audio (``b""`` once closed and drained), or None as soon as the
+        stream has updates of a decode that ran beside it (partials and finals are sent when
+        ready, not with the next audio frame)."""
+        got: list[bytes] = []
+        async with anyio.create_task_group() as tg:
+
+            async def audio() -> None:
+                got.append(await self.queue.get())
+                tg.cancel_scope.cancel()
+
+            async def ready() -> None:
+                await self.stream.wait_ready()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(audio)
+            tg.start_soon(ready)
+        return got[0] if got else None
 
     async def _after_inference(self, updates: list[AsrUpdate]) -> None:
         now = anyio.current_time()

@@ -202,6 +202,8 @@ class DecodeEngine:
         self._jobs: dict[int, _Job] = {}
         self._ids = itertools.count(1)
         self._closed = False
+        #: Members encoded per encoder call (1: see :meth:`_encode`).
+        self.encode_batch = 1
         self._thread = threading.Thread(target=self._run, name="echopanel-decode", daemon=True)
         self._thread.start()
 
@@ -436,11 +438,18 @@ class DecodeEngine:
         return ctranslate2.StorageView.from_array(np.ascontiguousarray(stacked))
 
     def _encode(self, calls: list[_Call]) -> list[Any]:
-        features = [c.args[0] for c in calls]
-        storage = self._storage(features)
-        out = self._ct2.encode(storage, to_cpu=self._to_cpu)
-        encoded = np.array(out)
-        return [encoded[i : i + 1] for i in range(len(calls))]
+        # The encoder is one call per member (``encode_batch``): on CPU a batched encoder
+        # costs more per item than one at a time for windows of 10 s and more (the
+        # activations outgrow the caches: 53 vs 40 ms per 10 s window at batch 8 vs 1,
+        # docs/benchmarks.md). The decoder calls, which do gain, stay batched.
+        out: list[Any] = []
+        step = max(1, self.encode_batch)
+        for i in range(0, len(calls), step):
+            chunk = calls[i : i + step]
+            storage = self._storage([c.args[0] for c in chunk])
+            encoded = np.array(self._ct2.encode(storage, to_cpu=self._to_cpu))
+            out += [encoded[k : k + 1] for k in range(len(chunk))]
+        return out
 
     def _generate(self, members: list[tuple[_Job, _Call]]) -> list[Any]:
         calls = [c for _, c in members]

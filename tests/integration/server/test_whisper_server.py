@@ -83,3 +83,28 @@ async def test_whisper_server_transcribes_a_phrase_over_the_wire(connect):
         assert not final["segment_id"].startswith("mic-mic-")
         assert final["t0"] == round(final["t0"], 3) and final["t1"] == round(final["t1"], 3)
     assert [e["segment_id"] for e in summary["transcript"]] == [f["segment_id"] for f in finals]
+
+
+async def test_a_final_arrives_while_the_client_sends_nothing_more(connect):
+    """Decodes run beside the stream: a final made after the last frame is sent as soon as
+    it is decoded, not with the next audio frame (there is none here until ``stop``)."""
+    audio, rate = sf.read(FIXTURES / "weather.flac", dtype="int16")
+    assert rate == 16000
+    # The phrase ends at 3.56 s: 0.6 s of silence after it make an endpoint with the last
+    # frame, so its final is decoded after the client's last frame.
+    pcm = audio[: int(4.16 * rate)].tobytes()
+    config = ServerConfig(asr="whisper", start_timeout=30, slot_timeout=30, flush_timeout=30)
+    async with serve_in_background(config, ready_timeout=180) as url:
+        client = await connect(url)
+        await client.recv()
+        await client.start(sources=["mic"])
+        await client.expect("status", state="streaming", limit=30)
+        step = 3200
+        for i in range(0, len(pcm), step):
+            await client.t.send_bytes(encode_audio_frame("mic", pcm[i : i + step]))
+            await anyio.sleep(0.1)
+        final = await client.expect("asr_final", limit=60)  # no audio, no stop sent yet
+        assert "sunny" in final["text"].lower()
+        await client.send({"type": "stop", "session_id": "s1"})
+        await client.expect("final_summary", limit=60)
+        assert (await client.expect_close()).close_code == 1000
