@@ -141,6 +141,7 @@ class WhisperDecoder:
         self._stale_since: float | None = None
         self._cancelled = False
         self._local = threading.local()  # final_next is per thread (see WhisperStream)
+        self._time_lock = threading.Lock()  # a partial's and a final's thread may both add
         self.inference_seconds = 0.0
 
     @property
@@ -232,7 +233,8 @@ class WhisperDecoder:
             ]
         except Exception as exc:
             raise AsrError(f"Whisper decoding failed: {exc}") from exc
-        self.inference_seconds += attributed
+        with self._time_lock:
+            self.inference_seconds += attributed
         if not final:
             self._stale_since = engine.now()
         return out
