@@ -408,6 +408,9 @@ class StreamingPolicy:
         self._echo = False  # the last context decode began with the context's end again
         self.final_runner: FinalRunner | None = None
         self._pending: FinalJob | None = None  # a final decoding beside the policy
+        # A final decoding beside the policy before its endpoint, and the utterance's
+        # speech frames when it was taken (see begin_early_final).
+        self._early: tuple[FinalJob, int] | None = None
         self.decodes = 0
 
     # ------------------------------------------------------------------ public
@@ -455,7 +458,7 @@ class StreamingPolicy:
         None. The buffer is never changed in place, so the job's audio stays valid while
         the policy goes on (see :class:`PartialJob`)."""
         interval = int(self.config.decode_interval * SAMPLE_RATE)
-        if self._since_decode < interval or self._pending is not None:
+        if self._since_decode < interval or self._pending is not None or self._early is not None:
             return None
         self._since_decode = 0
         if not self._has_speech():
@@ -515,17 +518,48 @@ class StreamingPolicy:
         self.decodes += done.decodes - job.decodes_before
         return job.updates
 
+    def begin_early_final(self, silence: float) -> FinalJob | None:
+        """Start the final's decode before the endpoint, once ``silence`` seconds of the
+        ``endpoint_silence`` have passed after speech (with a ``final_runner``, no final
+        outstanding). If the endpoint then comes at the earliest moment (no speech frame
+        and no weak speech delaying it), that decode *is* the final: the user gets it
+        ``endpoint_silence - silence`` seconds sooner. Speech before the endpoint drops it
+        (a wasted decode: callers start one only when the engine has time to spare)."""
+        if (
+            self.final_runner is None
+            or self._pending is not None
+            or self._early is not None
+            or not self._in_speech
+            or not self._has_speech()
+            or self._silence_run * self._frame < silence * SAMPLE_RATE
+            or self._silence_run >= self._frames(self.config.endpoint_silence)
+        ):
+            return None
+        end = self._vad_pos * self._frame
+        job = FinalJob(state=self._fork(), end=end, decodes_before=self.decodes)
+        self._early = (job, self._speech_frames)
+        self.final_runner.start(job)
+        return job
+
     def _on_endpoint(self, end: int) -> list[AsrUpdate]:
         """An endpoint: decode the final here, or hand it to the ``final_runner``."""
         if self.final_runner is None:
             return self._endpoint(end)
         updates = self.settle()  # the previous final first: it is this one's context
-        job = FinalJob(state=self._fork(), end=end, decodes_before=self.decodes)
+        early, self._early = self._early, None
+        if (
+            early is not None
+            and early[1] == self._speech_frames
+            and self._silence_run == self._frames(self.config.endpoint_silence)
+        ):
+            job = early[0]  # the endpoint came as soon as it could: nothing was said since
+        else:
+            job = FinalJob(state=self._fork(), end=end, decodes_before=self.decodes)
+            self.final_runner.start(job)
         self._reset_utterance()
         self._since_decode = 0
         self._trim_to_preroll(end)
         self._pending = job
-        self.final_runner.start(job)
         return updates
 
     def _fork(self) -> StreamingPolicy:
@@ -537,11 +571,13 @@ class StreamingPolicy:
         state._final_text = list(self._final_text)
         state.final_runner = None
         state._pending = None
+        state._early = None
         return state
 
     def flush(self) -> list[AsrUpdate]:
         """End of stream: everything pending becomes finals; the policy is reset."""
         pending = self.settle()
+        self._early = None  # the last utterance is made final here, inline
         rest = len(self._buffer) - len(self._probs) * self._frame
         if rest:
             pad = np.zeros(self._frame - rest, dtype=np.float32)
@@ -595,6 +631,7 @@ class StreamingPolicy:
             self._vad_pos += 1
             if p >= cfg.vad_threshold:
                 self._in_speech = True
+                self._early = None  # speech again: an early final is of no use
                 self._speech_frames += 1
                 self._speech_sum += p
                 self._silence_run = 0
@@ -996,6 +1033,7 @@ class StreamingPolicy:
 
     def _reset_utterance(self) -> None:
         self._epoch += 1
+        self._early = None
         if self._speech_frames:
             self._level = self._speech_sum / self._speech_frames
         self._speech_sum = 0.0

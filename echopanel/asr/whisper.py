@@ -291,7 +291,7 @@ class _ThreadRunner:
     ``done`` is called in that thread when it ends."""
 
     def __init__(self, done: Any) -> None:
-        self._thread: threading.Thread | None = None
+        self._threads: dict[int, threading.Thread] = {}
         self._done = done
 
     def start(self, job: FinalJob) -> None:
@@ -299,11 +299,14 @@ class _ThreadRunner:
             job.run()
             self._done()
 
-        self._thread = threading.Thread(target=work, name="echopanel-final", daemon=True)
-        self._thread.start()
+        # (an early final dropped by new speech is never waited for: forget ended threads)
+        self._threads = {k: t for k, t in self._threads.items() if t.is_alive()}
+        thread = threading.Thread(target=work, name="echopanel-final", daemon=True)
+        self._threads[id(job)] = thread
+        thread.start()
 
     def wait(self, job: FinalJob) -> None:
-        thread, self._thread = self._thread, None
+        thread = self._threads.pop(id(job), None)
         if thread is not None:
             thread.join()
 
@@ -335,6 +338,10 @@ class WhisperStream(AsrStream):
 
     #: False: partial decodes run inline in ``feed`` (replays that must not depend on timing).
     background: bool = True
+    #: Seconds of silence after speech at which a final's decode starts before its endpoint
+    #: (``endpoint_silence`` later), when the engine has time to spare (not stretching
+    #: partials); 0 turns it off. See :meth:`StreamingPolicy.begin_early_final`.
+    early_final: float = 0.25
 
     def __init__(self, policy: StreamingPolicy, decoder: WhisperDecoder, vad: SileroVad) -> None:
         self._policy = policy
@@ -380,8 +387,15 @@ class WhisperStream(AsrStream):
         updates = self._collect()
         updates += policy.settle(wait=False)
         updates += policy.feed(audio, partials=False)
+        updates += policy.settle(wait=False)  # an early final the endpoint just confirmed
         if policy.final_pending:
             self._drop_partial()  # of the utterance that just ended
+        elif (
+            self.early_final
+            and self._decoder.partial_stretch() <= 1.0
+            and policy.begin_early_final(self.early_final) is not None
+        ):
+            self._drop_partial()  # the final is being decoded: this partial comes too late
         elif self._inflight is None and not self._closed:
             job = policy.begin_partial()
             if job is not None:

@@ -57,7 +57,7 @@ class LaterRunner:
 
 
 def beside(policy: StreamingPolicy, audio: npt.NDArray[np.float32], chunk: int,
-           every: int) -> list[AsrUpdate]:  # fmt: skip
+           every: int, early: bool = False) -> list[AsrUpdate]:  # fmt: skip
     """Feed like WhisperStream does in the background: settle a finished final before each
     chunk; partial jobs run "later" (decoded right away, applied one chunk later); a final's
     job runs after ``every`` chunks (or when the next endpoint waits for it)."""
@@ -73,6 +73,9 @@ def beside(policy: StreamingPolicy, audio: npt.NDArray[np.float32], chunk: int,
             runner.run_now()
         out += policy.settle(wait=False)
         out += policy.feed(audio[i : i + chunk], partials=False)
+        out += policy.settle(wait=False)
+        if early and policy.begin_early_final(0.25) is not None:
+            continue
         if not policy.final_pending:
             job = policy.begin_partial()
             if job is not None:
@@ -91,9 +94,10 @@ phrase = st.lists(st.sampled_from(VOCAB), min_size=1, max_size=5, unique=True)  
     pauses=st.lists(st.floats(0.6, 2.0), min_size=4, max_size=4),
     chunk=st.integers(800, 4000),
     every=st.integers(1, 12),
+    early=st.booleans(),
 )
 def test_finals_decoded_beside_the_policy_are_the_inline_finals(
-    phrases: list[list[str]], pauses: list[float], chunk: int, every: int
+    phrases: list[list[str]], pauses: list[float], chunk: int, every: int, early: bool
 ) -> None:
     parts = []
     for words, pause in zip(phrases, pauses, strict=False):
@@ -101,7 +105,7 @@ def test_finals_decoded_beside_the_policy_are_the_inline_finals(
     audio = np.concatenate(parts)
     reference = make()
     expected = finals(run(reference, audio, chunk=chunk) + reference.flush())
-    got = beside(make(), audio, chunk, every)
+    got = beside(make(), audio, chunk, every, early)
     assert [f.text for f in finals(got)] == [f.text for f in expected]
     assert [f.text.split() for f in finals(got)] == phrases
     # Finals are ordered and numbered in order; a partial belongs to the utterance whose
@@ -212,3 +216,50 @@ def test_a_phrase_repeated_after_a_pause_is_kept() -> None:
     )
     out = finals(run(policy, audio, chunk=80) + policy.flush())
     assert [f.text for f in out] == ["alpha bravo charlie", "alpha bravo charlie"]
+
+
+def test_an_early_final_is_the_final_when_the_endpoint_follows() -> None:
+    decoder = ScriptedDecoder()
+    policy = make(decoder)
+    runner = LaterRunner()
+    policy.final_runner = runner
+    run(policy, utterance(["alpha", "bravo", "charlie"]), chunk=800)
+    run(policy, silence(0.3), chunk=800)  # 0.3 s of the 0.5 s endpoint silence
+    job = policy.begin_early_final(0.25)
+    assert job is not None and runner.started == 1
+    assert policy.begin_early_final(0.25) is None  # one at a time
+    runner.run_now()  # decoded before the endpoint
+    beams = [c for c in decoder.calls if c[2] > 1]
+    out = run(policy, silence(0.5), chunk=800)  # the endpoint
+    out += policy.settle(wait=False)
+    assert [f.text for f in finals(out)] == ["alpha bravo charlie"]
+    assert runner.started == 1  # the endpoint took the early decode: no second final decode
+    assert [c for c in decoder.calls if c[2] > 1] == beams
+
+
+def test_speech_after_an_early_final_drops_it() -> None:
+    decoder = ScriptedDecoder()
+    policy = make(decoder)
+    runner = LaterRunner()
+    policy.final_runner = runner
+    run(policy, utterance(["alpha", "bravo"]), chunk=800)
+    run(policy, silence(0.3), chunk=800)
+    early = policy.begin_early_final(0.25)
+    assert early is not None
+    runner.run_now()
+    run(policy, utterance(["charlie"]), chunk=800)  # the speaker goes on
+    out = run(policy, silence(0.8), chunk=800)
+    assert runner.started == 2  # the endpoint decoded the whole utterance again
+    runner.run_now()
+    out += policy.settle(wait=False)
+    assert [f.text for f in finals(out)] == ["alpha bravo charlie"]
+    assert early.updates and early not in runner.pending  # decoded, never delivered
+
+
+def test_no_early_final_without_a_runner_or_before_enough_silence() -> None:
+    policy = make()
+    run(policy, np.concatenate([utterance(["alpha", "bravo"]), silence(0.3)]), chunk=800)
+    assert policy.begin_early_final(0.25) is None  # inline policy: finals at the endpoint
+    policy.final_runner = LaterRunner()
+    assert policy.begin_early_final(0.45) is None  # only 0.4 s of silence so far
+    assert policy.begin_early_final(0.25) is not None
