@@ -554,13 +554,12 @@ class WhisperStream(AsrStream):
         return self._policy
 
     async def aclose(self) -> None:
-        """Close: a decode still waiting in the engine (a partial or a final beside the
-        stream) is withdrawn; one already running ends on its own, its result unread."""
+        """Close: decodes still waiting in the engine (partials and finals beside the
+        stream) are withdrawn; one already running ends on its own, its result unread."""
         self._closed = True
         if self._inflight is not None:
             self._inflight.dropped = True
-        if self._inflight is not None or self._policy.final_pending:
-            self._decoder.cancel()
+        self._decoder.cancel()  # a partial, a final or an early final may still wait
 
 
 _stream_ids = itertools.count(1)
