@@ -105,6 +105,8 @@ class SourcePipeline:
         """The next queued audio (``b""`` once closed and drained), or None as soon as the
         stream has updates of a decode that ran beside it (partials and finals are sent when
         ready, not with the next audio frame)."""
+        if self.queue.backlog_seconds > 0 or self.queue.closed:
+            return await self.queue.get()  # audio waits already: no need to race
         got: list[bytes] = []
         async with anyio.create_task_group() as tg:
 
