@@ -69,7 +69,7 @@ class FakeAsrStream(AsrStream):
         self.decodes = 0
         self.fed_bytes = 0
         self.closed = False
-        self._audio = 0.0
+        self._samples = 0  # exact: what is heard never depends on how frames were batched
         self._inference = 0.0
         self._since_decode = 0.0
         self._committed = 0  # words committed as finals
@@ -79,7 +79,7 @@ class FakeAsrStream(AsrStream):
 
     @property
     def audio_seconds(self) -> float:
-        return self._audio
+        return self._samples / 16000
 
     @property
     def inference_seconds(self) -> float:
@@ -95,9 +95,13 @@ class FakeAsrStream(AsrStream):
             raise AsrError("simulated inference failure")
         seconds = pcm_seconds(pcm)
         self.fed_bytes += len(pcm)
-        self._audio += seconds
+        before = self._samples
+        self._samples += len(pcm) // 2
         self._since_decode += seconds
-        if self._since_decode + 1e-9 < self.tuning.decode_interval:
+        # A decode each time the audio reaches the next multiple of the decode interval,
+        # however the frames were batched into feeds.
+        interval = max(1, round(self.tuning.decode_interval * 16000))
+        if self._samples // interval == before // interval:
             return []
         return await self._decode(final=False)
 
@@ -128,7 +132,8 @@ class FakeAsrStream(AsrStream):
         self._inference += time.perf_counter() - started
         self.decodes += 1
         spw = backend.seconds_per_word
-        heard = int((self._audio + (spw / 2 if final else 0.0)) // spw)
+        word = max(1, round(spw * 16000))  # samples per word, exact
+        heard = (self._samples + (word // 2 if final else 0)) // word
         updates: list[AsrUpdate] = []
         per_final = backend.words_per_final
         while heard - self._committed >= per_final or (final and heard > self._committed):
@@ -147,7 +152,7 @@ class FakeAsrStream(AsrStream):
         if len(self.decode_log) < _MAX_LOG:
             self.decode_log.append(
                 DecodeRecord(
-                    audio_seconds=self._audio,
+                    audio_seconds=self.audio_seconds,
                     beam_size=self.tuning.beam_size,
                     final_beam_size=self.tuning.final_beam_size,
                     decode_interval=self.tuning.decode_interval,
