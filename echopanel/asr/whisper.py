@@ -385,9 +385,8 @@ class WhisperStream(AsrStream):
             return policy.feed(audio)
         policy.final_runner = self._runner
         updates = self._collect()
-        updates += policy.settle(wait=False)
         updates += policy.feed(audio, partials=False)
-        updates += policy.settle(wait=False)  # an early final the endpoint just confirmed
+        updates += policy.settle(wait=False)  # a final done by now (an early one included)
         if policy.final_pending:
             self._drop_partial()  # of the utterance that just ended
         elif (
@@ -396,13 +395,18 @@ class WhisperStream(AsrStream):
             and policy.begin_early_final(self.early_final) is not None
         ):
             self._drop_partial()  # the final is being decoded: this partial comes too late
-        elif self._inflight is None and not self._closed:
-            job = policy.begin_partial()
-            if job is not None:
-                self._start(job)
+        else:
+            self._start_partial()
         return updates
 
-    def _start(self, job: PartialJob) -> None:
+    def _start_partial(self) -> None:
+        """Start the partial decode due now, unless one is in flight or a final pending."""
+        policy = self._policy
+        if self._inflight is not None or self._closed or policy.final_pending:
+            return
+        job = policy.begin_partial()
+        if job is None:
+            return
         inflight = _InFlight(job)
 
         def work() -> None:
@@ -476,12 +480,8 @@ class WhisperStream(AsrStream):
         return updates
 
     def _poll_blocking(self) -> list[AsrUpdate]:
-        policy = self._policy
-        updates = self._collect() + policy.settle(wait=False)
-        if not policy.final_pending and self._inflight is None and not self._closed:
-            job = policy.begin_partial()  # the cadence may be due after a final
-            if job is not None:
-                self._start(job)
+        updates = self._collect() + self._policy.settle(wait=False)
+        self._start_partial()  # the cadence may be due after a final
         return updates
 
     def _drop_partial(self) -> None:

@@ -18,15 +18,15 @@ import numpy.typing as npt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from echopanel.asr.policy import DecodedSegment, FinalJob, StreamingPolicy
+from echopanel.asr.policy import DecodedSegment, FinalJob, PartialJob, StreamingPolicy
 from echopanel.ports import AsrFinalUpdate, AsrUpdate
 
 from .test_policy import (
-    VOCAB,
     ScriptedDecoder,
     finals,
     make,
     partials,
+    phrase,
     run,
     silence,
     utterance,
@@ -85,9 +85,6 @@ def beside(policy: StreamingPolicy, audio: npt.NDArray[np.float32], chunk: int,
     return out + policy.flush()
 
 
-phrase = st.lists(st.sampled_from(VOCAB), min_size=1, max_size=5, unique=True)  # no loops
-
-
 @settings(max_examples=30, deadline=None)
 @given(
     phrases=st.lists(phrase, min_size=1, max_size=4),
@@ -143,14 +140,21 @@ def test_the_stream_goes_on_while_a_final_decodes_and_waits_for_it_at_the_next_e
     assert decoder.prefixes[-1] == "alpha bravo"
 
 
-def test_a_partial_job_applies_while_audio_keeps_coming() -> None:
-    policy = make()
-    speech = utterance(["alpha", "bravo", "charlie"])
+def last_partial_job(policy: StreamingPolicy, speech: npt.NDArray[np.float32]) -> PartialJob:
+    """Feed ``speech`` without decoding; the last partial job that came due."""
     job = None
     for i in range(0, len(speech), 800):
         policy.feed(speech[i : i + 800], partials=False)
-        job = policy.begin_partial() or job  # the last one due
-    assert job is not None and len(job.audio) <= len(speech)
+        job = policy.begin_partial() or job
+    assert job is not None
+    return job
+
+
+def test_a_partial_job_applies_while_audio_keeps_coming() -> None:
+    policy = make()
+    speech = utterance(["alpha", "bravo", "charlie"])
+    job = last_partial_job(policy, speech)
+    assert len(job.audio) <= len(speech)
     policy.decode_partial(job)
     policy.feed(utterance(["delta", "echo"]), partials=False)  # more audio meanwhile
     shown = partials(policy.finish_partial(job))
@@ -160,12 +164,7 @@ def test_a_partial_job_applies_while_audio_keeps_coming() -> None:
 
 def test_a_partial_overtaken_by_an_endpoint_is_dropped() -> None:
     policy = make()
-    speech = utterance(["alpha", "bravo", "charlie"])
-    job = None
-    for i in range(0, len(speech), 800):
-        policy.feed(speech[i : i + 800], partials=False)
-        job = policy.begin_partial() or job
-    assert job is not None
+    job = last_partial_job(policy, utterance(["alpha", "bravo", "charlie"]))
     policy.decode_partial(job)
     out = policy.feed(silence(1.0), partials=False)  # the endpoint: the final, inline
     assert [f.text for f in finals(out)] == ["alpha bravo charlie"]
