@@ -105,8 +105,15 @@ def engine_model_class() -> Any:
     class EngineWhisperModel(WhisperModel):  # type: ignore[misc]
         encode_frames: int | None = None
         engine_job: _Job | None = None
+        #: A window after the first is decoded only when at least this many mel frames of
+        #: audio are left in it (0: always, as faster-whisper does).
+        min_tail_frames: int = 0
+        windows: int = 0
 
         def encode(self, features: Any) -> Any:
+            self.windows += 1
+            if self.windows > 1 and _content_frames(features) < self.min_tail_frames:
+                raise _TailSkipped
             if self.encode_frames is not None:
                 features = features[..., : self.encode_frames]
             job = self.engine_job
@@ -117,6 +124,21 @@ def engine_model_class() -> Any:
             return job.call("encode", np.ascontiguousarray(features, dtype=np.float32))
 
     return EngineWhisperModel
+
+
+class _TailSkipped(Exception):
+    """Raised inside faster-whisper's window loop: the decode ends after its windows so far."""
+
+
+def _content_frames(features: Any) -> int:
+    """Mel frames of audio in a window that faster-whisper padded to 30 s with zero columns.
+
+    (A column of log-mel features is never all zero: that needs every mel band at exactly
+    1e-4 of the loudest band's power.)
+    """
+    array = np.asarray(features)
+    columns = np.flatnonzero(np.any(array.reshape(-1, array.shape[-1]) != 0, axis=0))
+    return int(columns[-1]) + 1 if len(columns) else 0
 
 
 @attrs.define(eq=False)
@@ -250,11 +272,16 @@ class DecodeEngine:
         frames: int,
         stale_since: float | None = None,
         options: Mapping[str, Any],
+        min_tail: float = 0.0,
     ) -> tuple[list[Any], float]:
         """Decode ``audio`` as ``WhisperModel.transcribe(audio, **options)`` would.
 
         Blocks until done. Returns the segments and the seconds attributed to this decode.
         ``frames`` is the encoder window this request needs (the round may pad it).
+
+        ``min_tail``: faster-whisper decodes the audio left after the first window's last
+        word as another window; with ``min_tail`` > 0 such a window is decoded only when at
+        least that many seconds of audio are left (see ``WhisperDecoder``).
         """
         group = tuple(
             sorted((k, _freeze(v)) for k, v in options.items() if k not in _PER_REQUEST_OPTIONS)
@@ -282,13 +309,22 @@ class DecodeEngine:
         view.model = _ModelProxy(job, self._ct2)
         view.encode_frames = job.frames
         view.engine_job = job
+        view.min_tail_frames = round(min_tail * 100)
+        view.windows = 0
         started = time.thread_time()
+        out: list[Any] = []
+        skipped = False
         try:
             segments, _info = view.transcribe(audio, **options)
-            out = list(segments)
+            try:
+                for segment in segments:
+                    out.append(segment)
+            except _TailSkipped:
+                skipped = True  # the segments of the windows decoded so far are the result
         finally:
             own = time.thread_time() - started
             with self._cond:
+                self.stats.tails_skipped += skipped
                 job.finished = True
                 self.stats.decodes_total += 1
                 self.stats.decodes.add(self._clock())

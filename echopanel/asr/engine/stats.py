@@ -95,4 +95,6 @@ class EngineStats:
     #: rounds of finals run between two steps of a round of partials.
     preemptions: int = 0
     batches_total: int = 0
+    #: decodes that ended before a window holding under ``min_tail`` s of audio.
+    tails_skipped: int = 0
     busy_seconds: float = 0.0

@@ -196,6 +196,64 @@ def test_windows_of_different_lengths_are_padded_to_the_round(model: Any, engine
     assert "fellow Americans" in texts[0] and "country" in texts[1]
 
 
+def test_a_short_tail_after_the_first_window_is_not_decoded(model: Any, engine: Any) -> None:
+    """faster-whisper decodes what is left after the first window's last word as one more
+    window; with ``min_tail`` that happens only for at least that much audio. Buffers that
+    end in a short silence (like a final's) leave such a tail on some cuts: there the engine
+    returns the first window's segments and skips the rest."""
+    jfk = load(DATA / "jfk.flac")
+    options = {**OPTIONS, "beam_size": 5}
+    found = 0
+    for cut in (4.5, 6.0, 7.0, 8.0):
+        for silence in (0.25, 0.5):
+            audio = np.concatenate([jfk[: int(cut * 16000)], np.zeros(int(silence * 16000))])
+            audio = audio.astype(np.float32)
+            model.windows = 0
+            want = reference(model, audio, 1000, **options)
+            if model.windows < 2:
+                continue  # one window: nothing to skip
+            found += 1
+            skipped_before = engine.stats.tails_skipped
+            got, _ = engine.transcribe(
+                audio, stream="s", final=True, frames=1000, options=options, min_tail=1.0
+            )
+            assert engine.stats.tails_skipped == skipped_before + 1
+            assert_same(got, want[: len(got)])  # the first window's segments, unchanged
+            every, _ = engine.transcribe(
+                audio, stream="s", final=True, frames=1000, options=options
+            )
+            assert_same(every, want)  # min_tail 0: every window, as faster-whisper does
+            assert engine.stats.tails_skipped == skipped_before + 1
+    if not found:
+        pytest.skip("no cut left a tail window on this CPU")
+
+
+def test_a_long_tail_is_still_decoded(model: Any, engine: Any) -> None:
+    """Speech the first window did not get to is more than ``min_tail``: decoded. (A 10 s
+    encoder window over 22 s of speech leaves 12 s for the next window.)"""
+    jfk = load(DATA / "jfk.flac")
+    audio = np.concatenate([jfk, jfk])
+    model.windows = 0
+    want = reference(model, audio, 1000, **OPTIONS)
+    assert model.windows >= 2
+    skipped_before = engine.stats.tails_skipped
+    got, _ = engine.transcribe(
+        audio, stream="s", final=True, frames=1000, options=OPTIONS, min_tail=1.0
+    )
+    assert_same(got, want)
+    assert "country" in "".join(s.text for s in got).split("fellow")[-1]
+    assert engine.stats.tails_skipped == skipped_before
+
+
+def test_content_frames_counts_up_to_the_zero_padding() -> None:
+    features = np.zeros((80, 3000), dtype=np.float32)
+    assert executor._content_frames(features) == 0
+    features[:, :137] = -0.5
+    features[3, 136] = 0.0  # a zero inside a real column is not padding
+    assert executor._content_frames(features) == 137
+    assert executor._content_frames(features[None]) == 137
+
+
 def test_a_failing_decode_fails_alone_and_the_engine_goes_on(engine: Any) -> None:
     jfk = load(DATA / "jfk.flac")
     with pytest.raises(Exception):  # noqa: B017 - faster-whisper's own validation error
