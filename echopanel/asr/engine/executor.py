@@ -9,14 +9,18 @@ into a *round* (a batch chosen by urgency and length). The admitted caller then 
 faster-whisper's own ``transcribe`` in its own thread, on a per-request view of the model
 whose CTranslate2 calls (``encode``, ``generate``, ``align``) are not executed there but
 handed to the engine. The engine waits until every member of the round is blocked on a
-model call (or done), groups the calls that can run as one batch (same kind, same shapes and
-shared options) and runs each group as a single CTranslate2 call, then hands each member its
-share of the result. So a batched decode takes exactly faster-whisper's path (prompting,
-temperature fallback, seek windows, word alignment and its timing heuristics); only the
-model calls are batched:
+model call (or done), takes the calls of the earliest step (encode, then generate, then
+align), groups those that can run as one batch (same kind, same shapes and shared options)
+and runs each group as a single CTranslate2 call, then hands each member its share of the
+result. Finals that come due while a round of finals has not reached its decoder step join
+it; finals that come due during a round of partials run first, between its model calls.
+So a batched decode takes exactly faster-whisper's path (prompting, temperature fallback,
+seek windows, word alignment and its timing heuristics); only the model calls are batched:
 
-* ``encode``: the members' mel windows are stacked (every member of a round encodes the
-  round's padded window: ``Batch.frames``).
+* ``encode``: one call per member (batching the encoder costs more per item on CPU, see
+  :meth:`DecodeEngine._encode`), every member on the round's padded window
+  (``Batch.frames``). faster-whisper's later windows (the audio left after the first
+  window's last word) run only when a request's ``min_tail`` allows.
 * ``generate``: the members' prompts and encoder outputs go in one call; ``max_length`` is the
   largest member's, and a member that could have been cut by its own smaller limit is
   re-run alone with its own limit (exact result).
@@ -34,6 +38,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
+from functools import partial
 from typing import Any
 
 import attrs
@@ -41,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from echopanel.asr.engine.scheduler import (
+    Batch,
     DecodeRequest,
     DecodeScheduler,
     SchedulerConfig,
@@ -377,15 +383,15 @@ class DecodeEngine:
                 self._cond.wait_for(lambda: self._closed or len(self.scheduler) > 0)
                 if self._closed:
                     return
-                jobs = self._admit(urgent_only=False)
-                if not jobs:  # lingering: until the deadline or the next submission
+                batch, jobs = self._admit(urgent_only=False)
+                if batch is None:  # lingering: until the deadline or the next submission
                     deadline = self.scheduler.deadline
                     wait = 0.01 if deadline is None else deadline - self._clock()
                     self._cond.wait(timeout=max(0.001, wait))
                     continue
             started = time.perf_counter()
             try:
-                self._round(jobs, nested=False)
+                self._round(batch, jobs, nested=False)
             except Exception:  # never lose the engine thread
                 log.exception("decode engine round failed")
             elapsed = time.perf_counter() - started
@@ -396,15 +402,18 @@ class DecodeEngine:
                 self.stats.busy.add(self._clock(), elapsed)
                 self.scheduler.round_done(self._clock())
 
-    def _admit(self, *, urgent_only: bool) -> list[_Job]:
+    def _admit(self, *, urgent_only: bool) -> tuple[Batch | None, list[_Job]]:
         """Take the scheduler's next batch and let its members start (under the lock)."""
         now = self._clock()
         batch = self.scheduler.next_batch(now, urgent_only=urgent_only)
         if batch is None:
-            return []
-        jobs = [self._jobs.pop(i) for i in batch.ids]
-        self.stats.batch_size.observe(len(jobs))
+            return None, []
         self.stats.batches_total += 1
+        return batch, self._start(batch, now)
+
+    def _start(self, batch: Batch, now: float) -> list[_Job]:
+        """Let the members of ``batch`` start their decodes (under the lock)."""
+        jobs = [self._jobs.pop(i) for i in batch.ids]
         for job in jobs:
             self.stats.queue_wait.observe(now - job.request.submitted)
             self.stats.finals_total += job.request.final
@@ -412,36 +421,67 @@ class DecodeEngine:
             job.admitted.set()
         return jobs
 
-    def _round(self, jobs: list[_Job], *, nested: bool) -> None:
+    def _round(self, batch: Batch, jobs: list[_Job], *, nested: bool) -> None:
         """Run the model calls of the admitted members until every member is done.
 
-        Between two steps of a round of partials, finals that arrived meanwhile run as a
-        round of their own first (the partials' members just wait a little longer), so a
-        final waits for at most one batched call of partials, not for their whole round.
+        The members' calls run step by step, the earliest step first (encode, generate,
+        align), so members that joined late catch up and share the later calls.
+
+        * A round of partials lets finals in: between two of its steps, and between two
+          members' encoder calls, finals that arrived meanwhile run as a round of their own
+          (the partials just wait a little longer), so a final waits for at most one model
+          call of partials, not for their whole round.
+        * A round of finals takes in finals that come due before its decoder step
+          (:meth:`DecodeScheduler.joiners`): they share its decoder and alignment calls.
         """
+        decoded = False  # a decoder (generate) step of this round has run
         while True:
-            if not nested:
+            if not nested and not batch.urgent:
+                self._let_finals_in()
+            elif not nested and not decoded:
                 with self._cond:
-                    urgent = self._admit(urgent_only=True)
-                if urgent:
-                    self.stats.preemptions += 1
-                    self._round(urgent, nested=True)
+                    joined = self.scheduler.joiners(batch, self._clock())
+                    if joined is not None:
+                        jobs = jobs + self._start(joined, self._clock())
+                        batch = attrs.evolve(batch, requests=batch.requests + joined.requests)
+                        self.stats.joined += len(joined.requests)
             with self._cond:
-                self._cond.wait_for(
-                    lambda: all(j.finished or j.call_pending is not None for j in jobs)
-                )
+                self._cond.wait_for(partial(_all_pending, jobs))
                 waiting = [j for j in jobs if not j.finished]
                 if not waiting:
+                    if not decoded:
+                        self.stats.batch_size.observe(len(jobs))
                     return
-                calls = [(j, j.call_pending) for j in waiting]
+                calls: list[tuple[_Job, _Call]] = []
                 for j in waiting:
+                    assert j.call_pending is not None
+                    calls.append((j, j.call_pending))
+                step = min(_step(c.kind) for _, c in calls)
+                calls = [(j, c) for j, c in calls if _step(c.kind) == step]
+                for j, _ in calls:
                     j.call_pending = None
+                if not decoded and step >= _step("generate"):
+                    # the batch's size is known once its decoder step starts (no more joiners)
+                    self.stats.batch_size.observe(len(jobs))
             groups: dict[tuple[str, Hashable], list[tuple[_Job, _Call]]] = {}
             for job, call in calls:
-                assert call is not None
                 groups.setdefault((call.kind, call.key), []).append((job, call))
             for (kind, _key), members in groups.items():
-                self._execute(kind, members)
+                if kind == "encode" and not nested and not batch.urgent:
+                    for member in members:  # one encoder call per member anyway
+                        self._execute(kind, [member])
+                        self._let_finals_in()
+                else:
+                    self._execute(kind, members)
+                decoded = decoded or kind == "generate"
+
+    def _let_finals_in(self) -> None:
+        """Run the finals waiting now as a round of their own (inside a round of partials)."""
+        with self._cond:
+            batch, urgent = self._admit(urgent_only=True)
+        if batch is not None:
+            self.stats.preemptions += 1
+            self._round(batch, urgent, nested=True)
 
     def _execute(self, kind: str, members: list[tuple[_Job, _Call]]) -> None:
         started = time.perf_counter()
@@ -541,6 +581,19 @@ class DecodeEngine:
     def _direct(self, call: _Call) -> Any:
         method = getattr(self._ct2, call.kind)
         return method(self._storage([call.args[0]]), *call.args[1:], **call.kwargs)
+
+
+def _all_pending(jobs: list[_Job]) -> bool:
+    """Whether every member of a round is done or waits with its next model call."""
+    return all(j.finished or j.call_pending is not None for j in jobs)
+
+
+_STEPS = ("encode", "detect_language", "generate", "align")
+
+
+def _step(kind: str) -> int:
+    """The order in which a round runs its members' pending model calls."""
+    return _STEPS.index(kind) if kind in _STEPS else len(_STEPS)
 
 
 def _call_key(kind: str, args: tuple[Any, ...], kwargs: dict[str, Any], sot: int) -> Hashable:

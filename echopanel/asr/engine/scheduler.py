@@ -25,6 +25,10 @@ It owns no thread and reads no clock, so its rules are tested by driving time as
   Under load requests accumulate while a batch runs, so batches grow by themselves, and each
   stream's partial cadence stretches (its next partial decode waits for its turn, stalest
   first) before any stream's final is delayed.
+* **Joining.** A final that comes due while a batch of finals has not reached its decoder
+  step joins it (:meth:`DecodeScheduler.joiners`: same group, no longer than the batch's
+  padded window, within the batch limits), so finals that come due together share one
+  decoder call instead of waiting a whole round each.
 * **Lingering a little.** Work conserving alone keeps streams out of phase: while one
   stream's decode runs the next one's request arrives and runs alone after it, and so on.
   So right after a round (:meth:`DecodeScheduler.round_done`), when only partials wait and
@@ -207,6 +211,41 @@ class DecodeScheduler:
         for req in members:
             del self._waiting[req.id]
         return Batch(requests=tuple(members), frames=hi, urgent=tier)
+
+    def joiners(self, running: Batch, now: float) -> Batch | None:
+        """Remove and return the urgent requests that join ``running``, an urgent batch
+        whose decoder step has not run yet; None when none can.
+
+        Finals of several streams often come due a few tens of milliseconds apart (a
+        meeting's speakers pause together, or a client sends in bursts): the later ones join
+        the batch in progress and share its decoder call instead of waiting for the whole
+        round. A joiner is urgent, in ``running``'s group, no longer than its padded window
+        (and within ``max_pad_frames`` of it), and the batch stays within ``max_batch`` and
+        ``max_batch_frames``; its ``frames`` is ``running.frames``.
+        """
+        if not running.urgent or not running.requests:
+            return None
+        cfg = self.config
+        group = running.requests[0].group
+        count = len(running.requests)
+        members: list[DecodeRequest] = []
+        for req in self.ordered(now):
+            if count + len(members) >= cfg.max_batch:
+                break
+            if not self.urgent(req, now):
+                break  # the rest are partials
+            if req.group != group or req.frames > running.frames:
+                continue
+            if running.frames - req.frames > cfg.max_pad_frames:
+                continue
+            if (count + len(members) + 1) * running.frames > cfg.max_batch_frames:
+                break
+            members.append(req)
+        if not members:
+            return None
+        for req in members:
+            del self._waiting[req.id]
+        return Batch(requests=tuple(members), frames=running.frames, urgent=True)
 
     def extend(self, requests: Iterable[DecodeRequest]) -> None:
         """Submit several requests in order."""

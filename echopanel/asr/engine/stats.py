@@ -94,6 +94,8 @@ class EngineStats:
     finals_total: int = 0
     #: rounds of finals run between two steps of a round of partials.
     preemptions: int = 0
+    #: finals that joined a round of finals before its decoder step.
+    joined: int = 0
     batches_total: int = 0
     #: decodes that ended before a window holding under ``min_tail`` s of audio.
     tails_skipped: int = 0

@@ -437,3 +437,37 @@ def test_a_final_arriving_mid_round_runs_between_its_steps(model: Any, engine: A
     if snap["preemptions"]:
         assert order.index("final") < len(order) - 1  # it overtook the round
     assert snap["finals_total"] == 1
+
+
+def test_a_final_coming_due_during_a_round_of_finals_joins_it(model: Any, engine: Any) -> None:
+    """A second final submitted while the first one's round is still encoding shares its
+    decoder call (one round, two members); both results stay exact."""
+    jfk = load(DATA / "jfk.flac")
+    long_audio = np.concatenate([jfk, jfk, jfk[: 16000 * 7]])  # a 30 s window: a slow encode
+    beam5 = {**OPTIONS, "beam_size": 5}
+    expected = {
+        "a": reference(model, long_audio, 3000, **beam5),
+        "b": reference(model, jfk, 3000, **beam5),
+    }
+    results: dict[str, Any] = {}
+
+    def run(name: str, audio: Any) -> None:
+        results[name] = engine.transcribe(
+            audio, stream=name, final=True, frames=3000, options=beam5
+        )
+
+    first = threading.Thread(target=run, args=("a", long_audio))
+    first.start()
+    for _ in range(500):  # until the first final's round has started
+        if engine.snapshot()["batches_total"] >= 1:
+            break
+        threading.Event().wait(0.005)
+    second = threading.Thread(target=run, args=("b", jfk))
+    second.start()
+    for t in (first, second):
+        t.join(timeout=300)
+    for name, want in expected.items():
+        assert_same(results[name][0], want)
+    snap = engine.snapshot()
+    assert engine.stats.joined == 1
+    assert snap["batches_total"] == 1 and snap["batch_size"].total == 2

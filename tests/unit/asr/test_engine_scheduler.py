@@ -294,3 +294,60 @@ def test_streams_served_together_are_waited_for_briefly() -> None:
     s.submit(attrs.evolve(req(6, final=True, at=0.91), stream="s2"))
     final = s.next_batch(0.91)  # finals never linger
     assert final is not None and final.ids == (6,)
+
+
+def test_finals_coming_due_together_join_the_batch_in_progress() -> None:
+    s = DecodeScheduler(SchedulerConfig(max_batch=3, max_pad_frames=300))
+    s.submit(req(1, final=True, frames=1000, at=0.0))
+    running = s.next_batch(0.0)
+    assert running is not None and running.ids == (1,)
+    s.submit(req(2, at=0.01))  # a partial never joins
+    s.submit(req(3, final=True, frames=1200, at=0.02))  # longer than the running window
+    s.submit(req(4, final=True, frames=800, at=0.03))
+    s.submit(req(5, final=True, frames=600, at=0.04))  # padded by 400 > 300
+    s.submit(attrs.evolve(req(6, final=True, frames=1000, at=0.05), group="other"))
+    s.submit(req(7, final=True, frames=1000, at=0.06))
+    s.submit(req(8, final=True, frames=1000, at=0.07))  # max_batch reached
+    joined = s.joiners(running, 0.1)
+    assert joined is not None and joined.ids == (4, 7) and joined.frames == 1000
+    assert joined.urgent
+    assert {r.id for r in s.waiting} == {2, 3, 5, 6, 8}
+    full = Batch(requests=running.requests + joined.requests, frames=1000, urgent=True)
+    assert s.joiners(full, 0.1) is None
+    partials = s.next_batch(0.2)
+    assert (
+        partials is not None
+        and s.joiners(Batch(requests=(req(9),), frames=1000, urgent=False), 0.2) is None
+    )
+
+
+@given(config=configs, events=arrivals, now=st.floats(0.0, 30.0))
+def test_joiners_keep_the_batch_within_its_limits(
+    config: SchedulerConfig, events: list[tuple[float, bool, int, str, float]], now: float
+) -> None:
+    s = DecodeScheduler(config)
+    at = 0.0
+    for i, (gap, final, frames, group, _stale) in enumerate(events):
+        at += gap
+        s.submit(attrs.evolve(req(i, final=final, frames=frames, at=at), group=group))
+    running = s.next_batch(now, urgent_only=True)
+    if running is None:
+        return
+    waiting = list(s.waiting)
+    joined = s.joiners(running, now)
+    if joined is None:
+        return
+    members = running.requests + joined.requests
+    assert len(members) <= config.max_batch
+    assert all(s.urgent(r, now) for r in joined.requests)
+    assert {r.group for r in members} == {running.requests[0].group}
+    assert joined.frames == running.frames
+    assert all(
+        running.frames - config.max_pad_frames <= r.frames <= running.frames
+        for r in joined.requests
+    )
+    assert len(members) * running.frames <= max(
+        config.max_batch_frames, len(running.requests) * running.frames
+    )
+    assert {r.id for r in joined.requests} <= {r.id for r in waiting}
+    assert not {r.id for r in joined.requests} & {r.id for r in s.waiting}
