@@ -262,3 +262,44 @@ def test_no_early_final_without_a_runner_or_before_enough_silence() -> None:
     policy.final_runner = LaterRunner()
     assert policy.begin_early_final(0.45) is None  # only 0.4 s of silence so far
     assert policy.begin_early_final(0.25) is not None
+
+
+@attrs.define
+class RecordingDecoder(ScriptedDecoder):
+    """The scripted decoder, keeping the audio of every decode."""
+
+    audios: list[npt.NDArray[np.float32]] = attrs.Factory(list)
+
+    def decode(
+        self, audio: npt.NDArray[np.float32], *, prompt: str, beam_size: int, prefix: str = ""
+    ) -> Sequence[DecodedSegment]:
+        self.audios.append(np.asarray(audio))
+        return super().decode(audio, prompt=prompt, beam_size=beam_size, prefix=prefix)
+
+
+def test_an_early_final_hears_as_much_trailing_silence_as_the_endpoint() -> None:
+    """tiny.en's words change with the silence that ends the audio: the early decode repeats
+    the silence heard so far, so it decodes as long an audio as the endpoint's final would."""
+    inline_decoder = ScriptedDecoder()
+    inline = make(inline_decoder)
+    audio = np.concatenate([utterance(["alpha", "bravo", "charlie"]), silence(1.0)])
+    run(inline, audio, chunk=800)
+    (inline_final,) = [c for c in inline_decoder.calls if c[2] > 1]
+
+    decoder = RecordingDecoder()
+    policy = make(decoder)
+    runner = LaterRunner()
+    policy.final_runner = runner
+    run(policy, utterance(["alpha", "bravo", "charlie"]), chunk=800)
+    run(policy, silence(0.3), chunk=800)
+    job = policy.begin_early_final(0.25)
+    assert job is not None
+    runner.run_now()
+    early_audio = decoder.audios[-1]
+    assert decoder.calls[-1][0] == inline_final[0]  # as long as the endpoint's final decode
+    pad = len(early_audio) - job.end
+    assert pad > 0
+    assert not np.any(np.abs(early_audio[-pad:]) > 0.05)  # silence, repeated
+    assert decoder.calls[-1][0] > job.end / 16000
+    out = run(policy, silence(0.7), chunk=800) + policy.settle(wait=False)
+    assert [f.text for f in finals(out)] == ["alpha bravo charlie"]
