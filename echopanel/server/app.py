@@ -87,11 +87,7 @@ async def _load_asr(state: ServerState) -> None:
     try:
         if not state.asr.ready:
             await state.asr.load()
-        log.info(
-            "ASR ready: %s (model: %s)",
-            dict(state.asr.describe()),
-            getattr(getattr(state.asr, "inner", state.asr), "model_path", None) or "built in",
-        )
+        log.info("ASR ready: %s", dict(state.asr.describe()))
     except AsrError as exc:
         state.asr_error = _ASR_LOAD_FAILED
         state.asr_error_detail = exc.message
