@@ -27,10 +27,12 @@ unit tests and against Whisper + Silero in production (``echopanel.asr.whisper``
 * **Finals.** A VAD endpoint (``endpoint_silence`` seconds of silence after speech) decodes
   the buffer once more (with the wider ``final_beam_size``; the buffer holds the whole
   utterance since the last final, committed words included) and turns it into an
-  :class:`~echopanel.ports.AsrFinalUpdate`; the buffer is trimmed. When the buffer would
-  exceed ``max_buffer`` seconds, the committed words become a final and the buffer is trimmed
-  to the end of the last committed word, so never more than ``max_buffer`` seconds are
-  re-decoded. ``flush()`` (end of stream) turns everything pending into finals.
+  :class:`~echopanel.ports.AsrFinalUpdate`; the buffer is trimmed. When the buffer nears
+  ``max_buffer`` seconds, the next decode is a final's (wider beam, context, retries) and
+  its words up to the last committed word become a final -- back to the last sentence end
+  among them, if that keeps a third of the buffer -- and the buffer is trimmed there, so
+  never more than ``max_buffer`` seconds are re-decoded. ``flush()`` (end of stream) turns
+  everything pending into finals.
 * **Context of a final.** An utterance cut at a short pause ("my best qualities | if I have
   any...") decoded alone loses what offline decoding hears before it ("Hi best quantities").
   So when the last final ended at most ``context_gap`` seconds before the buffer, the final
@@ -222,7 +224,8 @@ def break_repetitions(
     """Cut repetition loops: an n-gram (n ≤ 30) repeated back to back more than ``max_repeats``
     times keeps only its first ``max_repeats`` occurrences; a phrase of ``phrase_words`` or
     more words repeated back to back keeps one ("no, no" is speech; "I am sure I can sleep.
-    I am sure I can sleep." is tiny.en looping over a pause)."""
+    I am sure I can sleep." is tiny.en looping over a pause), and so does a phrase of twice
+    as many words repeated after one word ("X. And X.")."""
     out = list(words)
     keys = [normalize_word(w.text) for w in out]
     i = 0
@@ -239,6 +242,13 @@ def break_repetitions(
             if reps > keep:
                 del out[i + keep * n : i + reps * n]
                 del keys[i + keep * n : i + reps * n]
+                cut = True
+                break
+            if n >= 2 * phrase_words and keys[i + n + 1 : i + 2 * n + 1] == gram:
+                # A long phrase again after one word: "... probably good. Thanks. And
+                # here's a long pause ... probably good. Thanks." (a context decode, live).
+                del out[i + n : i + 2 * n + 1]
+                del keys[i + n : i + 2 * n + 1]
                 cut = True
                 break
         if not cut:
@@ -337,6 +347,13 @@ class PartialJob:
     beam_size: int
     epoch: int
     segments: Sequence[DecodedSegment] | None = None
+    #: Near the buffer limit: a copy of the policy that decodes the buffer as a final
+    #: (``final_beam_size``, the last final's context, the final's retries), and the
+    #: guarded words it heard, which :meth:`StreamingPolicy.finish_partial` cuts the
+    #: limit's final from.
+    limit: StreamingPolicy | None = None
+    words: list[Word] | None = None
+    decodes_before: int = 0
 
 
 @attrs.define(eq=False)
@@ -470,23 +487,43 @@ class StreamingPolicy:
             end = (len(self._probs) - weak) * self._frame if weak else len(self._buffer)
             self._trim_to_preroll(end)
             return None
-        self.decodes += 1
-        return PartialJob(
+        job = PartialJob(
             audio=self._buffer,
             prompt=self._prompt(),
             beam_size=self.config.beam_size,
             epoch=self._epoch,
         )
+        if self._limit_near():
+            job.limit, job.decodes_before = self._fork(), self.decodes
+        else:
+            self.decodes += 1
+        return job
+
+    def _limit_near(self) -> bool:
+        """Whether the next decode makes the buffer limit's final: the buffer is at most
+        two decode intervals from ``max_buffer`` (not under half of it)."""
+        cfg = self.config
+        near = max(cfg.max_buffer / 2, cfg.max_buffer - 2 * cfg.decode_interval)
+        return self.buffer_seconds >= near
 
     def decode_partial(self, job: PartialJob) -> None:
-        """Run ``job``'s decode (any thread: reads only the job and the decoder)."""
+        """Run ``job``'s decode (any thread: reads only the job, its copy of the policy and
+        the decoder)."""
+        if job.limit is not None:
+            job.words = job.limit._final_hypothesis(len(job.audio))
+            return
         job.segments = self._decoder.decode(job.audio, prompt=job.prompt, beam_size=job.beam_size)
 
     def finish_partial(self, job: PartialJob) -> list[AsrUpdate]:
         """Apply a decoded partial job: LocalAgreement commits, the partial, and the buffer
         limit's final. A job from before the last cut of the buffer is dropped (its words
         belong to an utterance already final)."""
-        if job.segments is None or job.epoch != self._epoch:
+        if job.epoch != self._epoch:
+            return []
+        if job.limit is not None and job.words is not None:
+            self.decodes += job.limit.decodes - job.decodes_before
+            return self._decode_step(job.words, limit=True)
+        if job.segments is None:
             return []
         return self._decode_step(self._guarded(job.segments))
 
@@ -536,6 +573,12 @@ class StreamingPolicy:
             or self._silence_run * self._frame < silence * SAMPLE_RATE
             or self._silence_run >= self._frames(self.config.endpoint_silence)
         ):
+            return None
+        run = self._probs[self._vad_pos - self._silence_run : self._vad_pos]
+        if float(np.mean(run)) >= self._weak_threshold():
+            # Frames under the gate that average weak speech: a hoarse voice going on, not
+            # yet the endpoint's silence (whose decode would hear that voice repeated as
+            # silence: "So I'm going to do it. So" for "uh and", live).
             return None
         end = self._vad_pos * self._frame
         state = self._fork()
@@ -956,20 +999,64 @@ class StreamingPolicy:
                 return tail[n:]
         return tail
 
-    def _decode_step(self, hyp: list[Word]) -> list[AsrUpdate]:
+    def _decode_step(self, hyp: list[Word], *, limit: bool = False) -> list[AsrUpdate]:
+        """LocalAgreement over ``hyp``, the partial, and the buffer limit's final: cut from
+        ``hyp`` when it is the final-quality decode of a ``limit`` job, else (a partial
+        decode that found the buffer full) from the committed words."""
         tail = self._merge_tail(hyp)
         n = _common_prefix(self._tentative, tail)
         self._committed += tail[:n]
         self._tentative = tail[n:]
         updates: list[AsrUpdate] = []
-        limit = self.config.max_buffer - self.config.decode_interval
-        if self.buffer_seconds >= limit:
+        if limit:
+            updates += self._buffer_limit(hyp)
+        elif self.buffer_seconds >= self.config.max_buffer:
             updates += self._buffer_limit()
         updates += self._partial()
         return updates
 
-    def _buffer_limit(self) -> list[AsrUpdate]:
-        """Final of the committed words; trim the buffer to the end of the last one."""
+    def _limit_cut(self, hyp: Sequence[Word]) -> int:
+        """How many words of ``hyp`` (a final-quality decode of the full buffer) the buffer
+        limit's final takes: those ending by the last committed word (what two decodes
+        agreed on; without one, all but the last second), back to the last sentence end
+        among them when that keeps at least ``max_buffer / 3`` seconds (the rest is decoded
+        again with what follows it, not cut mid-sentence)."""
+        end = (self._buffer_start + len(self._buffer)) / SAMPLE_RATE
+        agreed = self._committed[-1].end if self._committed else end - 1.0
+        n = 0
+        while n < len(hyp) and hyp[n].end <= agreed + 0.05:
+            n += 1
+        floor = self._buffer_start / SAMPLE_RATE + self.config.max_buffer / 3
+        for i in range(n, 0, -1):
+            if hyp[i - 1].end < floor:
+                break
+            if hyp[i - 1].text.rstrip().endswith((".", "?", "!")):
+                return i
+        return n
+
+    def _buffer_limit(self, hyp: Sequence[Word] | None = None) -> list[AsrUpdate]:
+        """The buffer limit's final; trim the buffer to the end of its last word.
+
+        With ``hyp``, a final-quality decode of the buffer (see :meth:`_limit_cut`): greedy
+        partials agree on words that beam search with context gets right ("The Pacific
+        crayfish however serves every purpose" came out of two agreeing partials as "The
+        Pacific The Pacific many contend"). Without it (or when it has no word before the
+        cut), the committed words."""
+        n = self._limit_cut(hyp) if hyp else 0
+        if hyp and n:
+            words, rest = list(hyp[:n]), list(hyp[n:])
+            self._committed, self._tentative = [], rest
+            updates = self._finalize(words)
+            cut = int(words[-1].end * SAMPLE_RATE)
+            if rest and rest[0].start > words[-1].end:
+                cut = int(
+                    min((words[-1].end + rest[0].start) / 2, words[-1].end + 0.2) * SAMPLE_RATE
+                )
+            cut -= self._buffer_start
+            self._keep_context(words if updates else [], max(0, min(cut, len(self._buffer))))
+            self._drop(cut)
+            self._last_partial = ""
+            return updates
         words = self._committed or self._tentative
         if not words:
             self._trim_to_preroll(len(self._buffer))

@@ -82,6 +82,10 @@ class ScriptedDecoder:
     cut_beam: int | None = None
     # A separate segment appended to every hypothesis (times relative to the audio).
     ghost: tuple[Word, ...] = ()
+    # Greedy decodes (beam 1) misread these words, the same way every time.
+    greedy_as: dict[str, str] = attrs.Factory(dict)
+    # Beam decodes end a sentence after these words ("foxtrot.").
+    sentence_after: frozenset[str] = frozenset()
     calls: list[tuple[float, str, int]] = attrs.Factory(list)
     prefixes: list[str] = attrs.Factory(list)
 
@@ -104,6 +108,10 @@ class ScriptedDecoder:
             text = VOCAB[idx] if 0 <= idx < len(VOCAB) else "noise"
             if j == len(audio):
                 text = f"{text}{len(self.calls)}"  # unstable: differs every decode
+            elif beam_size == 1:
+                text = self.greedy_as.get(text, text)
+            elif text in self.sentence_after:
+                text += "."
             words.append(
                 Word(text=f" {text}", start=i / SAMPLE_RATE, end=j / SAMPLE_RATE, probability=0.9)
             )
@@ -218,11 +226,34 @@ def test_local_agreement_commits_only_words_two_hypotheses_agree_on() -> None:
     assert spoken == words
 
 
+def test_the_buffer_limit_final_is_a_beam_decode_cut_at_a_sentence_end() -> None:
+    # Greedy partials misread "charlie" as "bravo" every time, so LocalAgreement commits
+    # "bravo bravo"; the limit's final comes from a final-quality decode of the buffer
+    # (beam), which reads it right, and ends at the last sentence end it confirmed.
+    words = [VOCAB[i % 9] for i in range(40)]  # 20 s of speech that never pauses
+    decoder = ScriptedDecoder(greedy_as={"charlie": "bravo"}, sentence_after=frozenset({"foxtrot"}))
+    policy = make(decoder, max_buffer=6.0)
+    updates = run(policy, utterance(words))
+    at_limit = finals(updates)
+    assert len(at_limit) >= 2
+    assert all(f.text.endswith("foxtrot.") for f in at_limit), [f.text for f in at_limit]
+    assert all(" bravo bravo" not in f.text for f in at_limit)
+    assert any(p.text.count("bravo bravo") for p in partials(updates)), "greedy misreads"
+    updates += policy.flush()
+    spoken = normalize_word(" ".join(f.text for f in finals(updates))).split()
+    assert spoken == words
+
+
 def test_buffer_limit_bounds_the_decoded_audio() -> None:
     decoder = ScriptedDecoder()
     policy = make(decoder, max_buffer=5.0)
     run(policy, utterance([VOCAB[i % 9] for i in range(40)]))
-    assert max(seconds for seconds, _, _ in decoder.calls) <= 5.0 + 0.1
+    # A decode with a prefix hears the last final's context (at most context_seconds)
+    # before the buffer; the buffer itself never exceeds the limit.
+    context = policy.config.context_seconds
+    for (seconds, _, _), prefix in zip(decoder.calls, decoder.prefixes, strict=True):
+        assert seconds <= 5.0 + 0.1 + (context if prefix else 0.0)
+    assert any(prefix for prefix in decoder.prefixes), "limit finals decode with context"
 
 
 def test_endpoints_split_utterances_with_monotonic_times_and_unique_ids() -> None:
@@ -457,6 +488,10 @@ def test_repetition_loops_are_broken() -> None:
     assert out("I am sure I can sleep. I am sure I can sleep.") == "I am sure I can sleep."
     assert out("one two three") == "one two three"
     assert out("no no no") == "no no"
+    # A long phrase again after one word ("X. And X.", a context decode live, issue 8).
+    loop = "here's a long pause. And I think this is probably good. Thanks."
+    assert out(f"{loop} And {loop}") == loop
+    assert out("I think so and I think so") == "I think so and I think so"  # short: speech
 
 
 def test_normalize_word() -> None:

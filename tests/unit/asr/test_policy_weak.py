@@ -31,6 +31,7 @@ from .test_policy import (
     silence,
     utterance,
 )
+from .test_policy_beside import LaterRunner
 
 SPEECH_END = 6 * (WORD_S + GAP_S) - GAP_S  # end of a 6-word utterance
 
@@ -248,3 +249,17 @@ def test_a_long_weak_stretch_ends_the_utterance_anyway() -> None:
         waited += 0.02
     assert [f.text for f in finals(updates)] == [" ".join(WORDS)]
     assert waited <= policy.config.weak_max_silence + GAP_S + 0.05
+
+
+@pytest.mark.parametrize(("floor", "early"), [(0.15, False), (0.0, True)])
+def test_no_early_final_while_the_frames_under_the_gate_average_weak_speech(
+    floor: float, early: bool
+) -> None:
+    # The cold corpus speaker live: an early final started after 0.25 s of frames under the
+    # gate that were the hoarse voice going on (mean 0.14 against a weak threshold of 0.10).
+    # Its decode heard that voice repeated as the endpoint's silence and came back as "So
+    # I'm going to do it. So" for "uh and". Quiet frames still start one.
+    policy = make(ScoredVad(dict.fromkeys(WORDS, 0.4), floor=floor))
+    policy.final_runner = LaterRunner()
+    run(policy, np.concatenate([utterance(WORDS), silence(0.3)]), chunk=800)
+    assert (policy.begin_early_final(0.25) is not None) is early
