@@ -357,11 +357,8 @@ class WhisperStream(AsrStream):
     #: False: partial decodes run inline in ``feed`` (replays that must not depend on timing).
     background: bool = True
     #: Seconds of silence after speech at which a final's decode starts before its endpoint
-    #: (``endpoint_silence`` later); 0 turns it off. See
-    #: :meth:`StreamingPolicy.begin_early_final`. Under load too: with 8 jfk sessions the
-    #: final's decode starting 0.25 s sooner took end of audio → final p50 from 1.2-1.5 s
-    #: to 0.8 s, and 16 sessions kept up (16/16 against 11-16/16) on no more CPU
-    #: (docs/benchmarks.md, session 6): a round of finals is most of a final's latency.
+    #: (``endpoint_silence`` later), when the engine has time to spare (not stretching
+    #: partials); 0 turns it off. See :meth:`StreamingPolicy.begin_early_final`.
     early_final: float = 0.25
 
     def __init__(self, policy: StreamingPolicy, decoder: WhisperDecoder, vad: SileroVad) -> None:
@@ -412,6 +409,7 @@ class WhisperStream(AsrStream):
             self._drop_partial()  # of the utterance that just ended
         elif (
             self.early_final
+            and self._decoder.partial_stretch() <= 1.0
             and policy.begin_early_final(self.early_final) is not None
         ):
             self._drop_partial()  # the final is being decoded: this partial comes too late
