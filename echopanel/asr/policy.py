@@ -563,7 +563,8 @@ class StreamingPolicy:
         outstanding). If the endpoint then comes at the earliest moment (no speech frame
         and no weak speech delaying it), that decode *is* the final: the user gets it
         ``endpoint_silence - silence`` seconds sooner. Speech before the endpoint drops it
-        (a wasted decode: callers start one only when the engine has time to spare)."""
+        (a wasted decode: callers start one only when the engine has time to spare).
+        Frames under the gate that average the speaker's weak speech start none."""
         if (
             self.final_runner is None
             or self._pending is not None
