@@ -353,7 +353,6 @@ class PartialJob:
     #: limit's final from.
     limit: StreamingPolicy | None = None
     words: list[Word] | None = None
-    decodes_before: int = 0
 
 
 @attrs.define(eq=False)
@@ -494,7 +493,8 @@ class StreamingPolicy:
             epoch=self._epoch,
         )
         if self._limit_near():
-            job.limit, job.decodes_before = self._fork(), self.decodes
+            job.limit = self._fork()
+            job.limit.decodes = 0  # its decodes are added to this policy's when applied
         else:
             self.decodes += 1
         return job
@@ -521,7 +521,7 @@ class StreamingPolicy:
         if job.epoch != self._epoch:
             return []
         if job.limit is not None and job.words is not None:
-            self.decodes += job.limit.decodes - job.decodes_before
+            self.decodes += job.limit.decodes
             return self._decode_step(job.words, limit=True)
         if job.segments is None:
             return []
@@ -1044,29 +1044,23 @@ class StreamingPolicy:
         Pacific The Pacific many contend"). Without it (or when it has no word before the
         cut), the committed words."""
         n = self._limit_cut(hyp) if hyp else 0
+        end: float | None = None  # the cut, in seconds
         if hyp and n:
-            words, rest = list(hyp[:n]), list(hyp[n:])
-            self._committed, self._tentative = [], rest
-            updates = self._finalize(words)
-            cut = int(words[-1].end * SAMPLE_RATE)
-            if rest and rest[0].start > words[-1].end:
-                cut = int(
-                    min((words[-1].end + rest[0].start) / 2, words[-1].end + 0.2) * SAMPLE_RATE
-                )
-            cut -= self._buffer_start
-            self._keep_context(words if updates else [], max(0, min(cut, len(self._buffer))))
-            self._drop(cut)
-            self._last_partial = ""
-            return updates
-        words = self._committed or self._tentative
-        if not words:
-            self._trim_to_preroll(len(self._buffer))
-            return []
-        if not self._committed:
-            self._tentative = []
+            words, self._tentative = list(hyp[:n]), list(hyp[n:])
+            end = words[-1].end
+            if self._tentative and self._tentative[0].start > end:
+                # halfway into the gap before the next word (at most 0.2 s past this one)
+                end = min((end + self._tentative[0].start) / 2, end + 0.2)
+        else:
+            words = self._committed or self._tentative
+            if not words:
+                self._trim_to_preroll(len(self._buffer))
+                return []
+            if not self._committed:
+                self._tentative = []
         self._committed = []
         updates = self._finalize(words)
-        cut = int(words[-1].end * SAMPLE_RATE) - self._buffer_start
+        cut = int((words[-1].end if end is None else end) * SAMPLE_RATE) - self._buffer_start
         self._keep_context(words if updates else [], max(0, min(cut, len(self._buffer))))
         self._drop(cut)
         self._last_partial = ""
