@@ -380,11 +380,14 @@ class FinalJob:
 
 class FinalRunner(Protocol):
     """Runs :meth:`FinalJob.run` elsewhere (a thread): ``start`` begins it, ``wait`` blocks
-    until it has returned."""
+    until it has returned, ``drop`` says its result is not wanted (an early final overtaken
+    by speech: the runner may abandon the decode it still waits for)."""
 
     def start(self, job: FinalJob) -> None: ...
 
     def wait(self, job: FinalJob) -> None: ...
+
+    def drop(self, job: FinalJob) -> None: ...
 
 
 class StreamingPolicy:
@@ -686,7 +689,10 @@ class StreamingPolicy:
             self._vad_pos += 1
             if p >= cfg.vad_threshold:
                 self._in_speech = True
-                self._early = None  # speech again: an early final is of no use
+                if self._early is not None:  # speech again: the early final is of no use
+                    if self.final_runner is not None:
+                        self.final_runner.drop(self._early[0])
+                    self._early = None
                 self._speech_frames += 1
                 self._speech_sum += p
                 self._silence_run = 0

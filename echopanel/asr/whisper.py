@@ -172,7 +172,12 @@ class WhisperDecoder:
     def drop_waiting_partials(self) -> int:
         """Drop this stream's partial decodes still waiting in the engine (their callers get
         :class:`~echopanel.asr.engine.executor.DecodeCancelled`); the stream goes on."""
-        return int(self._shared.engine.cancel_stream(self._stream, partials_only=True))
+        return int(self._shared.engine.cancel_stream(self._stream, final=False))
+
+    def drop_waiting_final(self) -> int:
+        """Drop this stream's final decode still waiting in the engine (an early final that
+        speech overtook: its caller gets ``DecodeCancelled``); the stream goes on."""
+        return int(self._shared.engine.cancel_stream(self._stream, final=True))
 
     def cancel(self) -> None:
         """The stream is gone: drop its waiting decode, refuse further ones."""
@@ -308,9 +313,10 @@ class _ThreadRunner:
     """Runs a final's decode in a thread of its own (one outstanding final per stream);
     ``done`` is called in that thread when it ends."""
 
-    def __init__(self, done: Any) -> None:
+    def __init__(self, done: Any, abandon: Any) -> None:
         self._threads: dict[int, threading.Thread] = {}
         self._done = done
+        self._abandon = abandon  # drops the stream's final decode waiting in the engine
 
     def start(self, job: FinalJob) -> None:
         def work() -> None:
@@ -327,6 +333,13 @@ class _ThreadRunner:
         thread = self._threads.pop(id(job), None)
         if thread is not None:
             thread.join()
+
+    def drop(self, job: FinalJob) -> None:
+        """An early final overtaken by speech: its decode, if it still waits for the engine,
+        is abandoned (the thread ends with ``DecodeCancelled``, never read). The stream has
+        no other final outstanding then (one final at a time), so only this one goes."""
+        if not job.done:
+            self._abandon()
 
 
 @attrs.define(eq=False)
@@ -372,7 +385,7 @@ class WhisperStream(AsrStream):
         self._base_interval = policy.config.decode_interval
         self._showing_partial = False  # the current utterance already has a partial
         self._inflight: _InFlight | None = None
-        self._runner = _ThreadRunner(self._signal)
+        self._runner = _ThreadRunner(self._signal, decoder.drop_waiting_final)
         self._ready: anyio.Event | None = None  # set when a decode beside the stream ends
         self._token: Any = None  # the event loop's, to set _ready from the decode threads
         if isinstance(policy, _EnginePolicy):

@@ -347,14 +347,16 @@ class DecodeEngine:
             raise call.error
         return call.result
 
-    def cancel_stream(self, stream: str, *, partials_only: bool = False) -> int:
-        """Drop the waiting decodes of ``stream`` (it went away; with ``partials_only`` only
-        its partials: a final overtook them); they raise :class:`DecodeCancelled` in their
-        callers. Returns how many were dropped."""
+    def cancel_stream(self, stream: str, *, final: bool | None = None) -> int:
+        """Drop the waiting decodes of ``stream`` (it went away), or with ``final`` only
+        those whose ``final`` flag is that (False: its partials, a final overtook them;
+        True: its early final, speech overtook it); they raise :class:`DecodeCancelled` in
+        their callers. A decode already admitted to a round runs to its end. Returns how
+        many were dropped."""
         dropped = 0
         with self._cond:
             for job in list(self._jobs.values()):
-                if partials_only and job.request.final:
+                if final is not None and job.request.final != final:
                     continue
                 if job.request.stream == stream and self.scheduler.cancel(job.request.id):
                     del self._jobs[job.request.id]

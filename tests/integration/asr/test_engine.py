@@ -401,6 +401,46 @@ def test_cancel_stream_fails_only_that_streams_waiting_decode(model: Any) -> Non
         eng.close()
 
 
+def test_cancel_stream_can_drop_only_its_final_or_only_its_partials(model: Any) -> None:
+    """An early final overtaken by speech is dropped alone: the stream's partial stays."""
+    eng = executor.DecodeEngine(model)
+    held = threading.Event()
+    next_batch = eng.scheduler.next_batch
+    eng.scheduler.next_batch = lambda now, **kw: None if held.is_set() else next_batch(now, **kw)  # type: ignore[method-assign]
+    held.set()  # nothing is admitted: both requests stay waiting
+    try:
+        jfk = load(DATA / "jfk.flac")
+        results: dict[bool, Any] = {}
+
+        def run(final: bool) -> None:
+            try:
+                results[final] = eng.transcribe(
+                    jfk, stream="c", final=final, frames=1300, options=OPTIONS
+                )
+            except BaseException as exc:
+                results[final] = exc
+
+        threads = [threading.Thread(target=run, args=(f,)) for f in (False, True)]
+        for t in threads:
+            t.start()
+        for _ in range(500):
+            if len(eng.scheduler) == 2:
+                break
+            threading.Event().wait(0.01)
+        assert len(eng.scheduler) == 2
+        assert eng.cancel_stream("c", final=True) == 1
+        threads[1].join(timeout=10)
+        assert isinstance(results[True], executor.DecodeCancelled)
+        assert len(eng.scheduler) == 1 and False not in results  # the partial still waits
+        held.clear()
+        threads[0].join(timeout=120)
+        segments, _ = results[False]
+        assert "country" in " ".join(s.text for s in segments)
+        assert eng.cancel_stream("c", final=False) == 0  # nothing waits any more
+    finally:
+        eng.close()
+
+
 def test_a_final_arriving_mid_round_runs_between_its_steps(model: Any, engine: Any) -> None:
     """Finals do not wait for a whole round of partials; both stay exact."""
     audios = clips()[:4]

@@ -40,6 +40,7 @@ class LaterRunner:
         self.pending: list[FinalJob] = []
         self.started = 0
         self.waited = 0
+        self.dropped: list[FinalJob] = []
 
     def start(self, job: FinalJob) -> None:
         self.started += 1
@@ -49,6 +50,10 @@ class LaterRunner:
         self.waited += 1
         assert job in self.pending, "waited for a job that was never started"
         self.run_now()
+
+    def drop(self, job: FinalJob) -> None:
+        assert job in self.pending or job.done, "dropped a job that was never started"
+        self.dropped.append(job)
 
     def run_now(self) -> None:
         jobs, self.pending = self.pending, []
@@ -234,6 +239,7 @@ def test_an_early_final_is_the_final_when_the_endpoint_follows() -> None:
     assert [f.text for f in finals(out)] == ["alpha bravo charlie"]
     assert runner.started == 1  # the endpoint took the early decode: no second final decode
     assert [c for c in decoder.calls if c[2] > 1] == beams
+    assert runner.dropped == []
 
 
 def test_speech_after_an_early_final_drops_it() -> None:
@@ -253,6 +259,28 @@ def test_speech_after_an_early_final_drops_it() -> None:
     out += policy.settle(wait=False)
     assert [f.text for f in finals(out)] == ["alpha bravo charlie"]
     assert early.updates and early not in runner.pending  # decoded, never delivered
+    assert runner.dropped == [early]  # the runner was told at the first speech frame
+
+
+def test_an_early_final_dropped_before_its_decode_ran_is_never_delivered() -> None:
+    """The runner is told at once, so a decode still waiting for the model can be abandoned
+    (under load it would otherwise run as a final ahead of every partial)."""
+    decoder = ScriptedDecoder()
+    policy = make(decoder)
+    runner = LaterRunner()
+    policy.final_runner = runner
+    run(policy, utterance(["alpha", "bravo"]), chunk=800)
+    run(policy, silence(0.3), chunk=800)
+    early = policy.begin_early_final(0.25)
+    assert early is not None
+    run(policy, utterance(["charlie"]), chunk=800)  # before the early decode ran
+    assert runner.dropped == [early] and not early.done
+    runner.pending.remove(early)  # abandoned by the runner: it never runs
+    out = run(policy, silence(0.8), chunk=800)
+    runner.run_now()
+    out += policy.settle(wait=False)
+    assert [f.text for f in finals(out)] == ["alpha bravo charlie"]
+    assert not early.done
 
 
 def test_no_early_final_without_a_runner_or_before_enough_silence() -> None:
