@@ -432,6 +432,7 @@ class StreamingPolicy:
         # A final decoding beside the policy before its endpoint, and the utterance's
         # speech frames when it was taken (see begin_early_final).
         self._early: tuple[FinalJob, int] | None = None
+        self._heard = False  # the current utterance had a partial decode
         self.decodes = 0
 
     # ------------------------------------------------------------------ public
@@ -479,7 +480,12 @@ class StreamingPolicy:
         None. The buffer is never changed in place, so the job's audio stays valid while
         the policy goes on (see :class:`PartialJob`)."""
         interval = int(self.config.decode_interval * SAMPLE_RATE)
-        if self._since_decode < interval or self._pending is not None or self._early is not None:
+        if self._pending is not None or self._early is not None:
+            return None
+        # The utterance's first decode comes as soon as it has ``min_speech``, not at the
+        # next tick of the cadence (up to ``decode_interval`` later).
+        first = not self._heard and self._has_speech()
+        if self._since_decode < interval and not first:
             return None
         self._since_decode = 0
         if not self._has_speech():
@@ -489,6 +495,7 @@ class StreamingPolicy:
             end = (len(self._probs) - weak) * self._frame if weak else len(self._buffer)
             self._trim_to_preroll(end)
             return None
+        self._heard = True
         job = PartialJob(
             audio=self._buffer,
             prompt=self._prompt(),
@@ -566,8 +573,8 @@ class StreamingPolicy:
         outstanding). If the endpoint then comes at the earliest moment (no speech frame
         and no weak speech delaying it), that decode *is* the final: the user gets it
         ``endpoint_silence - silence`` seconds sooner. Speech before the endpoint drops it
-        (a wasted decode: callers start one only when the engine has time to spare).
-        Frames under the gate that average the speaker's weak speech start none."""
+        (a wasted decode, withdrawn from the engine if it still waits there), and frames
+        under the gate that average the speaker's weak speech start none."""
         if (
             self.final_runner is None
             or self._pending is not None
@@ -1133,6 +1140,7 @@ class StreamingPolicy:
 
     def _reset_utterance(self) -> None:
         self._epoch += 1
+        self._heard = False
         self._early = None
         if self._speech_frames:
             self._level = self._speech_sum / self._speech_frames

@@ -370,8 +370,14 @@ class WhisperStream(AsrStream):
     #: False: partial decodes run inline in ``feed`` (replays that must not depend on timing).
     background: bool = True
     #: Seconds of silence after speech at which a final's decode starts before its endpoint
-    #: (``endpoint_silence`` later), when the engine has time to spare (not stretching
-    #: partials); 0 turns it off. See :meth:`StreamingPolicy.begin_early_final`.
+    #: (``endpoint_silence`` later); 0 turns it off. See
+    #: :meth:`StreamingPolicy.begin_early_final`. Under load too: with 8 jfk sessions the
+    #: final's decode starting 0.25 s sooner took end of audio → final p50 from 1.1-1.5 s
+    #: to 0.75-0.93 s on no more CPU (a round of finals is most of a final's latency). An
+    #: early final that speech overtakes is withdrawn from the engine while it still waits
+    #: there, so it no longer crowds out the partials of a loaded engine (natural speech, 4
+    #: sessions at once: onset → partial p90 5.4 s before that, 1.9 s after; see
+    #: docs/benchmarks.md, session 7).
     early_final: float = 0.25
 
     def __init__(self, policy: StreamingPolicy, decoder: WhisperDecoder, vad: SileroVad) -> None:
@@ -422,7 +428,6 @@ class WhisperStream(AsrStream):
             self._drop_partial()  # of the utterance that just ended
         elif (
             self.early_final
-            and self._decoder.partial_stretch() <= 1.0
             and policy.begin_early_final(self.early_final) is not None
         ):
             self._drop_partial()  # the final is being decoded: this partial comes too late

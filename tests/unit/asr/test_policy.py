@@ -244,6 +244,24 @@ def test_the_buffer_limit_final_is_a_beam_decode_cut_at_a_sentence_end() -> None
     assert spoken == words
 
 
+def test_the_first_partial_decode_comes_once_the_utterance_has_min_speech() -> None:
+    # Not at the cadence's next tick, up to decode_interval later (issue 9's first partial).
+    decoder = ScriptedDecoder()
+    policy = make(decoder, decode_interval=0.5, min_speech=0.25)
+    run(policy, silence(1.0), chunk=160)  # the gate's last tick at 1.0 s
+    speech = np.concatenate([utterance(["alpha", "bravo", "charlie", "delta"]), silence(1)])
+    fed, first = 0, None
+    while fed < len(speech):
+        policy.feed(speech[fed : fed + 160])
+        fed += 160
+        if decoder.calls and first is None:
+            first = fed / SAMPLE_RATE
+    assert first is not None and first <= 0.25 + 0.02
+    greedy = [seconds for seconds, _, beam in decoder.calls if beam == 1]
+    assert len(greedy) >= 3
+    assert all(b - a == pytest.approx(0.5) for a, b in itertools.pairwise(greedy))  # cadence
+
+
 def test_buffer_limit_bounds_the_decoded_audio() -> None:
     decoder = ScriptedDecoder()
     policy = make(decoder, max_buffer=5.0)
