@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import attrs
 import numpy as np
 import numpy.typing as npt
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -242,7 +243,11 @@ def test_an_early_final_is_the_final_when_the_endpoint_follows() -> None:
     assert runner.dropped == []
 
 
-def test_speech_after_an_early_final_drops_it() -> None:
+@pytest.mark.parametrize("decoded_first", [True, False])
+def test_speech_after_an_early_final_drops_it(decoded_first: bool) -> None:
+    """The runner is told at the first speech frame, so a decode still waiting for the model
+    can be abandoned (under load it would otherwise run as a final ahead of every partial);
+    a dropped early final is never delivered, decoded or not."""
     decoder = ScriptedDecoder()
     policy = make(decoder)
     runner = LaterRunner()
@@ -251,36 +256,19 @@ def test_speech_after_an_early_final_drops_it() -> None:
     run(policy, silence(0.3), chunk=800)
     early = policy.begin_early_final(0.25)
     assert early is not None
-    runner.run_now()
+    if decoded_first:
+        runner.run_now()
     run(policy, utterance(["charlie"]), chunk=800)  # the speaker goes on
+    assert runner.dropped == [early]
+    if not decoded_first:
+        runner.pending.remove(early)  # abandoned by the runner: it never runs
     out = run(policy, silence(0.8), chunk=800)
     assert runner.started == 2  # the endpoint decoded the whole utterance again
     runner.run_now()
     out += policy.settle(wait=False)
     assert [f.text for f in finals(out)] == ["alpha bravo charlie"]
-    assert early.updates and early not in runner.pending  # decoded, never delivered
-    assert runner.dropped == [early]  # the runner was told at the first speech frame
-
-
-def test_an_early_final_dropped_before_its_decode_ran_is_never_delivered() -> None:
-    """The runner is told at once, so a decode still waiting for the model can be abandoned
-    (under load it would otherwise run as a final ahead of every partial)."""
-    decoder = ScriptedDecoder()
-    policy = make(decoder)
-    runner = LaterRunner()
-    policy.final_runner = runner
-    run(policy, utterance(["alpha", "bravo"]), chunk=800)
-    run(policy, silence(0.3), chunk=800)
-    early = policy.begin_early_final(0.25)
-    assert early is not None
-    run(policy, utterance(["charlie"]), chunk=800)  # before the early decode ran
-    assert runner.dropped == [early] and not early.done
-    runner.pending.remove(early)  # abandoned by the runner: it never runs
-    out = run(policy, silence(0.8), chunk=800)
-    runner.run_now()
-    out += policy.settle(wait=False)
-    assert [f.text for f in finals(out)] == ["alpha bravo charlie"]
-    assert not early.done
+    assert early not in runner.pending and early.done is decoded_first  # never delivered
+    assert bool(early.updates) is decoded_first
 
 
 def test_no_early_final_without_a_runner_or_before_enough_silence() -> None:
