@@ -426,10 +426,7 @@ class WhisperStream(AsrStream):
         updates += policy.settle(wait=False)  # a final done by now (an early one included)
         if policy.final_pending:
             self._drop_partial()  # of the utterance that just ended
-        elif (
-            self.early_final
-            and policy.begin_early_final(self.early_final) is not None
-        ):
+        elif self.early_final and policy.begin_early_final(self.early_final) is not None:
             self._drop_partial()  # the final is being decoded: this partial comes too late
         else:
             self._start_partial()
