@@ -364,7 +364,6 @@ class FinalJob:
 
     state: StreamingPolicy
     end: int
-    decodes_before: int
     updates: list[AsrUpdate] = attrs.Factory(list)
     error: BaseException | None = None
     done: bool = False
@@ -503,8 +502,7 @@ class StreamingPolicy:
             epoch=self._epoch,
         )
         if self._limit_near():
-            job.limit = self._fork()
-            job.limit.decodes = 0  # its decodes are added to this policy's when applied
+            job.limit = self._fork()  # its decodes are added to this policy's when applied
         else:
             self.decodes += 1
         return job
@@ -564,7 +562,7 @@ class StreamingPolicy:
         self._final_text = done._final_text
         self._last_t1 = done._last_t1
         self._finals = done._finals
-        self.decodes += done.decodes - job.decodes_before
+        self.decodes += done.decodes
         return job.updates
 
     def begin_early_final(self, silence: float) -> FinalJob | None:
@@ -601,7 +599,7 @@ class StreamingPolicy:
         quiet = self._buffer[end - min(missing, (self._silence_run - 1) * self._frame) : end]
         if missing > 0 and quiet.size:
             state._tail_silence = np.resize(quiet, missing)
-        job = FinalJob(state=state, end=end, decodes_before=self.decodes)
+        job = FinalJob(state=state, end=end)
         self._early = (job, self._speech_frames)
         self.final_runner.start(job)
         return job
@@ -611,15 +609,17 @@ class StreamingPolicy:
         if self.final_runner is None:
             return self._endpoint(end)
         updates = self.settle()  # the previous final first: it is this one's context
-        early, self._early = self._early, None
+        early = self._early
         if (
             early is not None
             and early[1] == self._speech_frames
             and self._silence_run == self._frames(self.config.endpoint_silence)
         ):
+            self._early = None
             job = early[0]  # the endpoint came as soon as it could: nothing was said since
         else:
-            job = FinalJob(state=self._fork(), end=end, decodes_before=self.decodes)
+            self._drop_early()  # (weak speech delayed the endpoint: it decoded too little)
+            job = FinalJob(state=self._fork(), end=end)
             self.final_runner.start(job)
         self._reset_utterance()
         self._since_decode = 0
@@ -627,8 +627,17 @@ class StreamingPolicy:
         self._pending = job
         return updates
 
+    def _drop_early(self) -> None:
+        """Forget the early final, if any, and tell the runner (its decode, if it still
+        waits for the model, is withdrawn): it will never be the final. Must come before
+        the next final's job starts (the runner withdraws the stream's waiting final)."""
+        if self._early is not None and self.final_runner is not None:
+            self.final_runner.drop(self._early[0])
+        self._early = None
+
     def _fork(self) -> StreamingPolicy:
-        """A copy that a final's decode may change in another thread."""
+        """A copy that a final's decode may change in another thread (its decodes counted
+        from zero: whoever applies its result adds them)."""
         state = copy.copy(self)
         state._probs = list(self._probs)
         state._committed = list(self._committed)
@@ -637,12 +646,13 @@ class StreamingPolicy:
         state.final_runner = None
         state._pending = None
         state._early = None
+        state.decodes = 0
         return state
 
     def flush(self) -> list[AsrUpdate]:
         """End of stream: everything pending becomes finals; the policy is reset."""
         pending = self.settle()
-        self._early = None  # the last utterance is made final here, inline
+        self._drop_early()  # the last utterance is made final here, inline
         rest = len(self._buffer) - len(self._probs) * self._frame
         if rest:
             pad = np.zeros(self._frame - rest, dtype=np.float32)
@@ -696,10 +706,7 @@ class StreamingPolicy:
             self._vad_pos += 1
             if p >= cfg.vad_threshold:
                 self._in_speech = True
-                if self._early is not None:  # speech again: the early final is of no use
-                    if self.final_runner is not None:
-                        self.final_runner.drop(self._early[0])
-                    self._early = None
+                self._drop_early()  # speech again: the early final is of no use
                 self._speech_frames += 1
                 self._speech_sum += p
                 self._silence_run = 0

@@ -271,6 +271,21 @@ def test_speech_after_an_early_final_drops_it(decoded_first: bool) -> None:
     assert bool(early.updates) is decoded_first
 
 
+def test_an_early_final_the_stream_ends_before_its_endpoint_is_dropped() -> None:
+    # Flushed 0.3 s into the silence: the last utterance is made final inline, so the early
+    # decode (still waiting, under load) is withdrawn instead of running for nothing.
+    decoder = ScriptedDecoder()
+    policy = make(decoder)
+    runner = LaterRunner()
+    policy.final_runner = runner
+    run(policy, np.concatenate([utterance(["alpha", "bravo"]), silence(0.3)]), chunk=800)
+    early = policy.begin_early_final(0.25)
+    assert early is not None
+    out = policy.flush()
+    assert runner.dropped == [early]
+    assert [f.text for f in finals(out)] == ["alpha bravo"]
+
+
 def test_no_early_final_without_a_runner_or_before_enough_silence() -> None:
     policy = make()
     run(policy, np.concatenate([utterance(["alpha", "bravo"]), silence(0.3)]), chunk=800)
