@@ -175,6 +175,9 @@ class PolicyConfig:
     emit_partials: bool = True
     max_buffer: float = attrs.field(default=15.0, validator=attrs.validators.gt(1.0))
     endpoint_silence: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    short_words: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    short_speech: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
+    short_endpoint_silence: float = attrs.field(default=1.2, validator=attrs.validators.gt(0))
     vad_threshold: float = attrs.field(default=0.3, validator=attrs.validators.ge(0))
     vad_neg_threshold: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
     min_speech: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
@@ -432,6 +435,8 @@ class StreamingPolicy:
         # speech frames when it was taken (see begin_early_final).
         self._early: tuple[FinalJob, int] | None = None
         self._heard = False  # the current utterance had a partial decode
+        self._deferred: tuple[int, int] | None = None  # an endpoint held open (_advance_vad)
+        self._endpoint_run = 0  # the silence run at the last endpoint's end
         self.decodes = 0
 
     # ------------------------------------------------------------------ public
@@ -613,7 +618,7 @@ class StreamingPolicy:
         if (
             early is not None
             and early[1] == self._speech_frames
-            and self._silence_run == self._frames(self.config.endpoint_silence)
+            and self._endpoint_run == self._frames(self.config.endpoint_silence)
         ):
             self._early = None
             job = early[0]  # the endpoint came as soon as it could: nothing was said since
@@ -697,9 +702,18 @@ class StreamingPolicy:
         hoarse voice scores 0.1-0.3 on Silero for whole words ("this is the" of a speaker
         with a cold), silence and noise average far below ``weak_threshold``. A weak run
         longer than ``weak_max_silence`` ends the utterance anyway (babble, music).
+
+        A fragment (:meth:`_short`: "My best qualities", "But she said.", "What else did
+        then?") is held open until ``short_endpoint_silence``: tiny.en decodes two or three
+        words alone badly ("Quite best qualities." for "my best qualities | if I have any"),
+        and a speaker who pauses after three words usually goes on. If speech comes, the
+        utterance continues; if not, its end is where the ordinary endpoint was, so the
+        final decodes the same audio as before, only later (and its early final, if any,
+        is still the final).
         """
         cfg = self.config
         need = self._frames(cfg.endpoint_silence)
+        short_need = max(need, self._frames(cfg.short_endpoint_silence))
         cap = max(need, self._frames(cfg.weak_max_silence))
         while self._vad_pos < len(self._probs):
             p = self._probs[self._vad_pos]
@@ -710,12 +724,21 @@ class StreamingPolicy:
                 self._speech_frames += 1
                 self._speech_sum += p
                 self._silence_run = 0
+                self._deferred = None
             elif self._in_speech and (p < cfg.vad_neg_threshold or self._silence_run):
                 self._silence_run += 1
                 window = self._probs[max(0, self._vad_pos - need) : self._vad_pos]
                 quiet = float(np.mean(window)) < self._weak_threshold()
-                if self._silence_run >= cap or (self._silence_run >= need and quiet):
+                if self._silence_run >= cap:
+                    self._endpoint_run, self._deferred = self._silence_run, None
                     return self._vad_pos * self._frame
+                if self._silence_run >= need and quiet:
+                    if self._deferred is None:
+                        self._deferred = (self._vad_pos, self._silence_run)
+                    if self._silence_run < short_need and self._short():
+                        continue
+                    (end, self._endpoint_run), self._deferred = self._deferred, None
+                    return end * self._frame
         return None
 
     def _weak_tail(self) -> int:
@@ -740,6 +763,16 @@ class StreamingPolicy:
         if tail <= 0 or (2 * tail < w and max(probs[-tail:], default=0.0) >= cfg.vad_threshold):
             return 0
         return min(tail, self._frames(cfg.weak_keep))
+
+    def _short(self) -> bool:
+        """Whether the utterance so far is a fragment: at most ``short_words`` words heard
+        (none when no partial ran) in under ``short_speech`` seconds of speech frames."""
+        cfg = self.config
+        return (
+            cfg.short_words > 0
+            and len(self._committed) + len(self._tentative) <= cfg.short_words
+            and self._speech_frames * self._frame < cfg.short_speech * SAMPLE_RATE
+        )
 
     def _has_speech(self) -> bool:
         return self._speech_frames * self._frame >= self.config.min_speech * SAMPLE_RATE
@@ -877,10 +910,36 @@ class StreamingPolicy:
             # one." then "And I'm saying a bunch of different words" once more): the
             # utterance is decoded alone instead.
             hyp = self._hypothesis(end, final=True)
-        if not self._truncated(hyp) and not self._shorter(hyp, heard):
-            return hyp
-        retry = self._hypothesis(end, beam_size=1)
-        return retry if len(retry) > len(hyp) else hyp
+        if self._truncated(hyp) or self._shorter(hyp, heard):
+            retry = self._hypothesis(end, beam_size=1)
+            hyp = retry if len(retry) > len(hyp) else hyp
+        return self._resume_skip(hyp, end)
+
+    def _resume_skip(self, words: list[Word], end: int) -> list[Word]:
+        """``words`` of ``buffer[:end]``, with speech the decode skipped decoded again.
+
+        tiny.en sometimes jumps over seconds of speech inside one segment ("The ache of his
+        overstrained eyes, even[21.6 s]": the 8 s between, 16 words, never decoded). A gap
+        between two words that holds at least ``max_word_seconds`` of speech frames is
+        decoded again on its own, from the word before it to ``end``, with the words before
+        it as the prompt; the longer result is kept.
+        """
+        cfg = self.config
+        offset = self._buffer_start / SAMPLE_RATE
+        for i in range(1, len(words)):
+            gap = words[i].start - words[i - 1].end
+            if gap <= cfg.max_word_seconds:
+                continue
+            lo = max(0, int((words[i - 1].end - offset) * SAMPLE_RATE) // self._frame)
+            hi = int((words[i].start - offset) * SAMPLE_RATE) // self._frame
+            speech = sum(p >= cfg.vad_threshold for p in self._probs[lo:hi])
+            if speech * self._frame < cfg.max_word_seconds * SAMPLE_RATE:
+                continue
+            before = words[:i]
+            rest = self._hypothesis(end, final=True, start=min(lo * self._frame, end), said=before)
+            resumed = break_repetitions(before + rest, cfg.max_repeats, cfg.repeat_phrase_words)
+            return resumed if len(resumed) > len(words) else words
+        return words
 
     def _sparse(self, words: Sequence[Word], end: int) -> bool:
         """Whether a final hypothesis of ``buffer[:end]`` has under one word per second of
@@ -913,6 +972,8 @@ class StreamingPolicy:
         final: bool = False,
         beam_size: int | None = None,
         context: _Context | None = None,
+        start: int = 0,
+        said: Sequence[Word] = (),
     ) -> list[Word]:
         """Decode ``buffer[:end]``; guarded words with absolute times.
 
@@ -927,9 +988,15 @@ class StreamingPolicy:
         beam = max(cfg.beam_size, cfg.final_beam_size) if final else cfg.beam_size
         if beam_size is not None:
             beam = beam_size
-        audio = self._buffer[:end]
+        audio = self._buffer[start:end]
         if self._tail_silence is not None:
             audio = np.concatenate([audio, self._tail_silence])
+        if said:  # the words before ``start`` (see _resume_skip)
+            prompt = f"{self._prompt()} {_text(said)}".strip()
+            segments = self._decoder.decode(
+                audio, prompt=prompt[-cfg.prompt_chars :], beam_size=beam
+            )
+            return self._guarded([_shifted(seg, start / SAMPLE_RATE) for seg in segments])
         if context is None:
             segments = self._decoder.decode(audio, prompt=self._prompt(), beam_size=beam)
         else:
@@ -1157,6 +1224,7 @@ class StreamingPolicy:
         self._in_speech = False
         self._speech_frames = 0
         self._silence_run = 0
+        self._deferred = None
         self._last_partial = ""
 
     def _trim_to_preroll(self, end: int) -> None:

@@ -71,6 +71,7 @@ class ScoredVad:
 def make(
     vad: ScoredVad, decoder: ScriptedDecoder | None = None, **config: float
 ) -> StreamingPolicy:
+    config.setdefault("short_words", 0)  # as in test_policy.make
     return StreamingPolicy(decoder or ScriptedDecoder(), vad, PolicyConfig(**config))  # type: ignore[arg-type]
 
 
