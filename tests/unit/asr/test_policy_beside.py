@@ -223,15 +223,24 @@ def test_a_phrase_repeated_after_a_pause_is_kept() -> None:
     assert [f.text for f in out] == ["alpha bravo charlie", "alpha bravo charlie"]
 
 
-def test_an_early_final_is_the_final_when_the_endpoint_follows() -> None:
-    decoder = ScriptedDecoder()
-    policy = make(decoder)
+def start_early_final(
+    policy: StreamingPolicy, words: Sequence[str]
+) -> tuple[LaterRunner, FinalJob]:
+    """Give ``policy`` a :class:`LaterRunner`, feed ``words`` and 0.3 s of silence, and
+    start the early final (after 0.25 s of it); the runner has not run it yet."""
     runner = LaterRunner()
     policy.final_runner = runner
-    run(policy, utterance(["alpha", "bravo", "charlie"]), chunk=800)
+    run(policy, utterance(words), chunk=800)
     run(policy, silence(0.3), chunk=800)  # 0.3 s of the 0.5 s endpoint silence
     job = policy.begin_early_final(0.25)
     assert job is not None and runner.started == 1
+    return runner, job
+
+
+def test_an_early_final_is_the_final_when_the_endpoint_follows() -> None:
+    decoder = ScriptedDecoder()
+    policy = make(decoder)
+    runner, _ = start_early_final(policy, ["alpha", "bravo", "charlie"])
     assert policy.begin_early_final(0.25) is None  # one at a time
     runner.run_now()  # decoded before the endpoint
     beams = [c for c in decoder.calls if c[2] > 1]
@@ -248,14 +257,8 @@ def test_speech_after_an_early_final_drops_it(decoded_first: bool) -> None:
     """The runner is told at the first speech frame, so a decode still waiting for the model
     can be abandoned (under load it would otherwise run as a final ahead of every partial);
     a dropped early final is never delivered, decoded or not."""
-    decoder = ScriptedDecoder()
-    policy = make(decoder)
-    runner = LaterRunner()
-    policy.final_runner = runner
-    run(policy, utterance(["alpha", "bravo"]), chunk=800)
-    run(policy, silence(0.3), chunk=800)
-    early = policy.begin_early_final(0.25)
-    assert early is not None
+    policy = make()
+    runner, early = start_early_final(policy, ["alpha", "bravo"])
     if decoded_first:
         runner.run_now()
     run(policy, utterance(["charlie"]), chunk=800)  # the speaker goes on

@@ -20,7 +20,7 @@ import pytest
 from echopanel.asr.policy import PolicyConfig, StreamingPolicy
 
 from .test_policy import ScriptedDecoder, finals, make, partials, run, silence, utterance
-from .test_policy_beside import LaterRunner
+from .test_policy_beside import start_early_final
 
 DEFAULT = PolicyConfig()
 
@@ -85,12 +85,7 @@ def test_a_long_utterance_without_partials_is_not_a_fragment() -> None:
 def test_a_fragment_early_final_is_still_the_final_when_nobody_goes_on() -> None:
     decoder = ScriptedDecoder()
     policy = fragments_on(decoder)
-    runner = LaterRunner()
-    policy.final_runner = runner
-    run(policy, utterance(["alpha", "bravo"]), chunk=800)
-    run(policy, silence(0.3), chunk=800)
-    job = policy.begin_early_final(0.25)
-    assert job is not None
+    runner, _ = start_early_final(policy, ["alpha", "bravo"])
     runner.run_now()
     beams = [c for c in decoder.calls if c[2] > 1]
     out = run(policy, silence(0.6), chunk=800)  # past the ordinary endpoint: still open
@@ -104,12 +99,7 @@ def test_a_fragment_early_final_is_still_the_final_when_nobody_goes_on() -> None
 
 def test_speech_inside_a_fragment_pause_drops_its_early_final() -> None:
     policy = fragments_on()
-    runner = LaterRunner()
-    policy.final_runner = runner
-    run(policy, utterance(["alpha", "bravo"]), chunk=800)
-    run(policy, silence(0.3), chunk=800)
-    early = policy.begin_early_final(0.25)
-    assert early is not None
+    runner, early = start_early_final(policy, ["alpha", "bravo"])
     run(policy, silence(0.5), chunk=800)  # 0.8 s of silence: held open
     run(policy, utterance(["charlie", "delta", "echo"]), chunk=800)
     assert runner.dropped == [early]
