@@ -729,6 +729,8 @@ class StreamingPolicy:
                 self._silence_run += 1
                 window = self._probs[max(0, self._vad_pos - need) : self._vad_pos]
                 quiet = float(np.mean(window)) < self._weak_threshold()
+                if not quiet:
+                    self._deferred = None  # weak speech: the held fragment goes on
                 if self._silence_run >= cap:
                     self._endpoint_run, self._deferred = self._silence_run, None
                     return self._vad_pos * self._frame
@@ -981,7 +983,9 @@ class StreamingPolicy:
         utterance: a wider beam costs little and cut tiny.en's WER in half on the benchmark).
         With a ``context`` (the end of the previous final) the decoder hears that audio
         first, forced to its known text, so an utterance cut at a short pause is decoded
-        with what was said just before it, as offline decoding would.
+        with what was said just before it, as offline decoding would. With ``said`` (the
+        words before ``start``) only ``buffer[start:end]`` is decoded, those words ending
+        the prompt (:meth:`_resume_skip`).
         """
         cfg = self.config
         self.decodes += 1

@@ -264,3 +264,20 @@ def test_no_early_final_while_the_frames_under_the_gate_average_weak_speech(
     policy.final_runner = LaterRunner()
     run(policy, np.concatenate([utterance(WORDS), silence(0.3)]), chunk=800)
     assert (policy.begin_early_final(0.25) is not None) is early
+
+
+def test_weak_speech_while_a_fragment_is_held_open_belongs_to_it() -> None:
+    # A hoarse voice's fragment held open (test_policy_fragments) and its next words under
+    # the gate: they go on the utterance, as weak speech always does, instead of being cut
+    # off at the point where the fragment's endpoint was first due.
+    vad = ScoredVad({"charlie": 0.15, "delta": 0.15}, clear=0.45)
+    audio = np.concatenate(
+        [
+            utterance(["alpha", "bravo"]),
+            silence(0.6),  # past the 0.5 s endpoint: the fragment is held open
+            utterance(["charlie", "delta"]),
+            silence(2.0),
+        ]
+    )
+    policy = make(vad, short_words=PolicyConfig().short_words)
+    assert [f.text for f in finals(run(policy, audio))] == ["alpha bravo charlie delta"]
