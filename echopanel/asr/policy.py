@@ -732,14 +732,14 @@ class StreamingPolicy:
                 if not quiet:
                     self._deferred = None  # weak speech: the held fragment goes on
                 if self._silence_run >= cap:
-                    self._endpoint_run, self._deferred = self._silence_run, None
+                    self._endpoint_run = self._silence_run
                     return self._vad_pos * self._frame
                 if self._silence_run >= need and quiet:
-                    if self._deferred is None:
-                        self._deferred = (self._vad_pos, self._silence_run)
+                    # (every endpoint resets the utterance, ``_deferred`` with it)
+                    self._deferred = self._deferred or (self._vad_pos, self._silence_run)
                     if self._silence_run < short_need and self._short():
                         continue
-                    (end, self._endpoint_run), self._deferred = self._deferred, None
+                    end, self._endpoint_run = self._deferred
                     return end * self._frame
         return None
 
@@ -840,13 +840,17 @@ class StreamingPolicy:
         lo = max(0, int(start * SAMPLE_RATE) // self._frame)
         return lo, min(len(self._probs), int(end * SAMPLE_RATE) // self._frame + 1)
 
+    def _speech_in(self, lo: int, hi: int) -> float:
+        """Seconds of frames ``lo:hi`` of the buffer at or above the VAD gate."""
+        frames = sum(p >= self.config.vad_threshold for p in self._probs[lo:hi])
+        return frames * self._frame / SAMPLE_RATE
+
     def _mostly_silent(self, words: Sequence[Word]) -> bool:
         """Whether the VAD heard speech in less than half of the span of ``words``."""
         lo, hi = self._span(words)
         if hi <= lo:
             return False
-        speech = sum(p >= self.config.vad_threshold for p in self._probs[lo:hi])
-        return speech < 0.5 * (hi - lo)
+        return self._speech_in(lo, hi) < 0.5 * (hi - lo) * self._frame / SAMPLE_RATE
 
     # ------------------------------------------------------------------ decoding
 
@@ -934,8 +938,7 @@ class StreamingPolicy:
                 continue
             lo = max(0, int((words[i - 1].end - offset) * SAMPLE_RATE) // self._frame)
             hi = int((words[i].start - offset) * SAMPLE_RATE) // self._frame
-            speech = sum(p >= cfg.vad_threshold for p in self._probs[lo:hi])
-            if speech * self._frame < cfg.max_word_seconds * SAMPLE_RATE:
+            if self._speech_in(lo, hi) < cfg.max_word_seconds:
                 continue
             before = words[:i]
             rest = self._hypothesis(end, final=True, start=min(lo * self._frame, end), said=before)
@@ -947,8 +950,7 @@ class StreamingPolicy:
         """Whether a final hypothesis of ``buffer[:end]`` has under one word per second of
         the clear speech in it (at least 1.5 s of it): a decode forced to the context that
         ended right after it (tiny.en saying nothing more over 4 s of speech)."""
-        frames = self._probs[: end // self._frame]
-        speech = sum(p >= self.config.vad_threshold for p in frames) * self._frame / SAMPLE_RATE
+        speech = self._speech_in(0, end // self._frame)
         return speech >= 1.5 and len(words) < speech
 
     @staticmethod
