@@ -1,7 +1,8 @@
 """Benchmark of the streaming Whisper backend (issue 4).
 
-Streams audio through ``WhisperBackend`` in 100 ms chunks at real-time pace (wall clock:
-each chunk is fed when its audio would have been captured) and reports, per input:
+Streams audio through ``WhisperBackend`` in 40 ms chunks (``--chunk-ms``) at real-time pace
+(wall clock: each chunk is fed when its audio would have been captured) and reports, per
+input:
 
 * WER of the streamed finals and of the same model transcribing the whole file offline
   (faster-whisper defaults: beam 5, no VAD) against the reference text;
@@ -62,7 +63,7 @@ from benchmarks.natural import (
     score,
 )
 from echopanel.asr.policy import PolicyConfig
-from echopanel.asr.whisper import WhisperBackend
+from echopanel.asr.whisper import FINAL_MIN_WINDOW, PARTIAL_MIN_WINDOW, WhisperBackend
 from echopanel.ports import AsrFinalUpdate, AsrPartialUpdate, AsrTuning
 from echopanel.server.config import DegradeConfig
 from echopanel.server.degrade import plan_for
@@ -70,7 +71,7 @@ from echopanel.server.degrade import plan_for
 __all__ = ["main"]
 
 SR = 16000
-CHUNK = 1600  # 100 ms
+CHUNK = 640  # 40 ms, the client's frames (--chunk-ms)
 
 _NORM = jiwer.Compose(
     [
@@ -350,11 +351,13 @@ def offline_text(backend: WhisperBackend, audio: np.ndarray, cache: Path | None)
 async def replay(
     backend: WhisperBackend, audio: np.ndarray, source: Any, tuning: AsrTuning | None
 ) -> dict[str, Any]:
-    """Feed 100 ms chunks as the server's pipeline does when it keeps up, without sleeping.
+    """Feed ``--chunk-ms`` chunks as the server's pipeline does when it keeps up, without
+    sleeping.
 
     The text is deterministic (the policy only counts samples; the partial-cadence stretch,
     which reads the engine's busy time, is off: an idle server keeps level-0 cadence; the
-    decodes run inline in ``feed``, in the order a live stream on an idle server has them).
+    decodes, early finals included, run inline in ``feed``, as if every decode beside a live
+    stream ended at once).
     Latencies use a simulated clock: a chunk is fed when its audio is complete or when the
     previous feed returned, whichever is later, and a feed takes the model time it measured.
     """
@@ -618,14 +621,14 @@ def main() -> None:
     p.add_argument(
         "--encoder-min-window",
         type=float,
-        default=10.0,
-        help="shortest encoder window in seconds (WhisperBackend min_window)",
+        default=FINAL_MIN_WINDOW,
+        help="shortest encoder window of final decodes in seconds (WhisperBackend min_window)",
     )
     p.add_argument(
         "--partial-min-window",
         type=float,
-        default=None,
-        help="shortest encoder window of partial decodes (default: --encoder-min-window)",
+        default=PARTIAL_MIN_WINDOW,
+        help="shortest encoder window of partial decodes (WhisperBackend partial_min_window)",
     )
     p.add_argument("--sessions", type=int, default=0, help="only the first N sessions")
     p.add_argument(
@@ -637,6 +640,12 @@ def main() -> None:
     )
     p.add_argument("--session-names", default="", help="only these sessions (s0,s3)")
     p.add_argument("--natural-concurrency", type=int, default=1)
+    p.add_argument(
+        "--chunk-ms",
+        type=int,
+        default=40,
+        help="audio fed per call in replays (40: the client's frames)",
+    )
     p.add_argument("--offline-cache", default="", help="JSON file caching offline texts")
     p.add_argument("--dump", default="", help="write per-session texts and finals here")
     p.add_argument(
@@ -644,7 +653,10 @@ def main() -> None:
         default="",
         help="with --natural: stream through a running `echopanel serve` at this ws:// URL",
     )
-    anyio.run(run, p.parse_args())
+    args = p.parse_args()
+    global CHUNK
+    CHUNK = SR * args.chunk_ms // 1000
+    anyio.run(run, args)
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ class PolicyConfig:
     weak_voice_level: float = attrs.field(default=0.7, validator=attrs.validators.ge(0))
     weak_keep: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
     weak_max_silence: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
-    preroll: float = attrs.field(default=0.4, validator=attrs.validators.ge(0))
+    preroll: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
     word_vad_pad: float = attrs.field(default=0.4, validator=attrs.validators.ge(0))
     no_speech_threshold: float = 0.6
     logprob_threshold: float = -1.0
@@ -493,11 +493,14 @@ class StreamingPolicy:
             return None
         self._since_decode = 0
         if not self._has_speech():
-            # Keep weak speech-like audio (a hoarse voice before its first clear frame)
-            # for the decode that follows; silence and noise keep only the pre-roll.
-            weak = 0 if self._speech_frames else self._weak_tail()
-            end = (len(self._probs) - weak) * self._frame if weak else len(self._buffer)
-            self._trim_to_preroll(end)
+            if not self._in_speech:
+                # Keep weak speech-like audio (a hoarse voice before its first clear frame)
+                # for the decode that follows; silence and noise keep only the pre-roll.
+                # (An utterance begun, not yet ``min_speech`` long, keeps its start: the
+                # buffer was anchored to its onset, see _anchor.)
+                weak = self._weak_tail(len(self._probs))
+                end = (len(self._probs) - weak) * self._frame if weak else len(self._buffer)
+                self._trim_to_preroll(end)
             return None
         self._heard = True
         job = PartialJob(
@@ -588,20 +591,24 @@ class StreamingPolicy:
             or self._silence_run >= self._frames(self.config.endpoint_silence)
         ):
             return None
-        run = self._probs[self._vad_pos - self._silence_run : self._vad_pos]
+        # The decode hears ``silence`` seconds of the silence (whenever it is called: the
+        # same audio however the stream arrived), then that silence again, as much as the
+        # endpoint would add: tiny.en's words change with how much silence ends the audio
+        # (0.25 s instead of 0.5 s cost 0.5-0.8 WER points on natural speech; the repeated
+        # silence, 0.1). The first silent frame, which may hold a word's end, is not
+        # repeated.
+        onset = self._vad_pos - self._silence_run  # the first silent frame
+        heard = min(self._silence_run, self._frames(silence))
+        run = self._probs[onset : onset + heard]
         if float(np.mean(run)) >= self._weak_threshold():
             # Frames under the gate that average weak speech: a hoarse voice going on, not
             # yet the endpoint's silence (whose decode would hear that voice repeated as
             # silence: "So I'm going to do it. So" for "uh and", live).
             return None
-        end = self._vad_pos * self._frame
+        end = (onset + heard) * self._frame
         state = self._fork()
-        # The decode hears the silence so far again, as much as the endpoint would add:
-        # tiny.en's words change with how much silence ends the audio (0.25 s instead of
-        # 0.5 s cost 0.5-0.8 WER points on natural speech; the repeated silence, 0.1). The
-        # first silent frame, which may hold a word's end, is not repeated.
-        missing = (self._frames(self.config.endpoint_silence) - self._silence_run) * self._frame
-        quiet = self._buffer[end - min(missing, (self._silence_run - 1) * self._frame) : end]
+        missing = (self._frames(self.config.endpoint_silence) - heard) * self._frame
+        quiet = self._buffer[end - min(missing, (heard - 1) * self._frame) : end]
         if missing > 0 and quiet.size:
             state._tail_silence = np.resize(quiet, missing)
         job = FinalJob(state=state, end=end)
@@ -628,7 +635,7 @@ class StreamingPolicy:
             self.final_runner.start(job)
         self._reset_utterance()
         self._since_decode = 0
-        self._trim_to_preroll(end)
+        self._trim_after_endpoint(end)
         self._pending = job
         return updates
 
@@ -719,6 +726,8 @@ class StreamingPolicy:
             p = self._probs[self._vad_pos]
             self._vad_pos += 1
             if p >= cfg.vad_threshold:
+                if not self._in_speech:
+                    self._anchor(self._vad_pos - 1)
                 self._in_speech = True
                 self._drop_early()  # speech again: the early final is of no use
                 self._speech_frames += 1
@@ -743,16 +752,27 @@ class StreamingPolicy:
                     return end * self._frame
         return None
 
-    def _weak_tail(self) -> int:
-        """Frames at the end of the scored buffer that sound like weak speech: the longest
-        suffix (at most ``weak_keep`` seconds) whose every ``endpoint_silence`` window
-        averages at least the weak threshold. Silence and noise give 0."""
+    def _anchor(self, onset: int) -> None:
+        """An utterance begins at frame ``onset``: the buffer starts ``preroll`` seconds
+        before it (before the weak speech leading into it, if any).
+
+        Where the buffer starts is what the final decodes, and tiny.en's words change with
+        the silence before the speech. Trimmed only by the periodic no-speech check, the
+        buffer began 0.4-0.9 s before the onset depending on when audio arrived (40 ms
+        frames live, 100 ms chunks in the replay): the same audio gave different finals.
+        Anchored to the onset it depends on the audio alone."""
+        weak = self._weak_tail(onset)
+        self._trim_to_preroll((onset - weak) * self._frame)
+
+    def _weak_tail(self, n: int) -> int:
+        """Frames before frame ``n`` of the buffer that sound like weak speech: the longest
+        run ending there (at most ``weak_keep`` seconds) whose every ``endpoint_silence``
+        window averages at least the weak threshold. Silence and noise give 0."""
         cfg = self.config
-        n = len(self._probs)
         w = self._frames(cfg.endpoint_silence)
         if n < w or cfg.weak_keep <= 0:
             return 0
-        probs = np.asarray(self._probs[max(0, n - self._frames(cfg.weak_keep) - w) :])
+        probs = np.asarray(self._probs[max(0, n - self._frames(cfg.weak_keep) - w) : n])
         means = np.convolve(probs, np.ones(w) / w, mode="valid")  # means[i]: window i..i+w
         low = np.flatnonzero(means < self._weak_threshold())
         if not len(means) or (len(low) and low[-1] == len(means) - 1):
@@ -1171,7 +1191,7 @@ class StreamingPolicy:
         self._keep_context(words if updates else [], end)
         self._reset_utterance()
         self._since_decode = 0
-        self._trim_to_preroll(end)
+        self._trim_after_endpoint(end)
         return updates
 
     # ------------------------------------------------------------------ emitting
@@ -1236,6 +1256,14 @@ class StreamingPolicy:
     def _trim_to_preroll(self, end: int) -> None:
         """Drop the buffer before ``end`` except the last ``preroll`` seconds."""
         self._drop(end - int(self.config.preroll * SAMPLE_RATE))
+
+    def _trim_after_endpoint(self, end: int) -> None:
+        """Drop the utterance that ended at ``end`` (buffer sample): keep the last
+        ``preroll`` seconds of the endpoint's silence, never the speech before it (with a
+        pre-roll longer than that silence the next final would decode the last word's end
+        again; the context of the next final has it)."""
+        quiet = max(0, self._endpoint_run - 1) * self._frame  # (its first frame: a word's end)
+        self._drop(end - min(int(self.config.preroll * SAMPLE_RATE), quiet))
 
     def _drop(self, samples: int) -> None:
         """Drop ``samples`` (rounded down to whole frames) from the start of the buffer."""

@@ -24,7 +24,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import anyio.from_thread
@@ -101,6 +101,18 @@ class FairLock:
             self._cond.notify_all()
 
 
+#: The encoder window (seconds) of the decodes that make finals: Whisper's full 30 s, as
+#: offline decoding has it. A window trimmed to 10 s costs finals accuracy on real speech
+#: (natural-speech replay, pauses condition: 10 s 14.78 %, 15 s 13.77 %, 20 s 13.43 %,
+#: 30 s 13.60 %, offline 12.67 %; no-pause 30 s 12.58 %; 5 s had cost 1.1 points more),
+#: at ~15 % more model time per stream (RTF 0.50 -> 0.58): finals are a few decodes per
+#: utterance, partials the many.
+FINAL_MIN_WINDOW: Final = 30.0
+#: The partial decodes' encoder window floor (seconds): their words are replaced by the
+#: final's, so they keep the cheap trimmed window.
+PARTIAL_MIN_WINDOW: Final = 10.0
+
+
 class _SharedModel:
     """One loaded model plus the decode engine every decode goes through; reference counted."""
 
@@ -143,8 +155,8 @@ class WhisperDecoder:
         *,
         language: str | None = "en",
         trim_encoder: bool = True,
-        min_window: float = 10.0,
-        partial_min_window: float | None = None,
+        min_window: float = FINAL_MIN_WINDOW,
+        partial_min_window: float | None = PARTIAL_MIN_WINDOW,
         min_tail_window: float = 1.0,
         stream: str = "",
     ) -> None:
@@ -204,9 +216,9 @@ class WhisperDecoder:
         final, self.final_next = self.final_next, False
         seconds = len(audio) / 16000
         if self._trim:
-            # At least ``min_window`` (10 s) and 2 s past the audio: a window that ends
-            # right after the speech makes tiny.en loop on timestamps (measured on jfk.flac);
-            # a 5 s floor cost 1.1 WER points on natural speech (docs/benchmarks.md).
+            # At least the floor (finals 30 s, partials 10 s) and 2 s past the audio: a
+            # window that ends right after the speech makes tiny.en loop on timestamps
+            # (measured on jfk.flac); see FINAL_MIN_WINDOW for the finals' floor.
             floor = self._min_window if final else self._partial_min_window
             window = min(30.0, max(floor, math.ceil(seconds + 2.0)))
             frames = int(window * 100)  # 100 mel frames per second
@@ -342,6 +354,23 @@ class _ThreadRunner:
             self._abandon()
 
 
+class _InlineRunner:
+    """Runs a final's decode at once in the caller: a stream without ``background``
+    decodes are a live stream on an infinitely fast machine (early finals included)."""
+
+    def start(self, job: FinalJob) -> None:
+        job.run()
+
+    def wait(self, job: FinalJob) -> None:
+        pass
+
+    def drop(self, job: FinalJob) -> None:
+        pass
+
+
+_INLINE: Final = _InlineRunner()
+
+
 @attrs.define(eq=False)
 class _InFlight:
     """A partial decode running in its own thread while the stream takes audio."""
@@ -364,10 +393,11 @@ class WhisperStream(AsrStream):
     come with the next ``feed`` (or ``flush``); a partial overtaken by an endpoint is dropped
     (its request withdrawn from the engine if it still waits). With ``background`` False
     every decode runs inline in ``feed``, in a fixed order that does not depend on timing
-    (the deterministic replays of ``bench_asr.py`` and the natural-speech regression test).
+    (the deterministic replays of ``bench_asr.py`` and the natural-speech regression test):
+    the same path as a live stream whose decodes end at once, early finals included.
     """
 
-    #: False: partial decodes run inline in ``feed`` (replays that must not depend on timing).
+    #: False: decodes run inline in ``feed`` (replays that must not depend on timing).
     background: bool = True
     #: Seconds of silence after speech at which a final's decode starts before its endpoint
     #: (``endpoint_silence`` later); 0 turns it off. See
@@ -417,10 +447,7 @@ class WhisperStream(AsrStream):
     def _feed_blocking(self, audio: npt.NDArray[np.float32]) -> list[AsrUpdate]:
         """``feed`` in a worker thread: the partial that finished, then the new audio."""
         policy = self._policy
-        if not self.background:
-            policy.final_runner = None
-            return policy.feed(audio)
-        policy.final_runner = self._runner
+        policy.final_runner = self._runner if self.background else _INLINE
         updates = self._collect()
         updates += policy.feed(audio, partials=False)
         updates += policy.settle(wait=False)  # a final done by now (an early one included)
@@ -430,6 +457,8 @@ class WhisperStream(AsrStream):
             self._drop_partial()  # the final is being decoded: this partial comes too late
         else:
             self._start_partial()
+        if not self.background:  # decoded inline: their updates come now
+            updates += self._collect() + policy.settle(wait=False)
         return updates
 
     def _start_partial(self) -> None:
@@ -441,6 +470,12 @@ class WhisperStream(AsrStream):
         if job is None:
             return
         inflight = _InFlight(job)
+        if not self.background:
+            self._policy.decode_partial(job)  # errors propagate: nothing runs beside
+            inflight.done.set()
+            self._inflight = inflight
+            return
+        self._inflight = inflight
 
         def work() -> None:
             try:
@@ -451,7 +486,6 @@ class WhisperStream(AsrStream):
                 inflight.done.set()
                 self._signal()
 
-        self._inflight = inflight
         threading.Thread(target=work, name="echopanel-partial", daemon=True).start()
 
     def _collect(self) -> list[AsrUpdate]:
@@ -619,10 +653,12 @@ class WhisperBackend(AsrBackend):
     ``auto``; ``compute_type`` a CTranslate2 compute type (``int8`` on CPU, measured best;
     ``default`` lets CTranslate2 choose for the device). ``cpu_threads`` 0 means one per CPU
     core. ``max_batch`` bounds how many decodes the engine runs together.
-    ``trim_encoder`` runs the encoder on max(``min_window``, buffer + 2 s) instead of
-    Whisper's full 30 s (3-5x cheaper per decode on CPU); ``partial_min_window`` sets that
-    floor for partial decodes only (default: ``min_window``; 5 s halves a short partial's
-    encoder cost but cost 0.2-0.4 WER points on natural speech); ``min_tail_window`` see
+    ``trim_encoder`` runs the encoder on max(floor, buffer + 2 s) instead of Whisper's full
+    30 s (3-5x cheaper per decode on CPU): the floor is ``min_window`` for the decodes that
+    make finals (default 30 s: no trimming, see :data:`FINAL_MIN_WINDOW`) and
+    ``partial_min_window`` for partial decodes (default 10 s; None: ``min_window``; 5 s
+    halves a short partial's encoder cost but cost 0.2-0.4 WER points on natural speech,
+    measured when finals also had 10 s); ``min_tail_window`` see
     :class:`WhisperDecoder`. ``config`` sets the streaming policy's defaults
     (``decode_interval``, VAD thresholds, endpoint silence...); the ``tuning`` of
     ``open_stream`` overrides its three knobs.
@@ -641,8 +677,8 @@ class WhisperBackend(AsrBackend):
         config: PolicyConfig | None = None,
         trim_encoder: bool = True,
         max_batch: int = DEFAULT_MAX_BATCH,
-        min_window: float = 10.0,
-        partial_min_window: float | None = None,
+        min_window: float = FINAL_MIN_WINDOW,
+        partial_min_window: float | None = PARTIAL_MIN_WINDOW,
         min_tail_window: float = 1.0,
     ) -> None:
         if max_batch < 1:

@@ -2,11 +2,11 @@
 
 Four recordings of ``../shared/data/speech`` (next to the repo root or above; LibriSpeech read
 speech and a spontaneous recording of a speaker with a cold), 52 s of speech joined with
-pauses of 0.25-1.2 s, are streamed through ``WhisperBackend`` in 100 ms chunks (the policy
-only counts samples, so pace does not change the text). Offline is the same tiny.en on the
-whole file (faster-whisper, beam 5). The streamed finals must be within 2 WER points of
-offline and hold no invented phrase ("Thank you", ...) and no phrase of 3+ words repeated
-back to back that the reference does not have.
+pauses of 0.25-1.2 s, are streamed through ``WhisperBackend`` in the client's 40 ms frames
+(the policy only counts samples, so pace does not change the text). Offline is the same
+tiny.en on the whole file (faster-whisper, beam 5). The streamed finals must be within 2 WER
+points of offline and hold no invented phrase ("Thank you", ...) and no phrase of 3+ words
+repeated back to back that the reference does not have.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ HALLUCINATIONS = (
     "see you in the next",
     "bye bye",
 )
-CHUNK = 1600 * 2  # 100 ms of s16le
+CHUNK = 640 * 2  # 40 ms of s16le, the client's frames
 
 pytestmark = [
     pytest.mark.slow,

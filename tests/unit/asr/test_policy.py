@@ -302,7 +302,7 @@ def test_endpoints_split_utterances_with_monotonic_times_and_unique_ids() -> Non
     assert all(a.t1 <= b.t0 for a, b in itertools.pairwise(fin))
     assert len({f.segment_id for f in fin}) == 3
     assert all(f.segment_id.startswith("mic-") for f in fin)
-    assert policy.buffer_seconds < 1.0
+    assert policy.buffer_seconds < policy.config.preroll + policy.config.decode_interval
 
 
 def test_final_arrives_after_endpoint_silence() -> None:
@@ -583,6 +583,50 @@ def test_finals_reproduce_the_words_whatever_the_chunking(
         elif pending:
             pending = False
     assert not pending
+
+
+def final_audio(chunk: int) -> list[float]:
+    """Seconds of audio each final decode of a fixed stream heard, fed ``chunk`` at a time."""
+    audio = np.concatenate(
+        [
+            silence(2.33),
+            utterance(["alpha", "bravo", "charlie"]),
+            silence(1.71),
+            utterance(["delta", "echo"]),
+            silence(3.07),
+            utterance(["foxtrot", "golf", "hotel"]),
+            silence(1.5),
+        ]
+    )
+    decoder = ScriptedDecoder()
+    policy = make(decoder)
+    run(policy, audio, chunk=chunk)
+    policy.flush()
+    return [round(seconds, 4) for seconds, _, beam in decoder.calls if beam > 1]
+
+
+@pytest.mark.parametrize("chunk", [640, 1000, 1600, 4000])
+def test_a_final_decodes_the_same_audio_whatever_the_chunking(chunk: int) -> None:
+    # The buffer starts ``preroll`` before the utterance's onset however the audio arrived
+    # (40 ms frames live, 100 ms in the replay): tiny.en's words depend on that silence.
+    one_frame = final_audio(FRAME)
+    assert final_audio(chunk) == one_frame
+    # The first utterance: the pre-roll, 1.4 s of speech, 0.5 s of endpoint silence.
+    assert one_frame[0] == pytest.approx(PolicyConfig().preroll + 1.4 + 0.5)
+
+
+@pytest.mark.parametrize("context_seconds", [0.0, PolicyConfig().context_seconds])
+def test_the_pre_roll_never_reaches_back_into_the_last_utterance(context_seconds: float) -> None:
+    # The pre-roll (1 s) is longer than the endpoint's silence (0.5 s): after an endpoint
+    # the buffer keeps only that silence, so the next final never decodes the end of the
+    # last word ("charlie delta echo") again.
+    audio = np.concatenate(
+        [utterance(["alpha", "bravo", "charlie"]), silence(0.6), utterance(["delta", "echo"])]
+    )
+    policy = make(context_seconds=context_seconds)
+    assert policy.config.preroll > policy.config.endpoint_silence
+    fin = finals(run(policy, np.concatenate([audio, silence(1.0)]), chunk=FRAME))
+    assert [f.text for f in fin] == ["alpha bravo charlie", "delta echo"]
 
 
 def test_greedy_tuning_makes_the_final_decode_greedy_too() -> None:

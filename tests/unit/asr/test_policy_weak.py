@@ -221,9 +221,10 @@ def test_the_final_comes_as_fast_after_speech_followed_by_noise(noise: bool) -> 
 def test_noise_alone_reaches_nothing_and_the_buffer_stays_small() -> None:
     decoder = ScriptedDecoder()
     policy = make(ScoredVad(noise=True), decoder)
+    cfg = policy.config
     for _ in range(300):  # 30 s
         assert policy.feed(silence(0.1)) == []
-        assert policy.buffer_seconds <= 1.0
+        assert policy.buffer_seconds <= cfg.preroll + cfg.decode_interval + 0.05
     assert policy.flush() == []
     assert decoder.calls == []
 
@@ -233,9 +234,10 @@ def test_weak_scores_without_speech_are_not_decoded_and_stay_bounded() -> None:
     # decoded without a clear frame, and never more than weak_keep + pre-roll of it.
     decoder = ScriptedDecoder()
     policy = make(ScoredVad(floor=0.15), decoder)
+    cfg = policy.config
     for _ in range(200):  # 20 s
         assert policy.feed(silence(0.1)) == []
-        assert policy.buffer_seconds <= 2.0 + 0.4 + 0.5 + 0.05
+        assert policy.buffer_seconds <= cfg.weak_keep + cfg.preroll + cfg.decode_interval + 0.05
     assert decoder.calls == []
 
 
