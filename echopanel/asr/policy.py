@@ -7,8 +7,10 @@ no model, no clock and no threads: the speech model (:class:`Decoder`) and the v
 detector (:class:`Vad`) are injected, so the same logic runs against a scripted fake in the
 unit tests and against Whisper + Silero in production (``echopanel.asr.whisper``).
 
-* **Rolling buffer.** Audio accumulates in a buffer that starts a little before the current
-  utterance. Every ``decode_interval`` seconds of new audio the whole buffer is re-decoded.
+* **Rolling buffer.** Audio accumulates in a buffer that starts ``preroll`` seconds before
+  the current utterance's onset (anchored to its first frame over the gate, so what a final
+  decodes depends on the audio alone, not on how it arrived). Every ``decode_interval``
+  seconds of new audio the whole buffer is re-decoded.
 * **VAD gate.** Every complete VAD frame gets a speech probability as it arrives. While the
   buffer holds less than ``min_speech`` seconds of speech nothing is decoded and the buffer
   is trimmed to a short pre-roll: silence and noise never reach the model.
@@ -86,6 +88,7 @@ __all__ = [
     "Word",
     "break_repetitions",
     "is_anomalous",
+    "is_stacked",
     "is_stock_phrase",
     "normalize_word",
     "word_anomaly",
@@ -284,6 +287,15 @@ def is_anomalous(words: Sequence[Word]) -> bool:
         return False
     score = sum(word_anomaly(w) for w in spoken)
     return score >= 3 or score + 0.01 >= len(spoken)
+
+
+def is_stacked(words: Sequence[Word]) -> bool:
+    """Whether a segment's first words (up to 8) are squeezed to nothing or stretched on
+    average (one anomaly point per word, probabilities left out): a sentence stacked on one
+    instant. A heard segment has a squeezed word or two ("so", "Hopefully" at 0 s in a weak
+    voice's sentence), which :func:`is_anomalous` alone counts against it."""
+    spoken = [attrs.evolve(w, probability=1.0) for w in words if normalize_word(w.text)][:8]
+    return bool(spoken) and sum(word_anomaly(w) for w in spoken) + 0.01 >= len(spoken)
 
 
 def is_stock_phrase(words: Sequence[Word]) -> bool:
@@ -831,12 +843,14 @@ class StreamingPolicy:
         if not self._mostly_silent(words):
             return False
         # Low-probability words over weak speech (a hoarse voice Silero scores 0.1-0.3) are
-        # heard, not invented; a stock sign-off, or words squeezed into no time or stretched
-        # (a sentence stacked on one instant), over the same audio are still dropped.
+        # heard, not invented, and so are a squeezed word or two among them ("Alright, so
+        # this is the sick corpus. Hopefully ..." with "so" and "Hopefully" squeezed was
+        # dropped whole: 14 words of a live run); a stock sign-off, or words squeezed into
+        # no time or stretched on average (a sentence stacked on one instant), over the
+        # same audio are still dropped.
         if stock or not anomalous:
             return stock
-        sure = [attrs.evolve(w, probability=1.0) for w in words]
-        return is_anomalous(sure) or not self._weak_speech(words)
+        return is_stacked(words) or not self._weak_speech(words)
 
     def _weak_speech(self, words: Sequence[Word]) -> bool:
         """Whether the span of ``words`` averages at least ``weak_threshold``."""
