@@ -106,7 +106,11 @@ class FairLock:
 #: (natural-speech replay, pauses condition: 10 s 14.78 %, 15 s 13.77 %, 20 s 13.43 %,
 #: 30 s 13.60 %, offline 12.67 %; no-pause 30 s 12.58 %; 5 s had cost 1.1 points more),
 #: at ~15 % more model time per stream (RTF 0.50 -> 0.58): finals are a few decodes per
-#: utterance, partials the many.
+#: utterance, partials the many. Only an engine with time to spare gives it: with 8 jfk
+#: sessions in step, finals all on 30 s took end of speech -> final p50 from 0.8 s to
+#: 3.6 s, and 1.5 s when only a final decoded alone had it; so a final that comes while
+#: another is open (:meth:`DecodeEngine.open_finals`) or while the engine is busy enough
+#: to stretch the partials keeps the partials' window.
 FINAL_MIN_WINDOW: Final = 30.0
 #: The partial decodes' encoder window floor (seconds): their words are replaced by the
 #: final's, so they keep the cheap trimmed window.
@@ -218,8 +222,13 @@ class WhisperDecoder:
         if self._trim:
             # At least the floor (finals 30 s, partials 10 s) and 2 s past the audio: a
             # window that ends right after the speech makes tiny.en loop on timestamps
-            # (measured on jfk.flac); see FINAL_MIN_WINDOW for the finals' floor.
-            floor = self._min_window if final else self._partial_min_window
+            # (measured on jfk.flac); see FINAL_MIN_WINDOW for the finals' floor. A final
+            # gets it only from an engine with time to spare: not while another final is
+            # open (speakers pausing together) or past the busy share at which partials
+            # stretch; a loaded engine keeps every decode on the trimmed window.
+            engine = self._shared.engine
+            spare = engine.open_finals() == 0 and engine.partial_stretch() <= 1.0
+            floor = self._min_window if final and spare else self._partial_min_window
             window = min(30.0, max(floor, math.ceil(seconds + 2.0)))
             frames = int(window * 100)  # 100 mel frames per second
         else:
@@ -355,8 +364,8 @@ class _ThreadRunner:
 
 
 class _InlineRunner:
-    """Runs a final's decode at once in the caller: a stream without ``background``
-    decodes are a live stream on an infinitely fast machine (early finals included)."""
+    """Runs a final's decode at once, in the caller: with ``background`` False a stream is
+    a live stream on an infinitely fast machine (early finals included)."""
 
     def start(self, job: FinalJob) -> None:
         job.run()

@@ -232,6 +232,7 @@ class DecodeEngine:
         self._closed = False
         #: Members encoded per encoder call (1: see :meth:`_encode`).
         self.encode_batch = 1
+        self._open_finals = 0  # final decodes submitted and not yet returned
         self._thread = threading.Thread(target=self._run, name="echopanel-decode", daemon=True)
         self._thread.start()
 
@@ -250,6 +251,11 @@ class DecodeEngine:
     def partial_stretch(self) -> float:
         """Factor on the streams' partial decode interval now (see :func:`partial_stretch`)."""
         return partial_stretch(self.busy_fraction())
+
+    def open_finals(self) -> int:
+        """Final decodes submitted and not yet returned (waiting or in a round)."""
+        with self._cond:
+            return self._open_finals
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for /metrics (copied under the lock)."""
@@ -307,7 +313,18 @@ class DecodeEngine:
             job = _Job(self, request)
             self._jobs[request.id] = job
             self.scheduler.submit(request)
+            self._open_finals += final
             self._cond.notify_all()
+        try:
+            return self._decode(job, audio, options, min_tail)
+        finally:
+            with self._cond:
+                self._open_finals -= final
+
+    def _decode(
+        self, job: _Job, audio: npt.NDArray[np.float32], options: Mapping[str, Any], min_tail: float
+    ) -> tuple[list[Any], float]:
+        """The member thread's part of :meth:`transcribe`: wait for a round, then decode."""
         job.admitted.wait()
         if job.error is not None:
             raise job.error

@@ -8,6 +8,7 @@ same encoder window. Natural speech from ``../shared/data/speech`` is used when 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,35 @@ def test_a_failing_decode_fails_alone_and_the_engine_goes_on(engine: Any) -> Non
     got, _ = engine.transcribe(jfk, stream="ok", final=True, frames=1300, options=OPTIONS)
     assert "country" in "".join(s.text for s in got)
     assert engine.snapshot()["finals_total"] == 2
+
+
+def test_open_finals_counts_final_decodes_until_they_return(engine: Any) -> None:
+    # What a stream reads to decide a final's encoder window (WhisperDecoder): the full
+    # 30 s only for a final the engine has no other final to decode with.
+    jfk = load(DATA / "jfk.flac")
+    seen: list[int] = []
+    started = threading.Event()
+
+    def final() -> None:
+        started.set()
+        engine.transcribe(jfk, stream="a", final=True, frames=3000, options=OPTIONS)
+
+    assert engine.open_finals() == 0
+    engine.transcribe(jfk, stream="p", final=False, frames=1300, options=OPTIONS)
+    assert engine.open_finals() == 0  # partials do not count
+    thread = threading.Thread(target=final)
+    thread.start()
+    started.wait(timeout=30)
+    while thread.is_alive():
+        seen.append(engine.open_finals())
+        time.sleep(0.005)
+    thread.join()
+    assert 1 in seen and max(seen) == 1
+    assert engine.open_finals() == 0
+    with pytest.raises(Exception):  # noqa: B017 - a failing final is not open any more
+        engine.transcribe(jfk, stream="bad", final=True, frames=1300,
+                          options={**OPTIONS, "max_new_tokens": 10_000})  # fmt: skip
+    assert engine.open_finals() == 0
 
 
 def test_closing_the_engine_fails_waiting_decodes(model: Any) -> None:
