@@ -173,6 +173,9 @@ class WhisperDecoder:
         self._stream = stream
         self._stale_since: float | None = None
         self._cancelled = False
+        #: False: a final's window never depends on the engine's load (replays; set from
+        #: ``WhisperStream.stretch``).
+        self.load_aware = True
         self._local = threading.local()  # final_next is per thread (see WhisperStream)
         self._time_lock = threading.Lock()  # a partial's and a final's thread may both add
         self.inference_seconds = 0.0
@@ -227,7 +230,9 @@ class WhisperDecoder:
             # open (speakers pausing together) or past the busy share at which partials
             # stretch; a loaded engine keeps every decode on the trimmed window.
             engine = self._shared.engine
-            spare = engine.open_finals() == 0 and engine.partial_stretch() <= 1.0
+            spare = not self.load_aware or (
+                engine.open_finals() == 0 and engine.partial_stretch() <= 1.0
+            )
             floor = self._min_window if final and spare else self._partial_min_window
             window = min(30.0, max(floor, math.ceil(seconds + 2.0)))
             frames = int(window * 100)  # 100 mel frames per second
@@ -567,12 +572,14 @@ class WhisperStream(AsrStream):
             inflight.dropped = True
             self._decoder.drop_waiting_partials()
 
-    #: False: the partial cadence never stretches (replays that must not depend on timing).
+    #: False: the partial cadence never stretches and a final's encoder window never
+    #: depends on the engine's load (replays that must not depend on timing).
     stretch: bool = True
 
     def _stretch_partials(self) -> None:
         """A busy engine refreshes partials less often (see the engine). The first partial
         of an utterance and every final keep their pace."""
+        self._decoder.load_aware = self.stretch
         busy = self.stretch and self._showing_partial
         stretch = self._decoder.partial_stretch() if busy else 1.0
         interval = self._base_interval * stretch
