@@ -280,13 +280,17 @@ def word_anomaly(word: Word) -> float:
     return score
 
 
+def _anomaly(words: Sequence[Word]) -> tuple[float, int]:
+    """The summed :func:`word_anomaly` of a segment's first spoken words (up to 8), and
+    how many there are."""
+    spoken = [w for w in words if normalize_word(w.text)][:8]
+    return sum(word_anomaly(w) for w in spoken), len(spoken)
+
+
 def is_anomalous(words: Sequence[Word]) -> bool:
     """Whether a segment's first words (up to 8) look hallucinated rather than heard."""
-    spoken = [w for w in words if normalize_word(w.text)][:8]
-    if not spoken:
-        return False
-    score = sum(word_anomaly(w) for w in spoken)
-    return score >= 3 or score + 0.01 >= len(spoken)
+    score, n = _anomaly(words)
+    return n > 0 and (score >= 3 or score + 0.01 >= n)
 
 
 def is_stacked(words: Sequence[Word]) -> bool:
@@ -294,8 +298,8 @@ def is_stacked(words: Sequence[Word]) -> bool:
     average (one anomaly point per word, probabilities left out): a sentence stacked on one
     instant. A heard segment has a squeezed word or two ("so", "Hopefully" at 0 s in a weak
     voice's sentence), which :func:`is_anomalous` alone counts against it."""
-    spoken = [attrs.evolve(w, probability=1.0) for w in words if normalize_word(w.text)][:8]
-    return bool(spoken) and sum(word_anomaly(w) for w in spoken) + 0.01 >= len(spoken)
+    score, n = _anomaly([attrs.evolve(w, probability=1.0) for w in words])
+    return n > 0 and score + 0.01 >= n
 
 
 def is_stock_phrase(words: Sequence[Word]) -> bool:
